@@ -1,0 +1,102 @@
+"""Allocation rules: how a global sparsity target is split into per-layer sparsities.
+
+Each rule maps the prunable weights and the global target ``S*`` to one sparsity per layer such
+that ``Σ n_l s_l ≈ S* · Σ n_l``. They initialise FCPTS's thresholds and define the one-shot
+magnitude baselines; :func:`fcpts.masks.exact_global_masks` then makes the count exact.
+Rules register themselves with :func:`register_allocation`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .masks import target_zeros
+
+AllocationRule = Callable[[Sequence[torch.Tensor], float], list[float]]
+
+ALLOCATIONS: dict[str, AllocationRule] = {}
+
+
+def register_allocation(name: str) -> Callable[[AllocationRule], AllocationRule]:
+    """Decorator: make an allocation rule available by ``name`` (e.g. ``--init NAME``)."""
+
+    def decorate(rule: AllocationRule) -> AllocationRule:
+        ALLOCATIONS[name] = rule
+        return rule
+
+    return decorate
+
+
+def allocate(name: str, weights: Sequence[torch.Tensor], target: float) -> list[float]:
+    """Per-layer sparsities from the rule called ``name``.
+
+    >>> allocate("uniform", [torch.ones(4), torch.ones(8)], 0.5)
+    [0.5, 0.5]
+    """
+    if name not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation {name!r}; choose from {sorted(ALLOCATIONS)}")
+    return ALLOCATIONS[name](weights, target)
+
+
+@register_allocation("uniform")
+def uniform(weights: Sequence[torch.Tensor], target: float) -> list[float]:
+    """Every layer at the global target."""
+    return [target] * len(weights)
+
+
+@register_allocation("erk")
+def erk(weights: Sequence[torch.Tensor], target: float) -> list[float]:
+    """Erdős–Rényi-Kernel (Evci et al., RigL): density ∝ (Σ dims) / (Π dims), capped at 1.
+
+    A conv of shape (out, in, kh, kw) scores ``(out + in + kh + kw) / (out·in·kh·kw)``; small
+    layers would exceed density 1, so they are made dense one by one (largest score first) and
+    the rest rescaled until every density is ≤ 1.
+
+    >>> [round(s, 3) for s in erk([torch.ones(10, 10), torch.ones(100, 100)], 0.9)]
+    [0.0, 0.91]
+    """
+    numels = [w.numel() for w in weights]
+    raw = [sum(w.shape) / w.numel() for w in weights]
+    budget = (1.0 - target) * sum(numels)  # weights to keep in all
+    dense: set[int] = set()
+    while True:
+        rest = [i for i in range(len(weights)) if i not in dense]
+        kept_dense = sum(numels[i] for i in dense)
+        denom = sum(raw[i] * numels[i] for i in rest)
+        eps = (budget - kept_dense) / denom if denom > 0 else 0.0
+        over = [i for i in rest if eps * raw[i] > 1.0]
+        if not over:
+            break
+        dense.add(max(over, key=lambda i: raw[i]))
+    return [0.0 if i in dense else min(1.0, max(0.0, 1.0 - eps * raw[i])) for i in range(len(weights))]
+
+
+@register_allocation("global")
+def global_magnitude(weights: Sequence[torch.Tensor], target: float) -> list[float]:
+    """One magnitude threshold over all layers: each layer's share of the globally smallest ``|w|``.
+
+    >>> global_magnitude([torch.tensor([0.1, 0.2]), torch.tensor([0.3, 0.4])], 0.5)
+    [1.0, 0.0]
+    """
+    flat = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights])  # (N,)
+    k = target_zeros(target, flat.numel())
+    pruned = torch.zeros_like(flat, dtype=torch.bool)
+    pruned[torch.sort(flat, stable=True).indices[:k]] = True
+    out, offset = [], 0
+    for w in weights:
+        out.append(pruned[offset : offset + w.numel()].float().mean().item())
+        offset += w.numel()
+    return out
+
+
+def achieved(sparsities: Sequence[float], weights: Sequence[torch.Tensor]) -> float:
+    """The global sparsity a per-layer allocation amounts to: ``Σ n_l s_l / Σ n_l``.
+
+    >>> achieved([1.0, 0.0], [torch.ones(1), torch.ones(3)])
+    0.25
+    """
+    n = [w.numel() for w in weights]
+    return math.fsum(s * k for s, k in zip(sparsities, n, strict=True)) / sum(n)

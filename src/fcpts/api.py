@@ -1,0 +1,170 @@
+"""The one-call API: :func:`prune`, its result, the shared config and the method registry.
+
+Methods register themselves with :func:`register_method`; :func:`prune` dispatches on the
+config's ``method`` name. ``prune`` never modifies the model it is given: it prunes a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .calibration import Calibration, CalibrationData, check_fits
+from .errors import FcptsError
+from .evaluate import layer_sparsity
+from .layers import LayerFilter, default_layer_filter
+from .sparsify import validate_target
+
+
+@dataclass
+class PruneConfig:
+    """Options every method shares.
+
+    ``layer_filter(name, module)`` chooses the prunable layers (default: Conv1d/2d/3d, Linear).
+    ``seed`` fixes every random choice: same seed and inputs give identical masks.
+    """
+
+    target_sparsity: float
+    layer_filter: LayerFilter = default_layer_filter
+    batch_size: int = 64
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    progress: bool = False
+
+    method: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        validate_target(self.target_sparsity)
+        if self.batch_size < 1:
+            raise FcptsError(f"batch_size must be ≥ 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view of the config (callables by name), for reports."""
+        out: dict[str, Any] = {"method": self.method}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if callable(value):
+                value = getattr(value, "__qualname__", repr(value))
+            elif isinstance(value, torch.device):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+@dataclass
+class LayerResult:
+    name: str
+    numel: int
+    zeros: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` returns: the pruned plain model and how it got there."""
+
+    model: nn.Module
+    method: str
+    target_sparsity: float
+    layers: list[LayerResult]
+    history: list[dict[str, float]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def zeros(self) -> int:
+        return sum(layer.zeros for layer in self.layers)
+
+    @property
+    def numel(self) -> int:
+        return sum(layer.numel for layer in self.layers)
+
+    @property
+    def global_sparsity(self) -> float:
+        return self.zeros / self.numel
+
+    @property
+    def layer_sparsity(self) -> dict[str, float]:
+        return {layer.name: layer.sparsity for layer in self.layers}
+
+
+MethodFn = Callable[[nn.Module, Calibration, Any], list[dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: prunes ``model`` in place from a config, returns its loss history."""
+
+    name: str
+    config_cls: type[PruneConfig]
+    run: MethodFn
+    defaults: dict[str, Any]
+    description: str
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(
+    name: str, config_cls: type[PruneConfig], description: str = "", **defaults: Any
+) -> Callable[[MethodFn], MethodFn]:
+    """Decorator: register ``fn(model, calibration, config) -> history`` as method ``name``.
+
+    ``defaults`` are the config fields that define this method (e.g. ``allocation="erk"``).
+    """
+
+    def decorate(fn: MethodFn) -> MethodFn:
+        METHODS[name] = Method(name, config_cls, fn, defaults, description or (fn.__doc__ or "").split("\n")[0])
+        return fn
+
+    return decorate
+
+
+def make_config(method: str, **options: Any) -> PruneConfig:
+    """The config for a registered method name, with ``options`` on top of its defaults.
+
+    >>> import fcpts
+    >>> make_config("erk-magnitude", target_sparsity=0.8).allocation
+    'erk'
+    """
+    if method not in METHODS:
+        raise FcptsError(f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
+    entry = METHODS[method]
+    return entry.config_cls(**{**entry.defaults, **options})
+
+
+def prune(model: nn.Module, calibration_data: CalibrationData, config: PruneConfig) -> PruneResult:
+    """Prune a copy of ``model`` to exactly ``config.target_sparsity`` with the config's method.
+
+    ``calibration_data``: a tensor ``(N, ...)`` of unlabeled inputs, a Dataset or a DataLoader.
+
+    >>> import torch, fcpts
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    >>> result = fcpts.prune(net, torch.randn(64, 8), fcpts.FCPTSConfig(target_sparsity=0.75, iters=20))
+    >>> result.zeros, result.numel, result.global_sparsity
+    (144, 192, 0.75)
+    """
+    if config.method not in METHODS:
+        raise FcptsError(f"no method registered as {config.method!r}")
+    entry = METHODS[config.method]
+    start = time.perf_counter()
+    student = copy.deepcopy(model).to(config.device)
+    calibration = Calibration(calibration_data, config.batch_size, config.seed, config.device)
+    check_fits(student.eval(), calibration.first())
+    history = entry.run(student, calibration, config)
+    student.eval()
+    wall = time.perf_counter() - start
+    layers = [LayerResult(n, numel, z) for n, (z, numel) in layer_sparsity(student, config.layer_filter).items()]
+    return PruneResult(student, config.method, config.target_sparsity, layers, history, wall, config.to_dict())

@@ -1,0 +1,40 @@
+"""One-shot magnitude baselines: an allocation rule, ``|W| > t_l`` per layer, exact global count,
+then BatchNorm recalibration on the calibration data (standard for magnitude pruning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .api import PruneConfig, register_method
+from .batchnorm import recalibrate_batchnorm
+from .calibration import Calibration
+from .sparsify import finalize, prepare
+
+
+@dataclass
+class MagnitudeConfig(PruneConfig):
+    """Magnitude pruning with a fixed allocation rule: ``uniform``, ``erk`` or ``global``.
+
+    >>> MagnitudeConfig(target_sparsity=0.5, allocation="global").method
+    'global-magnitude'
+    """
+
+    allocation: str = "uniform"
+    recalibrate_bn: bool = True
+
+    @property  # type: ignore[override]
+    def method(self) -> str:
+        return f"{self.allocation}-magnitude"
+
+
+@register_method("uniform-magnitude", MagnitudeConfig, "every layer pruned to the target by |W|", allocation="uniform")
+@register_method("global-magnitude", MagnitudeConfig, "one |W| threshold across all layers", allocation="global")
+@register_method("erk-magnitude", MagnitudeConfig, "ERK per-layer sparsities, pruned by |W|", allocation="erk")
+def run_magnitude(model: nn.Module, calibration: Calibration, config: MagnitudeConfig) -> list[dict[str, float]]:
+    """Prune by magnitude under a fixed allocation, finalize exactly, recalibrate BatchNorm."""
+    finalize(prepare(model, config.target_sparsity, config.allocation, config.layer_filter, seed=config.seed))
+    if config.recalibrate_bn:
+        recalibrate_batchnorm(model, calibration.epoch())
+    return []

@@ -1,0 +1,225 @@
+"""The ``fcpts`` command: a thin shell over the library (``prune``, ``eval``, ``demo``, ``methods``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import baselines as _baselines  # noqa: F401  (registers the magnitude methods)
+from .allocation import ALLOCATIONS
+from .api import METHODS, PruneResult, make_config, prune
+from .data import DataSource, Split, load_data
+from .errors import FcptsError
+from .evaluate import accuracy, global_sparsity
+from .method import FCPTSConfig
+from .models import load_model
+from .output import build_report, check_output_dir, write_outputs
+
+#: CLI flag → config field, for the options that only some methods take.
+METHOD_OPTIONS = {
+    "iters": "iters",
+    "lr_weight": "lr_weight",
+    "lr_threshold": "lr_threshold",
+    "init": "init",
+    "threshold_grad": "threshold_grad",
+    "control_weight": "control_weight",
+    "temperature": "temperature",
+    "recalibrate_bn": "recalibrate_bn",
+}
+
+
+def _add_model_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", required=True, help="built-in name (refcnn), path/to/file.py:factory or package.module:factory"
+    )
+    p.add_argument("--weights", help="weights file (safetensors, or a torch.save state dict; never unpickled)")
+    p.add_argument("--data", required=True, help="fashion-mnist, npz:PATH or imagefolder:DIR")
+    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files (default: the Debian package's)")
+    p.add_argument("--image-size", type=int, help="imagefolder: resize images to this square size")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="imagefolder: 1 (grayscale) or 3 (RGB)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fcpts", description="Fast and controllable post-training sparsity.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a model to an exact global sparsity")
+    _add_model_data_args(p)
+    p.add_argument("--sparsity", type=float, required=True, help="global target sparsity in (0, 1)")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--method", default="fcpts", choices=sorted(METHODS), help="default: fcpts")
+    p.add_argument("--calib-samples", type=int, default=1024, help="calibration samples (default: 1024)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g = p.add_argument_group("fcpts options")
+    g.add_argument("--iters", type=int, help=f"learning iterations (default: {FCPTSConfig.iters})")
+    g.add_argument(
+        "--lr-weight", type=float, help=f"kept-weight learning rate, 0 freezes (default: {FCPTSConfig.lr_weight})"
+    )
+    g.add_argument("--lr-threshold", type=float, help=f"threshold learning rate (default: {FCPTSConfig.lr_threshold})")
+    g.add_argument("--init", choices=sorted(ALLOCATIONS), help=f"initial allocation (default: {FCPTSConfig.init})")
+    g.add_argument("--threshold-grad", choices=("surrogate", "none"), help="reconstruction gradient to thresholds")
+    g.add_argument(
+        "--control-weight", type=float, help=f"λ of the control loss (default: {FCPTSConfig.control_weight})"
+    )
+    g.add_argument("--temperature", type=float, help="distillation temperature (default: 1)")
+    g.add_argument(
+        "--recalibrate-bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recalibrate BatchNorm after pruning (default: on for magnitude baselines, off for fcpts)",
+    )
+
+    e = sub.add_parser("eval", help="accuracy and sparsity of a model on a dataset")
+    _add_model_data_args(e)
+    e.add_argument("--limit", type=int, help="evaluate on the first N samples only")
+
+    d = sub.add_parser("demo", help="prune the reference CNN on Fashion-MNIST: dense vs magnitude vs fcpts")
+    d.add_argument("--sparsity", type=float, default=0.9)
+    d.add_argument("--iters", type=int, default=FCPTSConfig.iters)
+    d.add_argument("--calib-samples", type=int, default=1024)
+    d.add_argument("--data-dir")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("methods", help="list the pruning methods")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Any:
+    entry = METHODS[args.method]
+    fields = {f.name for f in dataclasses.fields(entry.config_cls)}
+    options: dict[str, Any] = {}
+    for flag, field in METHOD_OPTIONS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if field not in fields:
+            raise FcptsError(f"--{flag.replace('_', '-')} does not apply to method {args.method!r}")
+        options[field] = value
+    return make_config(
+        args.method,
+        target_sparsity=args.sparsity,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        **options,
+    )
+
+
+def _accuracy(model: torch.nn.Module, split: Split) -> float | None:
+    return None if split.y is None else accuracy(model, split.x, split.y)
+
+
+def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, DataSource]:
+    model = load_model(args.model, args.weights, device=args.device)
+    data = load_data(args.data, args.data_dir, args.image_size, args.channels)
+    return model, data
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    config = _config(args)  # validates the sparsity and options before any loading
+    check_output_dir_arg(args)
+    model, data = _load(args)
+    if args.calib_samples < 1:
+        raise FcptsError(f"--calib-samples must be ≥ 1, got {args.calib_samples}")
+    calibration = data.calibration.subset(args.calib_samples, args.seed)
+    result = prune(model, calibration.x, config)
+    dense_acc, sparse_acc = _accuracy(model, data.evaluation), _accuracy(result.model, data.evaluation)
+    report = build_report(
+        result,
+        model_spec=args.model,
+        weights=args.weights,
+        data_spec=data.name,
+        calibration_samples=len(calibration),
+        evaluation_samples=len(data.evaluation),
+        dense_accuracy=dense_acc,
+        sparse_accuracy=sparse_acc,
+    )
+    out = write_outputs(result, args.out, report, args.overwrite)
+    print(_summary(result, dense_acc, sparse_acc))
+    print(f"wrote {out}/model.safetensors, report.json, allocation.png")
+
+
+def check_output_dir_arg(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    check_output_dir(Path(args.out), args.overwrite)
+
+
+def _summary(result: PruneResult, dense_acc: float | None, sparse_acc: float | None) -> str:
+    lines = [
+        f"method           {result.method}",
+        f"target sparsity  {result.target_sparsity:g}",
+        f"global sparsity  {result.global_sparsity:.6f} ({result.zeros} of {result.numel} weights zero)",
+        f"prune time       {result.wall_time_s:.1f} s",
+    ]
+    if dense_acc is not None and sparse_acc is not None:
+        lines.append(f"top-1            dense {dense_acc:.2%} → sparse {sparse_acc:.2%}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    model, data = _load(args)
+    split = data.evaluation
+    if args.limit:
+        split = Split(split.x[: args.limit], None if split.y is None else split.y[: args.limit])
+    acc = _accuracy(model, split)
+    print(f"model     {args.model}" + (f" ({args.weights})" if args.weights else ""))
+    print(f"data      {data.name} ({len(split)} samples)")
+    print(f"top-1     {'n/a (no labels)' if acc is None else f'{acc:.2%}'}")
+    print(f"sparsity  {global_sparsity(model):.6f}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    model = load_model("refcnn", device=args.device)
+    data = load_data("fashion-mnist", args.data_dir)
+    calibration = data.calibration.subset(args.calib_samples, args.seed).x
+    test = data.evaluation
+    print(
+        f"reference CNN on Fashion-MNIST: {args.calib_samples} unlabeled calibration images, "
+        f"{len(test)} test images, target sparsity {args.sparsity:g}"
+    )
+    rows = [("dense", accuracy(model, test.x, test.y), 0.0, None)]
+    common = {"target_sparsity": args.sparsity, "seed": args.seed, "device": args.device}
+    for config in (make_config("uniform-magnitude", **common), FCPTSConfig(iters=args.iters, progress=True, **common)):
+        result = prune(model, calibration, config)
+        rows.append((config.method, accuracy(result.model, test.x, test.y), result.global_sparsity, result.wall_time_s))
+    print(f"{'method':<20}{'top-1':>8}{'sparsity':>12}{'time':>9}")
+    for name, acc, sparsity, seconds in rows:
+        print(f"{name:<20}{acc:>8.2%}{sparsity:>12.6f}{'' if seconds is None else f'{seconds:.1f} s':>9}")
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    for name in sorted(METHODS):
+        print(f"{name:<20}{METHODS[name].description}")
+
+
+COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "demo": cmd_demo, "methods": cmd_methods}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        COMMANDS[args.command](args)
+    except FcptsError as exc:
+        print(f"fcpts: error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "demo":
+        print(f"total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Which layers are prunable: a filter over ``(name, module)``, never a hard-coded attribute path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+#: ``filter(name, module) -> bool``: True for a layer whose ``weight`` fcpts may prune.
+LayerFilter = Callable[[str, nn.Module], bool]
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def default_layer_filter(name: str, module: nn.Module) -> bool:
+    """Conv1d/2d/3d and Linear layers (any subclass, e.g. ``NonDynamicallyQuantizableLinear``).
+
+    >>> default_layer_filter("fc", nn.Linear(2, 2)), default_layer_filter("bn", nn.BatchNorm1d(2))
+    (True, False)
+    """
+    return isinstance(module, PRUNABLE_TYPES)
+
+
+def exclude(*names: str, base: LayerFilter = default_layer_filter) -> LayerFilter:
+    """A filter that drops the layers whose name is in ``names`` (e.g. a classifier kept dense).
+
+    >>> keep = exclude("0")
+    >>> [n for n, _ in prunable_layers(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), keep)]
+    ['1']
+    """
+    dropped = set(names)
+    return lambda name, module: name not in dropped and base(name, module)
+
+
+def prunable_layers(model: nn.Module, layer_filter: LayerFilter = default_layer_filter) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every layer the filter accepts that has a ``weight`` tensor, in order."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if getattr(module, "weight", None) is not None and layer_filter(name, module)
+    ]

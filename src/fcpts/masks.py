@@ -1,0 +1,84 @@
+"""Pure mask math: the hard threshold mask, thresholds for a sparsity, and the exact global cut.
+
+A layer's mask is ``|W| > t``: weights at or below the threshold are zero. Sparsity ``s`` of a
+layer with ``n`` weights means ``round(s * n)`` zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def hard_mask(weight: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """The keep-mask ``|W| > t`` (bool, same shape as ``weight``).
+
+    >>> hard_mask(torch.tensor([0.1, -0.5, 0.3, -0.05]), 0.2).tolist()
+    [False, True, True, False]
+    """
+    return weight.abs() > threshold
+
+
+def threshold_for_sparsity(weight: torch.Tensor, sparsity: float) -> float:
+    """A positive threshold whose mask ``|W| > t`` zeroes ``round(sparsity * numel)`` weights.
+
+    The threshold sits halfway between the largest pruned and the smallest kept magnitude, so a
+    small move in either direction does not change the mask. Ties in ``|W|`` can make the exact
+    count unreachable with a single threshold; :func:`exact_global_masks` breaks them.
+
+    >>> threshold_for_sparsity(torch.tensor([0.4, -0.1, 0.3, 0.2]), 0.5)
+    0.25
+    """
+    values = weight.detach().abs().flatten().float().sort().values  # (n,)
+    n = values.numel()
+    k = round(sparsity * n)
+    if k <= 0:
+        # Keep all: just below the smallest magnitude, and positive (a threshold is always > 0).
+        return max(values[0].item() / 2, torch.finfo(torch.float32).tiny)
+    if k >= n:
+        return values[-1].item() * 1.001 + torch.finfo(torch.float32).tiny
+    t = (values[k - 1].item() + values[k].item()) / 2
+    return max(t, torch.finfo(torch.float32).tiny)
+
+
+def exact_global_masks(
+    weights: Sequence[torch.Tensor], thresholds: Sequence[torch.Tensor | float], num_zeros: int
+) -> list[torch.Tensor]:
+    """Keep-masks with exactly ``num_zeros`` zeros in all, the smallest correction of the thresholds.
+
+    Each weight gets the score ``|w| / t_l`` (its layer's threshold); the mask ``|W_l| > t_l`` is
+    ``score > 1``. Pruning the ``num_zeros`` lowest scores is the same as scaling every threshold
+    by one common factor ``c`` (``|W_l| > c * t_l``), with ``c`` as close to 1 as the count
+    allows: each layer keeps the learned threshold's relative position, and the global count
+    becomes exact. Ties at the cut are broken by a stable sort (layer order, then flat index),
+    so the result is deterministic. Weights that are already exactly zero score 0 and go first.
+
+    Memory: one float32 score per weight (all layers concatenated).
+
+    >>> w = [torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]])]
+    >>> exact_global_masks(w, [0.35], num_zeros=3)[0].int().tolist()
+    [[0, 0, 0, 1, 1, 1, 1, 1]]
+    """
+    total = sum(w.numel() for w in weights)
+    if not 0 <= num_zeros <= total:
+        raise ValueError(f"num_zeros={num_zeros} outside [0, {total}]")
+    scores = torch.cat(
+        [(w.detach().abs().flatten().float().cpu() / float(t)) for w, t in zip(weights, thresholds, strict=True)]
+    )  # (N,)
+    prune = torch.zeros(total, dtype=torch.bool)
+    prune[torch.sort(scores, stable=True).indices[:num_zeros]] = True
+    masks, offset = [], 0
+    for w in weights:
+        masks.append((~prune[offset : offset + w.numel()]).view(w.shape).to(w.device))
+        offset += w.numel()
+    return masks
+
+
+def target_zeros(target_sparsity: float, total: int) -> int:
+    """The exact number of zeros a global target means: ``round(target * total)``.
+
+    >>> target_zeros(0.9, 1001)
+    901
+    """
+    return round(target_sparsity * total)

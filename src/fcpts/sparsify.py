@@ -1,0 +1,206 @@
+"""The mask lifecycle: ``prepare`` puts a learnable threshold on every prunable layer, ``finalize``
+takes it off and leaves a plain ``nn.Module`` with exactly the target number of zeros.
+
+While prepared, each chosen layer's ``weight`` is a :mod:`torch.nn.utils.parametrize`
+parametrization: the stored tensor (``parametrizations.weight.original``) holds the dense, still
+learnable weights, and reading ``module.weight`` gives ``W * (|W| > t)``. Nothing else of the
+model changes. :func:`finalize` removes the parametrization (the module gets its own class back)
+and writes the masked weights into the plain ``weight`` parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .allocation import allocate
+from .bridge import bandwidth, bridged_sparsity
+from .errors import FcptsError
+from .layers import LayerFilter, default_layer_filter, prunable_layers
+from .masks import exact_global_masks, target_zeros, threshold_for_sparsity
+
+#: How the reconstruction loss reaches the thresholds: not at all, or through a sigmoid surrogate.
+THRESHOLD_GRADS = ("none", "surrogate")
+
+
+class ThresholdMask(nn.Module):
+    """Parametrization ``W ↦ W ⊙ 1[|W| > t]`` with a learnable threshold ``t = exp(log_threshold)``.
+
+    The threshold is stored as its logarithm, so it is always positive and one learning rate
+    moves layers of very different weight scales by the same relative amount.
+
+    ``threshold_grad="surrogate"`` lets the reconstruction loss reach ``t``: the forward value is
+    the hard mask, the backward pass uses ``σ((|W| - t) / h)`` (``h``: the layer's KDE bandwidth).
+    With ``"none"`` the mask is a constant to autograd, as in the paper's published code, and only
+    the control loss moves ``t``. The weights' gradient is masked either way: a pruned weight
+    keeps its value and comes back only if the threshold drops below it.
+
+    >>> m = ThresholdMask(torch.tensor([[0.1, -0.5, 0.3, -0.05]]), threshold=0.2)
+    >>> m(torch.tensor([[0.1, -0.5, 0.3, -0.05]])).tolist()
+    [[0.0, -0.5, 0.30000001192092896, -0.0]]
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        threshold: float,
+        kde_samples: int = 4096,
+        bandwidth_rule: str | float = "silverman",
+        threshold_grad: str = "surrogate",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if threshold_grad not in THRESHOLD_GRADS:
+            raise ValueError(f"threshold_grad must be one of {THRESHOLD_GRADS}, got {threshold_grad!r}")
+        self.log_threshold = nn.Parameter(torch.tensor(math.log(threshold), device=weight.device))
+        n = weight.numel()
+        index = torch.randperm(n, generator=generator)[: min(n, kde_samples)]  # (m,) fixed KDE subsample
+        self.register_buffer("kde_index", index.to(weight.device), persistent=False)
+        self.bandwidth_rule = bandwidth_rule
+        self.threshold_grad = threshold_grad
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return self.log_threshold.exp()
+
+    def _samples(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        samples = weight.detach().flatten()[self.kde_index].abs().float()  # (m,)
+        return samples, bandwidth(samples, self.bandwidth_rule)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        t = self.threshold
+        keep = (weight.detach().abs() > t.detach()).to(weight.dtype)
+        if self.threshold_grad == "surrogate" and torch.is_grad_enabled() and t.requires_grad:
+            _, h = self._samples(weight)
+            soft = torch.sigmoid((weight.detach().abs().float() - t) / h).to(weight.dtype)
+            keep = keep + (soft - soft.detach())  # value: hard mask; gradient: d soft / d t
+        return weight * keep
+
+    def sparsity(self, weight: torch.Tensor) -> torch.Tensor:
+        """This layer's exact sparsity at ``t``, differentiable in ``log_threshold`` via the KDE."""
+        samples, h = self._samples(weight)
+        return bridged_sparsity(weight, self.threshold, samples, h)
+
+
+@dataclass
+class PreparedLayer:
+    name: str
+    module: nn.Module
+    mask: ThresholdMask
+    initial_sparsity: float
+    weight_requires_grad: bool
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense stored weights (the parametrization's ``original``)."""
+        return self.module.parametrizations.weight.original
+
+    @property
+    def numel(self) -> int:
+        return self.weight.numel()
+
+
+@dataclass
+class Prepared:
+    """A model whose prunable layers carry thresholds; made by :func:`prepare`, consumed by :func:`finalize`."""
+
+    model: nn.Module
+    layers: list[PreparedLayer]
+    target_sparsity: float
+
+    @property
+    def total(self) -> int:
+        return sum(layer.numel for layer in self.layers)
+
+    def thresholds(self) -> list[float]:
+        return [layer.mask.threshold.item() for layer in self.layers]
+
+    def threshold_parameters(self) -> list[nn.Parameter]:
+        return [layer.mask.log_threshold for layer in self.layers]
+
+    def layer_sparsities(self) -> list[torch.Tensor]:
+        """Each layer's bridged sparsity (exact value, KDE gradient)."""
+        return [layer.mask.sparsity(layer.weight) for layer in self.layers]
+
+    def global_sparsity(self) -> torch.Tensor:
+        """``S(t) = Σ n_l s_l / Σ n_l``: exact value, differentiable in the thresholds."""
+        sparsities = self.layer_sparsities()
+        return sum(s * (layer.numel / self.total) for s, layer in zip(sparsities, self.layers, strict=True))
+
+
+def prepare(
+    model: nn.Module,
+    target_sparsity: float,
+    init: str = "erk",
+    layer_filter: LayerFilter = default_layer_filter,
+    kde_samples: int = 4096,
+    bandwidth_rule: str | float = "silverman",
+    threshold_grad: str = "surrogate",
+    seed: int = 0,
+) -> Prepared:
+    """Give every prunable layer of ``model`` (in place) a threshold initialised by ``init``.
+
+    ``init`` is an allocation rule (``erk``, ``uniform``, ``global``: see :mod:`fcpts.allocation`).
+
+    >>> p = prepare(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), 0.5, init="uniform")
+    >>> [layer.name for layer in p.layers], round(p.global_sparsity().item(), 2)
+    (['0', '2'], 0.5)
+    """
+    validate_target(target_sparsity)
+    chosen = prunable_layers(model, layer_filter)
+    if not chosen:
+        raise FcptsError("the model has no prunable layer (Conv1d/2d/3d or Linear accepted by the layer filter)")
+    for name, module in chosen:
+        if parametrize.is_parametrized(module, "weight"):
+            raise FcptsError(f"layer {name!r} already has a weight parametrization; finalize it first")
+    weights = [module.weight.detach() for _, module in chosen]
+    sparsities = allocate(init, weights, target_sparsity)
+    generator = torch.Generator().manual_seed(seed)
+    layers = []
+    for (name, module), w, s in zip(chosen, weights, sparsities, strict=True):
+        mask = ThresholdMask(w, threshold_for_sparsity(w, s), kde_samples, bandwidth_rule, threshold_grad, generator)
+        requires_grad = module.weight.requires_grad
+        parametrize.register_parametrization(module, "weight", mask)
+        layers.append(PreparedLayer(name, module, mask, s, requires_grad))
+    return Prepared(model, layers, target_sparsity)
+
+
+def finalize(prepared: Prepared) -> nn.Module:
+    """Remove every threshold and return the plain model with exactly ``round(S* · N)`` zeros.
+
+    The learned thresholds are corrected by the smallest common factor that makes the global zero
+    count exact (:func:`fcpts.masks.exact_global_masks`); the kept weights keep their learned
+    values. Afterwards the model holds no parametrization, hook, buffer or attribute of fcpts.
+
+    >>> net = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 3))
+    >>> plain = finalize(prepare(net, 0.7))
+    >>> int(sum((m.weight == 0).sum() for m in plain)), type(plain[0]).__name__
+    (91, 'Linear')
+    """
+    layers = prepared.layers
+    with torch.no_grad():
+        weights = [layer.weight.detach() for layer in layers]
+        k = target_zeros(prepared.target_sparsity, prepared.total)
+        masks = exact_global_masks(weights, prepared.thresholds(), k)
+        for layer, mask in zip(layers, masks, strict=True):
+            parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=False)
+            weight = layer.module.weight
+            weight.mul_(mask.to(weight.dtype))
+            weight.requires_grad_(layer.weight_requires_grad)
+    zeros = sum(int((layer.module.weight == 0).sum()) for layer in layers)
+    if zeros != k:
+        warnings.warn(
+            f"{zeros} zeros instead of the target {k}: the model already had more exact zeros than the target",
+            stacklevel=2,
+        )
+    return prepared.model
+
+
+def validate_target(target_sparsity: float) -> None:
+    if not (isinstance(target_sparsity, (int, float)) and 0.0 < target_sparsity < 1.0):
+        raise FcptsError(f"target sparsity must be in the open interval (0, 1), got {target_sparsity!r}")
