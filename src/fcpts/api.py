@@ -23,6 +23,21 @@ from .layers import LayerFilter, default_layer_filter
 from .sparsify import validate_target
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, with one clear error for a malformed or unavailable device.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise FcptsError(f"invalid device {device!r}: expected cpu, cuda, cuda:N, ...") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FcptsError(f"device {device!r} requested but CUDA is not available in this PyTorch build or machine")
+    return dev
+
+
 @dataclass
 class PruneConfig:
     """Options every method shares.
@@ -44,6 +59,7 @@ class PruneConfig:
         validate_target(self.target_sparsity)
         if self.batch_size < 1:
             raise FcptsError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        self.device = resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view of the config (callables by name), for reports."""

@@ -53,7 +53,7 @@ class Calibration:
     """An endless, seeded stream of input batches over the calibration data, on ``device``.
 
     >>> cal = Calibration(torch.rand(10, 3), batch_size=4, seed=0)
-    >>> [b.shape[0] for b, _ in zip(cal.stream(), range(3))], len(list(cal.epoch()))
+    >>> [inputs.shape[0] for (inputs, _), _ in zip(cal.stream(), range(3))], len(list(cal.epoch()))
     ([4, 4, 4], 3)
     """
 
@@ -71,6 +71,10 @@ class Calibration:
                 raise FcptsError("calibration data is empty")
             self.tensor = None
             self.source = DataLoader(data, batch_size=batch_size, shuffle=True, generator=self.generator)
+        elif isinstance(data, Iterator):
+            # A one-shot iterator (a generator) cannot be replayed: keep its batches (calibration
+            # sets are small) so that every epoch sees them all.
+            self.tensor, self.source = None, list(data)
         elif isinstance(data, Iterable):
             self.tensor, self.source = None, data
         else:
@@ -78,28 +82,31 @@ class Calibration:
         if self.source is not None and next(iter(self.source), None) is None:
             raise FcptsError("calibration data is empty")
 
-    def epoch(self, shuffle: bool = False) -> Iterator[Any]:
-        """One pass over the data, in batches, each moved to the device."""
+    def _batches(self, shuffle: bool) -> Iterator[tuple[Any, torch.Tensor | None]]:
+        """One pass: ``(inputs on the device, their row indices)``; indices are None for iterables."""
         if self.tensor is not None:
             n = len(self.tensor)
             order = torch.randperm(n, generator=self.generator) if shuffle else torch.arange(n)
             for i in range(0, n, self.batch_size):
-                yield self.tensor[order[i : i + self.batch_size]].to(self.device)
+                index = order[i : i + self.batch_size]
+                yield self.tensor[index].to(self.device), index
         else:
             assert self.source is not None
             for batch in self.source:
-                yield to_device(model_input(batch), self.device)
+                yield to_device(model_input(batch), self.device), None
 
-    def stream(self) -> Iterator[Any]:
-        """Shuffled batches forever (a tensor's last short batch is dropped when there are several)."""
+    def epoch(self) -> Iterator[Any]:
+        """One pass over the data in order, in batches, each moved to the device."""
+        for inputs, _ in self._batches(shuffle=False):
+            yield inputs
+
+    def stream(self) -> Iterator[tuple[Any, torch.Tensor | None]]:
+        """Shuffled ``(inputs, row indices)`` forever; a tensor's last short batch is dropped."""
         while True:
-            for inputs in self.epoch(shuffle=True):
-                if (
-                    self.tensor is None
-                    or batch_size_of(inputs) == self.batch_size
-                    or len(self.tensor) < self.batch_size
-                ):
-                    yield inputs
+            for inputs, index in self._batches(shuffle=True):
+                full = index is None or len(index) == self.batch_size or len(self.tensor) < self.batch_size
+                if full:
+                    yield inputs, index
 
     def first(self) -> Any:
         return next(self.epoch())

@@ -13,7 +13,7 @@ import torch
 
 from . import baselines as _baselines  # noqa: F401  (registers the magnitude methods)
 from .allocation import ALLOCATIONS
-from .api import METHODS, PruneResult, make_config, prune
+from .api import METHODS, PruneResult, make_config, prune, resolve_device
 from .data import DataSource, Split, load_data
 from .errors import FcptsError
 from .evaluate import accuracy, global_sparsity
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, required=True, help="global target sparsity in (0, 1)")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--method", default="fcpts", choices=sorted(METHODS), help="default: fcpts")
-    p.add_argument("--calib-samples", type=int, default=1024, help="calibration samples (default: 1024)")
+    p.add_argument("--calib-samples", type=int, default=4096, help="calibration samples (default: 4096)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="prune the reference CNN on Fashion-MNIST: dense vs magnitude vs fcpts")
     d.add_argument("--sparsity", type=float, default=0.9)
     d.add_argument("--iters", type=int, default=FCPTSConfig.iters)
-    d.add_argument("--calib-samples", type=int, default=1024)
+    d.add_argument("--calib-samples", type=int, default=4096)
     d.add_argument("--data-dir")
     d.add_argument("--device", default="cpu")
     d.add_argument("--seed", type=int, default=0)
@@ -122,7 +122,7 @@ def _accuracy(model: torch.nn.Module, split: Split) -> float | None:
 
 
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, DataSource]:
-    model = load_model(args.model, args.weights, device=args.device)
+    model = load_model(args.model, args.weights, device=resolve_device(args.device))
     data = load_data(args.data, args.data_dir, args.image_size, args.channels)
     return model, data
 
@@ -182,7 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    model = load_model("refcnn", device=args.device)
+    model = load_model("refcnn", device=resolve_device(args.device))
     data = load_data("fashion-mnist", args.data_dir)
     calibration = data.calibration.subset(args.calib_samples, args.seed).x
     test = data.evaluation

@@ -27,8 +27,8 @@ def threshold_for_sparsity(weight: torch.Tensor, sparsity: float) -> float:
     small move in either direction does not change the mask. Ties in ``|W|`` can make the exact
     count unreachable with a single threshold; :func:`exact_global_masks` breaks them.
 
-    >>> threshold_for_sparsity(torch.tensor([0.4, -0.1, 0.3, 0.2]), 0.5)
-    0.25
+    >>> threshold_for_sparsity(torch.tensor([0.5, -0.125, 0.375, 0.25]), 0.5)
+    0.3125
     """
     values = weight.detach().abs().flatten().float().sort().values  # (n,)
     n = values.numel()

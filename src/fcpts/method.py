@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .allocation import ALLOCATIONS
 from .api import PruneConfig, register_method
 from .batchnorm import recalibrate_batchnorm
+from .bridge import BANDWIDTH_RULES
 from .calibration import Calibration, call_model
 from .errors import FcptsError
-from .evaluate import output_logits
+from .evaluate import output_logits, predict
 from .sparsify import THRESHOLD_GRADS, Prepared, finalize, prepare
 
 
@@ -40,9 +42,9 @@ class FCPTSConfig(PruneConfig):
     'erk'
     """
 
-    iters: int = 600
+    iters: int = 1000
     lr_threshold: float = 0.02  # Adam on log t: a relative step of ~2% per iteration at most
-    lr_weight: float = 1e-4  # Adam on the kept weights (and biases, norms); 0 freezes them
+    lr_weight: float = 1e-3  # Adam on the kept weights (and biases, norms); 0 freezes them
     learn_thresholds: bool = True  # False: the initial allocation stays fixed (reconstruction only)
     control_weight: float = 10.0  # λ
     control_loss: str = "abs"  # "abs": λ|S − S*|, "squared": λ(S − S*)²
@@ -63,6 +65,21 @@ class FCPTSConfig(PruneConfig):
             raise FcptsError(f"iters must be ≥ 0, got {self.iters}")
         if self.control_loss not in ("abs", "squared"):
             raise FcptsError(f"control_loss must be 'abs' or 'squared', got {self.control_loss!r}")
+        for name in ("lr_threshold", "lr_weight", "control_weight", "feature_weight"):
+            if not getattr(self, name) >= 0:
+                raise FcptsError(f"{name} must be ≥ 0, got {getattr(self, name)!r}")
+        if not self.temperature > 0:
+            raise FcptsError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.kde_samples < 2:
+            raise FcptsError(f"kde_samples must be ≥ 2, got {self.kde_samples}")
+        if self.init not in ALLOCATIONS:
+            raise FcptsError(f"unknown init {self.init!r}; choose from {', '.join(sorted(ALLOCATIONS))}")
+        if isinstance(self.bandwidth, str) and self.bandwidth not in BANDWIDTH_RULES:
+            raise FcptsError(
+                f"unknown bandwidth rule {self.bandwidth!r}; choose from {sorted(BANDWIDTH_RULES)} or a number"
+            )
+        if not isinstance(self.bandwidth, str) and not self.bandwidth > 0:
+            raise FcptsError(f"bandwidth must be a rule name or a number > 0, got {self.bandwidth!r}")
         if self.threshold_grad not in THRESHOLD_GRADS:
             raise FcptsError(f"threshold_grad must be one of {THRESHOLD_GRADS}, got {self.threshold_grad!r}")
         self.feature_modules = tuple(self.feature_modules)
@@ -145,13 +162,21 @@ def learn(
         p.requires_grad_(id(p) in trained)
     teacher_tap = _FeatureTap(teacher, config.feature_modules)
     student_tap = _FeatureTap(student, config.feature_modules)
+    # Without feature matching, the teacher's outputs on a tensor calibration set are computed
+    # once (N, C) instead of once per step: a quarter of the step time on the reference CNN.
+    cached = None
+    if calibration.tensor is not None and not config.feature_modules:
+        cached = predict(teacher, calibration.tensor, config.batch_size).to(calibration.device)
     history: list[dict[str, float]] = []
     stream = calibration.stream()
     try:
         for step in tqdm(range(config.iters), desc="fcpts", disable=not config.progress, leave=False):
-            inputs = next(stream)
-            with torch.no_grad():
-                target_logits = output_logits(call_model(teacher, inputs))
+            inputs, index = next(stream)
+            if cached is not None and index is not None:
+                target_logits = cached[index.to(cached.device)]
+            else:
+                with torch.no_grad():
+                    target_logits = output_logits(call_model(teacher, inputs))
             logits = output_logits(call_model(student, inputs))
             rec = distillation_loss(logits, target_logits, config.temperature)
             feat = sum(
@@ -173,7 +198,7 @@ def learn(
                     "step": step,
                     "loss": loss.item(),
                     "rec": rec.item(),
-                    "feature": float(feat),
+                    "feature": feat.item(),
                     "sparsity": sparsity.item(),
                 }
             )

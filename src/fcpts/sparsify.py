@@ -63,6 +63,8 @@ class ThresholdMask(nn.Module):
         self.register_buffer("kde_index", index.to(weight.device), persistent=False)
         self.bandwidth_rule = bandwidth_rule
         self.threshold_grad = threshold_grad
+        self._bandwidth_key: tuple[int, int] | None = None
+        self._bandwidth = torch.ones(())
 
     @property
     def threshold(self) -> torch.Tensor:
@@ -70,7 +72,13 @@ class ThresholdMask(nn.Module):
 
     def _samples(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         samples = weight.detach().flatten()[self.kde_index].abs().float()  # (m,)
-        return samples, bandwidth(samples, self.bandwidth_rule)
+        # The bandwidth (a quantile: a sort of m values) is needed twice per step, by the surrogate
+        # and by the bridge; recompute it only when the weights changed (in-place optimizer steps
+        # bump the tensor's version counter).
+        key = (weight.data_ptr(), weight._version)
+        if self._bandwidth_key != key:
+            self._bandwidth, self._bandwidth_key = bandwidth(samples, self.bandwidth_rule), key
+        return samples, self._bandwidth
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         t = self.threshold
@@ -94,6 +102,7 @@ class PreparedLayer:
     mask: ThresholdMask
     initial_sparsity: float
     weight_requires_grad: bool
+    parameter_order: list[str]  # the module's own parameter names, restored by finalize
 
     @property
     def weight(self) -> torch.Tensor:
@@ -164,9 +173,9 @@ def prepare(
     layers = []
     for (name, module), w, s in zip(chosen, weights, sparsities, strict=True):
         mask = ThresholdMask(w, threshold_for_sparsity(w, s), kde_samples, bandwidth_rule, threshold_grad, generator)
-        requires_grad = module.weight.requires_grad
+        requires_grad, order = module.weight.requires_grad, list(module._parameters)
         parametrize.register_parametrization(module, "weight", mask)
-        layers.append(PreparedLayer(name, module, mask, s, requires_grad))
+        layers.append(PreparedLayer(name, module, mask, s, requires_grad, order))
     return Prepared(model, layers, target_sparsity)
 
 
@@ -188,8 +197,12 @@ def finalize(prepared: Prepared) -> nn.Module:
         k = target_zeros(prepared.target_sparsity, prepared.total)
         masks = exact_global_masks(weights, prepared.thresholds(), k)
         for layer, mask in zip(layers, masks, strict=True):
-            parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=False)
-            weight = layer.module.weight
+            module = layer.module
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+            # Removal re-registers ``weight`` last; put it back in place so parameters(),
+            # named_parameters() and state_dict() keep the dense model's order.
+            module._parameters = {k: module._parameters[k] for k in layer.parameter_order}
+            weight = module.weight
             weight.mul_(mask.to(weight.dtype))
             weight.requires_grad_(layer.weight_requires_grad)
     zeros = sum(int((layer.module.weight == 0).sum()) for layer in layers)

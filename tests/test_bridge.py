@@ -1,0 +1,142 @@
+"""The differentiable bridge: exact forward value, KDE gradient, bandwidth rules, KDE subsample size."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fcpts.bridge import (
+    bandwidth,
+    bridged_sparsity,
+    kde_cdf,
+    kde_density,
+    scott_bandwidth,
+    silverman_bandwidth,
+)
+from fcpts.sparsify import ThresholdMask
+
+
+@pytest.fixture
+def weight() -> torch.Tensor:
+    return torch.randn(40, 25, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.05, 0.3, 0.8, 1.7, 10.0])
+def test_bridged_sparsity_forward_is_the_exact_fraction(weight, t):
+    samples = weight.abs().flatten()
+    h = bandwidth(samples, "silverman")
+    s = bridged_sparsity(weight, torch.tensor(t, dtype=torch.float64), samples, h)
+    count = int((weight.abs() <= t).sum())
+    # The exact fraction count/n, as the float32 the mask's mean gives (no smoothing in the value).
+    assert s.item() == torch.tensor(count / weight.numel(), dtype=torch.float32).item()
+    assert round(s.item() * weight.numel()) == count
+
+
+def test_bridged_sparsity_counts_ties_at_the_threshold_as_pruned():
+    w = torch.tensor([0.1, -0.2, 0.2, 0.4])
+    s = bridged_sparsity(w, torch.tensor(0.2), w.abs(), torch.tensor(0.05))
+    assert s.item() == 0.75
+
+
+@pytest.mark.parametrize("rule", ["silverman", "scott", 0.05])
+@pytest.mark.parametrize("t", [0.02, 0.4, 1.1, 2.5])
+def test_bridge_gradient_is_the_kde_density_and_the_cdf_slope(weight, rule, t):
+    samples = weight.abs().flatten()
+    h = bandwidth(samples, rule)
+    threshold = torch.tensor(t, dtype=torch.float64, requires_grad=True)
+    bridged_sparsity(weight, threshold, samples, h).backward()
+    grad = threshold.grad.item()
+    eps = 1e-6
+    fd = (
+        kde_cdf(torch.tensor(t + eps, dtype=torch.float64), samples, h)
+        - kde_cdf(torch.tensor(t - eps, dtype=torch.float64), samples, h)
+    ).item() / (2 * eps)
+    assert grad == pytest.approx(fd, rel=1e-6, abs=1e-9)
+    assert grad == pytest.approx(kde_density(torch.tensor(t, dtype=torch.float64), samples, h).item(), rel=1e-10)
+    # The hand-written reflected Gaussian KDE.
+    x = samples.numpy()
+    hv = h.item()
+    by_hand = (np.exp(-0.5 * ((t - x) / hv) ** 2) + np.exp(-0.5 * ((t + x) / hv) ** 2)).mean() / (
+        hv * math.sqrt(2 * math.pi)
+    )
+    assert grad == pytest.approx(by_hand, rel=1e-10)
+
+
+def test_kde_cdf_bounds_and_reflection():
+    x = torch.tensor([0.0, 0.5, 1.0, 2.0], dtype=torch.float64)
+    h = torch.tensor(0.1, dtype=torch.float64)
+    assert kde_cdf(torch.tensor(0.0, dtype=torch.float64), x, h).item() == 0.0
+    assert kde_cdf(torch.tensor(100.0, dtype=torch.float64), x, h).item() == pytest.approx(1.0)
+    # Reflection at 0: an all-zero sample's CDF is 1 - 2(1 - Phi(t/h)) = erf(t / (h sqrt 2)).
+    zeros = torch.zeros(5, dtype=torch.float64)
+    t = torch.tensor(0.07, dtype=torch.float64)
+    assert kde_cdf(t, zeros, h).item() == pytest.approx(math.erf(0.07 / (0.1 * math.sqrt(2))), rel=1e-12)
+    # A small bandwidth makes it the empirical CDF of |w| away from the samples.
+    assert kde_cdf(
+        torch.tensor(0.75, dtype=torch.float64), x, torch.tensor(1e-4, dtype=torch.float64)
+    ).item() == pytest.approx(0.5)
+
+
+def test_threshold_mask_sparsity_gradient_in_log_threshold_is_density_times_t():
+    w = torch.randn(30, 20, generator=torch.Generator().manual_seed(3))
+    mask = ThresholdMask(w, threshold=0.6, kde_samples=256, generator=torch.Generator().manual_seed(0))
+    s = mask.sparsity(w)
+    assert s.item() == pytest.approx((w.abs() <= mask.threshold.detach()).float().mean().item(), abs=0)
+    s.backward()
+    samples = w.flatten()[mask.kde_index].abs().float()
+    h = bandwidth(samples, "silverman")
+    t = mask.threshold.detach()
+    expected = (kde_density(t, samples, h) * t).item()
+    assert mask.log_threshold.grad.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_silverman_and_scott_match_their_formulas():
+    x = torch.randn(500, generator=torch.Generator().manual_seed(11), dtype=torch.float64).abs()
+    arr = x.numpy()
+    sigma = arr.std(ddof=1)
+    iqr = np.quantile(arr, 0.75) - np.quantile(arr, 0.25)
+    m = arr.size
+    assert silverman_bandwidth(x).item() == pytest.approx(0.9 * min(sigma, iqr / 1.34) * m**-0.2, rel=1e-12)
+    assert scott_bandwidth(x).item() == pytest.approx(1.06 * sigma * m**-0.2, rel=1e-12)
+    assert bandwidth(x, "silverman").item() == pytest.approx(silverman_bandwidth(x).item(), rel=1e-12)
+    assert bandwidth(x, "scott").item() == pytest.approx(scott_bandwidth(x).item(), rel=1e-12)
+    # The rules differ on this sample (Silverman uses min(σ, IQR/1.34) and 0.9).
+    assert bandwidth(x, "silverman").item() < bandwidth(x, "scott").item()
+
+
+def test_bandwidth_number_and_floor():
+    x = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    assert bandwidth(x, 0.3).item() == pytest.approx(0.3)
+    assert bandwidth(x, 1).item() == pytest.approx(1.0)
+    floor = 1e-3 * 0.5
+    assert bandwidth(x, 0.0).item() == pytest.approx(floor, rel=1e-5)
+    # A degenerate sample (all equal: σ = IQR = 0) still gets a positive bandwidth.
+    same = torch.full((10,), 0.25)
+    for rule in ("silverman", "scott"):
+        assert bandwidth(same, rule).item() == pytest.approx(0.25e-3, rel=1e-4)
+    with pytest.raises(ValueError, match="unknown bandwidth rule"):
+        bandwidth(x, "bogus")
+
+
+@pytest.mark.parametrize(
+    ("shape", "kde_samples"), [((10, 10), 4096), ((10, 10), 100), ((10, 10), 37), ((3, 4, 5, 5), 64)]
+)
+def test_kde_index_length_is_capped(shape, kde_samples):
+    w = torch.randn(*shape)
+    mask = ThresholdMask(w, threshold=0.5, kde_samples=kde_samples)
+    n = w.numel()
+    assert mask.kde_index.shape == (min(n, kde_samples),)
+    assert mask.kde_index.unique().numel() == min(n, kde_samples)  # sampled without replacement
+    assert int(mask.kde_index.min()) >= 0 and int(mask.kde_index.max()) < n
+    # Not a persistent buffer: it never reaches a state dict.
+    assert "kde_index" not in mask.state_dict()
+
+
+def test_kde_index_is_seeded():
+    w = torch.randn(50, 50)
+    a = ThresholdMask(w, 0.5, kde_samples=100, generator=torch.Generator().manual_seed(5))
+    b = ThresholdMask(w, 0.5, kde_samples=100, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.kde_index, b.kde_index)

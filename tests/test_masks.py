@@ -1,0 +1,199 @@
+"""Exact mask math on hand-written weights: hard_mask, thresholds, the exact global cut, ThresholdMask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+import fcpts
+from fcpts.masks import exact_global_masks, hard_mask, target_zeros, threshold_for_sparsity
+from fcpts.sparsify import ThresholdMask
+
+# |w| = 0.1 ... 0.8, shuffled and with mixed signs.
+W8 = torch.tensor([[0.5, -0.1, 0.8, -0.3, 0.2, -0.7, 0.4, -0.6]])
+
+
+def linear8() -> nn.Linear:
+    layer = nn.Linear(8, 1)
+    with torch.no_grad():
+        layer.weight.copy_(W8)
+        layer.bias.fill_(0.25)
+    return layer
+
+
+def test_hard_mask_is_strictly_greater_than_threshold():
+    assert hard_mask(W8, 0.35).tolist() == [[True, False, True, False, False, True, True, True]]
+    # A weight exactly at the threshold is pruned (|w| > t, not >=).
+    assert hard_mask(torch.tensor([0.5, -0.5, 0.6]), 0.5).tolist() == [False, False, True]
+    assert hard_mask(W8, torch.tensor(0.0)).all()
+    assert not hard_mask(W8, 0.8).any()
+
+
+@pytest.mark.parametrize(
+    ("sparsity", "zeros", "expected"),
+    [
+        (0.5, 4, [[True, False, True, False, False, True, False, True]]),
+        (0.25, 2, [[True, False, True, True, False, True, True, True]]),
+        (0.75, 6, [[False, False, True, False, False, True, False, False]]),
+        (0.3, 2, [[True, False, True, True, False, True, True, True]]),  # round(2.4) = 2
+        (0.8, 6, [[False, False, True, False, False, True, False, False]]),  # round(6.4) = 6
+        (0.0, 0, [[True] * 8]),
+        (1.0, 8, [[False] * 8]),
+    ],
+)
+def test_threshold_for_sparsity_gives_the_hand_written_mask(sparsity, zeros, expected):
+    t = threshold_for_sparsity(W8, sparsity)
+    assert t > 0
+    mask = hard_mask(W8, t)
+    assert mask.tolist() == expected
+    assert int((~mask).sum()) == zeros
+
+
+def test_threshold_for_sparsity_sits_halfway_between_pruned_and_kept():
+    assert threshold_for_sparsity(W8, 0.5) == pytest.approx(0.45, abs=1e-7)
+    assert threshold_for_sparsity(W8, 0.25) == pytest.approx(0.25, abs=1e-7)
+    # Keep-all stays positive even with an exact zero weight... and then prunes only that zero.
+    t = threshold_for_sparsity(torch.tensor([0.0, 0.3, 0.2]), 0.0)
+    assert t > 0
+    assert hard_mask(torch.tensor([0.0, 0.3, 0.2]), t).tolist() == [False, True, True]
+
+
+def test_target_zeros_rounds():
+    assert target_zeros(0.9, 1001) == 901
+    assert target_zeros(0.5, 743) == 372  # round(371.5) -> banker's rounding: 372
+    assert target_zeros(0.77, 743) == round(0.77 * 743) == 572
+    assert target_zeros(0.99, 743) == 736
+
+
+def test_exact_global_masks_single_layer():
+    w = [torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]])]
+    assert exact_global_masks(w, [0.35], 3)[0].int().tolist() == [[0, 0, 0, 1, 1, 1, 1, 1]]
+    # Asking for more (or fewer) zeros than the threshold gives moves the cut: it scales t.
+    assert exact_global_masks(w, [0.35], 5)[0].int().tolist() == [[0, 0, 0, 0, 0, 1, 1, 1]]
+    assert exact_global_masks(w, [0.35], 1)[0].int().tolist() == [[0, 1, 1, 1, 1, 1, 1, 1]]
+    assert exact_global_masks(w, [0.35], 0)[0].all()
+    assert not exact_global_masks(w, [0.35], 8)[0].any()
+
+
+def test_exact_global_masks_two_layers_by_relative_score():
+    w1 = torch.tensor([0.1, 0.2, 0.3, 0.4])  # t=0.25 -> scores 0.4 0.8 1.2 1.6
+    w2 = torch.tensor([[0.5, 3.0], [1.5, 2.5]])  # t=2.0 -> scores 0.25 1.5 0.75 1.25
+    ts = [0.25, 2.0]
+    # 4 zeros: exactly the learned thresholds' own masks (scores <= 1).
+    m1, m2 = exact_global_masks([w1, w2], ts, 4)
+    assert m1.tolist() == [False, False, True, True]
+    assert m2.tolist() == [[False, True], [False, True]]
+    # 5 zeros: the next-lowest score is w1[2] (1.2), not w2[3] (1.25).
+    m1, m2 = exact_global_masks([w1, w2], ts, 5)
+    assert m1.tolist() == [False, False, False, True]
+    assert m2.tolist() == [[False, True], [False, True]]
+    # 3 zeros: the highest pruned score (w1[1], 0.8) comes back.
+    m1, m2 = exact_global_masks([w1, w2], ts, 3)
+    assert m1.tolist() == [False, True, True, True]
+    assert m2.tolist() == [[False, True], [False, True]]
+    assert m2.shape == w2.shape and m1.dtype == torch.bool
+
+
+def test_exact_global_masks_tie_break_is_layer_then_index_and_zeros_go_first():
+    ones = [torch.ones(3), torch.ones(3)]
+    m1, m2 = exact_global_masks(ones, [1.0, 1.0], 4)
+    assert m1.tolist() == [False, False, False]
+    assert m2.tolist() == [False, True, True]
+    # Exact zeros score 0 and are pruned before anything else, in any layer.
+    w = [torch.tensor([0.5, 0.6]), torch.tensor([0.7, 0.0])]
+    m1, m2 = exact_global_masks(w, [0.1, 0.1], 1)
+    assert m1.tolist() == [True, True]
+    assert m2.tolist() == [True, False]
+
+
+def test_exact_global_masks_tiny_threshold_keeps_a_layer_dense():
+    big = torch.tensor([0.1, 0.2, 0.3])
+    small = torch.tensor([0.4, 0.5, 0.6, 0.7])
+    # A tiny threshold on `big` makes its scores huge: all 3 zeros come from `small`.
+    m_big, m_small = exact_global_masks([big, small], [1e-6, 0.55], 3)
+    assert m_big.all()
+    assert m_small.tolist() == [False, False, False, True]
+
+
+def test_exact_global_masks_rejects_impossible_counts():
+    with pytest.raises(ValueError):
+        exact_global_masks([torch.ones(3)], [1.0], 4)
+    with pytest.raises(ValueError):
+        exact_global_masks([torch.ones(3)], [1.0], -1)
+
+
+def test_threshold_mask_output_and_threshold():
+    mask = ThresholdMask(W8, threshold=0.45)
+    assert mask.threshold.item() == pytest.approx(0.45, rel=1e-6)
+    assert isinstance(mask.log_threshold, nn.Parameter)
+    out = mask(W8)
+    expected = torch.tensor([[0.5, 0.0, 0.8, 0.0, 0.0, -0.7, 0.0, -0.6]])
+    assert torch.equal(out, expected)
+    with torch.no_grad():
+        mask.log_threshold.fill_(torch.tensor(0.15).log())
+    assert torch.equal(mask(W8), torch.tensor([[0.5, 0.0, 0.8, -0.3, 0.2, -0.7, 0.4, -0.6]]))
+
+
+def test_threshold_mask_rejects_unknown_threshold_grad():
+    with pytest.raises(ValueError, match="threshold_grad"):
+        ThresholdMask(W8, 0.45, threshold_grad="exact")
+
+
+def test_threshold_mask_weight_gradient_is_masked_and_surrogate_reaches_threshold():
+    w = W8.clone().requires_grad_(True)
+    mask = ThresholdMask(W8, threshold=0.45, threshold_grad="surrogate", bandwidth_rule=0.1)
+    mask(w).sum().backward()
+    keep = (W8.abs() > 0.45).float()
+    assert torch.equal(w.grad, keep)  # d(sum W*m)/dW = m: pruned weights get no gradient
+    # Surrogate: d/d log t of sum(W * sigmoid((|W| - t)/h)) = sum(W * -sigmoid'(z)/h) * t.
+    t, h = torch.tensor(0.45), torch.tensor(0.1)
+    z = (W8.abs() - t) / h
+    sig = torch.sigmoid(z)
+    expected = (W8 * (-(sig * (1 - sig)) / h)).sum() * t
+    assert mask.log_threshold.grad.item() == pytest.approx(expected.item(), rel=1e-4)
+
+    frozen = ThresholdMask(W8, threshold=0.45, threshold_grad="none")
+    w2 = W8.clone().requires_grad_(True)
+    frozen(w2).sum().backward()
+    assert frozen.log_threshold.grad is None
+    assert torch.equal(w2.grad, keep)
+
+
+@pytest.mark.parametrize(
+    ("sparsity", "expected"),
+    [
+        (0.5, [[0.5, 0.0, 0.8, 0.0, 0.0, -0.7, 0.0, -0.6]]),
+        (0.25, [[0.5, 0.0, 0.8, -0.3, 0.0, -0.7, 0.4, -0.6]]),
+        (0.875, [[0.0, 0.0, 0.8, 0.0, 0.0, 0.0, 0.0, 0.0]]),
+    ],
+)
+def test_prepare_uniform_on_a_hand_written_linear(sparsity, expected):
+    layer = linear8()
+    prepared = fcpts.prepare(layer, sparsity, init="uniform")
+    assert parametrize.is_parametrized(layer, "weight")
+    assert [pl.name for pl in prepared.layers] == [""]
+    assert prepared.layers[0].initial_sparsity == sparsity
+    assert torch.equal(layer.weight, torch.tensor(expected))
+    # The dense weights are still stored underneath.
+    assert torch.equal(layer.parametrizations.weight.original, W8)
+    assert prepared.global_sparsity().item() == pytest.approx(sparsity)
+    # Forward uses the masked weight.
+    x = torch.ones(1, 8)
+    assert layer(x).item() == pytest.approx(sum(expected[0]) + 0.25, abs=1e-6)
+    plain = fcpts.finalize(prepared)
+    assert type(plain) is nn.Linear
+    assert torch.equal(plain.weight, torch.tensor(expected))
+    assert plain.bias.item() == 0.25
+
+
+def test_threshold_mask_prunes_a_weight_exactly_at_the_threshold():
+    mask = ThresholdMask(W8, threshold=0.3)
+    t = mask.threshold.detach()
+    w = torch.stack([t, -t, t * 2, t / 2, t, t * 3, -t / 4, t]).view(1, 8)  # same shape as W8
+    zero = t * 0
+    assert torch.equal(mask(w), torch.stack([zero, zero, t * 2, zero, zero, t * 3, zero, zero]).view(1, 8))
+    # ...consistent with hard_mask and with the exact sparsity of the bridge.
+    assert torch.equal(mask(w) != 0, hard_mask(w, t))
+    assert mask.sparsity(w).item() == 0.75
