@@ -13,6 +13,10 @@ and noisy, also a ratio to a unit measured in the same run: 100 dense training s
     python benchmarks/bench_core.py                       # ~12 min on 2 CPU cores
     python benchmarks/bench_core.py --sparsities 0.9 --quick
 
+Memory: the process's peak resident set size (``getrusage`` max RSS) after each row, in MiB. It
+only grows, so a row's figure is the peak of the run so far (the data, the dense model and every
+row before it), not that row's own use; a row that raises it needed more than all before it.
+
 Prints a Markdown table and writes JSON (default: benchmarks/results/core.json).
 """
 
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +45,12 @@ VARIANTS = {
     "fcpts init=global": {"init": "global"},
     "ERK fixed + rec": {"learn_thresholds": False},
 }
+
+
+def max_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def time_unit(model: torch.nn.Module, x: torch.Tensor, batch_size: int, steps: int = 100) -> float:
@@ -75,7 +87,8 @@ def main() -> None:
     batch_size = fcpts.FCPTSConfig.batch_size
     unit = time_unit(model, calibration, batch_size)
     dense = fcpts.accuracy(model, test.x, test.y)
-    rows = [{"sparsity": 0.0, "method": "dense", "top1": dense, "achieved": 0.0, "time_s": 0.0}]
+    dense_row = {"sparsity": 0.0, "method": "dense", "top1": dense, "achieved": 0.0, "time_s": 0.0}
+    rows = [{**dense_row, "max_rss_mib": max_rss_mib()}]
     print(f"dense top-1 {dense:.2%}; time unit (100 dense train steps, batch {batch_size}) {unit:.2f} s", flush=True)
 
     for target in args.sparsities:
@@ -96,11 +109,12 @@ def main() -> None:
                 "time_units": result.wall_time_s / unit,
                 "layer_sparsity": result.layer_sparsity,
                 "config": result.config,
+                "max_rss_mib": max_rss_mib(),
             }
             rows.append(row)
             print(
                 f"  {target:<5g} {label:<20} top-1 {top1:.2%}  sparsity {result.global_sparsity:.6f}  "
-                f"{result.wall_time_s:.1f} s",
+                f"{result.wall_time_s:.1f} s  max RSS {row['max_rss_mib']:.0f} MiB",
                 flush=True,
             )
 
@@ -109,6 +123,8 @@ def main() -> None:
     print("\n" + table + "\n")
     for line in targets["lines"]:
         print(line)
+    peak = max_rss_mib()
+    print(f"peak memory (process max RSS): {peak:.0f} MiB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "core",
@@ -118,6 +134,7 @@ def main() -> None:
         "iters": args.iters,
         "seed": args.seed,
         "time_unit_s": unit,
+        "peak_rss_mib": peak,
         "rows": rows,
         "targets": targets,
         "table": table,
@@ -157,12 +174,17 @@ def check_targets(rows: list[dict], dense: float, sparsities: list[float]) -> di
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| sparsity | method | top-1 | achieved sparsity | time (s) | time (units) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| sparsity | method | top-1 | achieved sparsity | time (s) | time (units) | max RSS (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         units = f"{r['time_units']:.2f}" if "time_units" in r else ""
         time_s = f"{r['time_s']:.1f}" if r["method"] != "dense" else ""
+        rss = f"{r['max_rss_mib']:.0f}" if "max_rss_mib" in r else ""
         lines.append(
-            f"| {r['sparsity']:g} | {r['method']} | {100 * r['top1']:.2f} | {r['achieved']:.6f} | {time_s} | {units} |"
+            f"| {r['sparsity']:g} | {r['method']} | {100 * r['top1']:.2f} | {r['achieved']:.6f} | {time_s} | {units} "
+            f"| {rss} |"
         )
     return "\n".join(lines)
 

@@ -425,3 +425,22 @@ def test_failure_while_writing_leaves_nothing(run_cli, tmp_path, model_file, npz
     assert [p.name for p in out.iterdir()] == ["report.json"]
     assert (out / "report.json").read_text() == "old report"
     assert sorted(p.name for p in parent.iterdir()) == ["out"]
+
+
+def test_feature_modules_flag_reaches_the_config(run_cli, tmp_path, model_file, npz_file):
+    """``--feature-modules 2`` (the ReLU after BatchNorm in the factory model) adds block-wise MSE."""
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(*tiny_args(model_file, npz_file, out, "--feature-modules", "2"))
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["feature_modules"] == ["2"]
+    assert report["global_sparsity"] == report["zeros"] / report["prunable_weights"]
+    assert any(step["feature"] > 0 for step in report["loss_history"])
+
+
+def test_unknown_feature_module_is_one_clear_error(run_cli, tmp_path, model_file, npz_file):
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(*tiny_args(model_file, npz_file, out, "--feature-modules", "nope"))
+    assert code == 2
+    assert stderr.startswith("fcpts: error:") and "nope" in stderr
+    assert not out.exists()

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from . import distributed
 from .calibration import Calibration, CalibrationData, check_fits
 from .errors import FcptsError
 from .evaluate import layer_sparsity
@@ -165,6 +166,8 @@ def prune(model: nn.Module, calibration_data: CalibrationData, config: PruneConf
     """Prune a copy of ``model`` to exactly ``config.target_sparsity`` with the config's method.
 
     ``calibration_data``: a tensor ``(N, ...)`` of unlabeled inputs, a Dataset or a DataLoader.
+    Called on every rank of an initialised process group (same model and data everywhere), the
+    learning is data-parallel and every rank returns the same result (see :func:`fcpts.learn`).
 
     >>> import torch, fcpts
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
@@ -177,6 +180,8 @@ def prune(model: nn.Module, calibration_data: CalibrationData, config: PruneConf
     entry = METHODS[config.method]
     start = time.perf_counter()
     student = copy.deepcopy(model).to(config.device)
+    # In a process group every rank prunes rank 0's model, so all ranks return the same result.
+    distributed.broadcast_module(student)
     calibration = Calibration(calibration_data, config.batch_size, config.seed, config.device)
     check_fits(student.eval(), calibration.first())
     history = entry.run(student, calibration, config)

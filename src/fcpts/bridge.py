@@ -23,6 +23,11 @@ import torch
 _SQRT2 = math.sqrt(2.0)
 
 
+def _std(samples: torch.Tensor) -> torch.Tensor:
+    """Sample standard deviation; 0 for a single sample (a 1-weight layer), not NaN and a warning."""
+    return samples.std() if samples.numel() > 1 else torch.zeros((), dtype=samples.dtype, device=samples.device)
+
+
 def silverman_bandwidth(samples: torch.Tensor) -> torch.Tensor:
     """Silverman's rule of thumb: ``0.9 · min(σ, IQR / 1.34) · m^(-1/5)``.
 
@@ -30,8 +35,9 @@ def silverman_bandwidth(samples: torch.Tensor) -> torch.Tensor:
     0.1048
     """
     q = torch.quantile(samples, torch.tensor([0.25, 0.75], dtype=samples.dtype, device=samples.device))
-    spread = torch.minimum(samples.std(), (q[1] - q[0]) / 1.34)
-    spread = torch.where(spread > 0, spread, samples.std())  # IQR of 0 with a spread-out tail
+    std = _std(samples)
+    spread = torch.minimum(std, (q[1] - q[0]) / 1.34)
+    spread = torch.where(spread > 0, spread, std)  # IQR of 0 with a spread-out tail
     return 0.9 * spread * samples.numel() ** -0.2
 
 
@@ -41,7 +47,7 @@ def scott_bandwidth(samples: torch.Tensor) -> torch.Tensor:
     >>> round(scott_bandwidth(torch.linspace(0, 1, 101)).item(), 4)
     0.1234
     """
-    return 1.06 * samples.std() * samples.numel() ** -0.2
+    return 1.06 * _std(samples) * samples.numel() ** -0.2
 
 
 BANDWIDTH_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

@@ -8,13 +8,15 @@ style), or a tuple/list whose first element is the input; labels are never used.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, default_collate
 
+from .checks import check_finite, check_finite_inputs
 from .errors import FcptsError
 
 CalibrationData = torch.Tensor | Dataset | Iterable[Any]
@@ -49,6 +51,21 @@ def batch_size_of(inputs: Any) -> int:
     return len(inputs)
 
 
+def shard(batch: Any, rank: int, world_size: int) -> Any:
+    """Part ``rank`` of ``world_size`` contiguous parts of a batch (a tensor, a dict of tensors, or None).
+
+    Part sizes differ by at most one (``torch.tensor_split``); a dict's tensors are split alike.
+
+    >>> [shard(torch.arange(5), r, 2).tolist() for r in (0, 1)]
+    [[0, 1, 2], [3, 4]]
+    """
+    if isinstance(batch, torch.Tensor):
+        return torch.tensor_split(batch, world_size)[rank]
+    if isinstance(batch, dict):
+        return {k: shard(v, rank, world_size) for k, v in batch.items()}
+    return batch
+
+
 class Calibration:
     """An endless, seeded stream of input batches over the calibration data, on ``device``.
 
@@ -59,18 +76,21 @@ class Calibration:
 
     def __init__(self, data: CalibrationData, batch_size: int = 64, seed: int = 0, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
         self.batch_size = batch_size
+        self.dataset: Dataset | None = None  # a map-style Dataset, indexed by fcpts (tensor: self.tensor)
         if isinstance(data, torch.Tensor):
             if data.ndim == 0 or len(data) == 0:
                 raise FcptsError("calibration data is empty")
+            check_finite(data, "calibration data")  # once here; streamed batches are checked as they come
             self.tensor: torch.Tensor | None = data
             self.source: Iterable[Any] | None = None
         elif isinstance(data, Dataset) and hasattr(data, "__len__"):
             if len(data) == 0:  # type: ignore[arg-type]
                 raise FcptsError("calibration data is empty")
-            self.tensor = None
-            self.source = DataLoader(data, batch_size=batch_size, shuffle=True, generator=self.generator)
+            # Indexed and collated here rather than by a shuffling DataLoader: the stream's order is
+            # then fcpts' own, recomputable at any position (see stream).
+            self.tensor, self.source, self.dataset = None, None, data
         elif isinstance(data, Iterator):
             # A one-shot iterator (a generator) cannot be replayed: keep its batches (calibration
             # sets are small) so that every epoch sees them all.
@@ -82,31 +102,69 @@ class Calibration:
         if self.source is not None and next(iter(self.source), None) is None:
             raise FcptsError("calibration data is empty")
 
-    def _batches(self, shuffle: bool) -> Iterator[tuple[Any, torch.Tensor | None]]:
-        """One pass: ``(inputs on the device, their row indices)``; indices are None for iterables."""
+    @property
+    def rows(self) -> int | None:
+        """The number of samples of a tensor or Dataset; None for an iterable of batches."""
         if self.tensor is not None:
-            n = len(self.tensor)
-            order = torch.randperm(n, generator=self.generator) if shuffle else torch.arange(n)
-            for i in range(0, n, self.batch_size):
-                index = order[i : i + self.batch_size]
+            return len(self.tensor)
+        return None if self.dataset is None else len(self.dataset)  # type: ignore[arg-type]
+
+    def _batches(self, order: torch.Tensor | None = None) -> Iterator[tuple[Any, torch.Tensor | None]]:
+        """One pass: ``(inputs on the device, their row indices)``; indices are None for iterables.
+
+        A tensor or Dataset is read in batches of the rows in ``order`` (default: all, in order).
+        """
+        if self.source is not None:
+            for i, batch in enumerate(self.source):
+                inputs = to_device(model_input(batch), self.device)
+                check_finite_inputs(inputs, f"calibration batch {i}")
+                yield inputs, None
+            return
+        order = torch.arange(self.rows or 0) if order is None else order
+        for i in range(0, len(order), self.batch_size):
+            index = order[i : i + self.batch_size]
+            if self.tensor is not None:
                 yield self.tensor[index].to(self.device), index
-        else:
-            assert self.source is not None
-            for batch in self.source:
-                yield to_device(model_input(batch), self.device), None
+            else:
+                assert self.dataset is not None
+                inputs = to_device(model_input(default_collate([self.dataset[j] for j in index.tolist()])), self.device)
+                check_finite_inputs(inputs, f"calibration batch {i // self.batch_size}")
+                yield inputs, index
 
     def epoch(self) -> Iterator[Any]:
         """One pass over the data in order, in batches, each moved to the device."""
-        for inputs, _ in self._batches(shuffle=False):
+        for inputs, _ in self._batches():
             yield inputs
 
-    def stream(self) -> Iterator[tuple[Any, torch.Tensor | None]]:
-        """Shuffled ``(inputs, row indices)`` forever; a tensor's last short batch is dropped."""
+    def stream(self, start_step: int = 0) -> Iterator[tuple[Any, torch.Tensor | None]]:
+        """``(inputs, row indices)`` forever, from the ``start_step``-th batch on.
+
+        A tensor or Dataset is shuffled: epoch ``e`` reads the ``e``-th permutation drawn from a
+        generator seeded by ``seed``, in full batches (the last short batch is dropped, unless the
+        data is smaller than one batch). The batch at any position is thus a function of the seed
+        and the position alone, and a resumed run reads the same batches as an uninterrupted one.
+        An iterable of batches is read in its own order, again and again; its first ``start_step``
+        batches are read and skipped (exact when it yields the same batches on every pass).
+
+        >>> cal = Calibration(torch.arange(10.0).unsqueeze(1), batch_size=3, seed=0)
+        >>> [i.tolist() for (_, i), _ in zip(cal.stream(), range(5))][3:] == [
+        ...     i.tolist() for (_, i), _ in zip(cal.stream(start_step=3), range(2))]
+        True
+        """
+        if self.source is not None:
+            batches = (batch for _ in itertools.count() for batch in self._batches())
+            yield from itertools.islice(batches, start_step, None)
+            return
+        n = self.rows or 0
+        per_epoch = max(1, n // self.batch_size)  # full batches per epoch (one short one if n < batch)
+        generator = torch.Generator().manual_seed(self.seed)
+        epoch, skip = divmod(start_step, per_epoch)
+        for _ in range(epoch):
+            torch.randperm(n, generator=generator)  # replay the skipped epochs' draws (cheap: no data)
         while True:
-            for inputs, index in self._batches(shuffle=True):
-                full = index is None or len(index) == self.batch_size or len(self.tensor) < self.batch_size
-                if full:
-                    yield inputs, index
+            order = torch.randperm(n, generator=generator)
+            yield from self._batches(order[skip * self.batch_size : per_epoch * self.batch_size])
+            skip = 0
 
     def first(self) -> Any:
         return next(self.epoch())

@@ -7,11 +7,13 @@ import dataclasses
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import baselines as _baselines  # noqa: F401  (registers the magnitude methods)
+from . import distributed
 from .allocation import ALLOCATIONS
 from .api import METHODS, PruneResult, make_config, prune, resolve_device
 from .data import DataSource, Split, load_data
@@ -30,8 +32,14 @@ METHOD_OPTIONS = {
     "threshold_grad": "threshold_grad",
     "control_weight": "control_weight",
     "temperature": "temperature",
+    "feature_modules": "feature_modules",
     "recalibrate_bn": "recalibrate_bn",
+    "resume": "resume",
+    "checkpoint_dir": "checkpoint_dir",
+    "checkpoint_every": "checkpoint_every",
 }
+#: Steps between checkpoints when --checkpoint-dir or --resume is given without --checkpoint-every.
+DEFAULT_CHECKPOINT_EVERY = 100
 
 
 def _add_model_data_args(p: argparse.ArgumentParser) -> None:
@@ -73,10 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--temperature", type=float, help="distillation temperature (default: 1)")
     g.add_argument(
+        "--feature-modules",
+        nargs="+",
+        metavar="NAME",
+        help="also match these modules' outputs by MSE (block-wise reconstruction), e.g. layer1 layer2",
+    )
+    g.add_argument(
         "--recalibrate-bn",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="recalibrate BatchNorm after pruning (default: on for magnitude baselines, off for fcpts)",
+    )
+    c = p.add_argument_group("checkpoints (fcpts)")
+    where = c.add_mutually_exclusive_group()
+    where.add_argument("--checkpoint-dir", metavar="DIR", help="save the training state to DIR during learning")
+    where.add_argument(
+        "--resume", metavar="DIR", help="continue the run checkpointed in DIR (same options; keeps checkpointing there)"
+    )
+    c.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help=f"steps between checkpoints (default: {DEFAULT_CHECKPOINT_EVERY} with --checkpoint-dir or --resume)",
     )
 
     e = sub.add_parser("eval", help="accuracy and sparsity of a model on a dataset")
@@ -98,9 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> Any:
     entry = METHODS[args.method]
     fields = {f.name for f in dataclasses.fields(entry.config_cls)}
+    given = {flag: getattr(args, flag) for flag in METHOD_OPTIONS}
+    if args.resume is not None:  # --resume DIR: read the checkpoint in DIR and keep checkpointing there
+        given["resume"], given["checkpoint_dir"] = True, args.resume
+    if given["checkpoint_dir"] is not None and given["checkpoint_every"] is None:
+        given["checkpoint_every"] = DEFAULT_CHECKPOINT_EVERY
     options: dict[str, Any] = {}
     for flag, field in METHOD_OPTIONS.items():
-        value = getattr(args, flag)
+        value = given[flag]
         if value is None:
             continue
         if field not in fields:
@@ -130,11 +161,24 @@ def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, DataSource]:
 def cmd_prune(args: argparse.Namespace) -> None:
     config = _config(args)  # validates the sparsity and options before any loading
     check_output_dir_arg(args)
+    # Under torchrun (WORLD_SIZE > 1) join the process group: every rank loads the same model and
+    # data and learns on its shard of each batch; rank 0 alone evaluates, writes and prints.
+    config.device = distributed.init_from_env(config.device)
+    args.device = str(config.device)
+    try:
+        _prune(args, config)
+    finally:
+        distributed.shutdown()
+
+
+def _prune(args: argparse.Namespace, config: Any) -> None:
     model, data = _load(args)
     if args.calib_samples < 1:
         raise FcptsError(f"--calib-samples must be ≥ 1, got {args.calib_samples}")
     calibration = data.calibration.subset(args.calib_samples, args.seed)
     result = prune(model, calibration.x, config)
+    if not distributed.is_main():
+        return  # the same result as rank 0's, which writes it
     dense_acc, sparse_acc = _accuracy(model, data.evaluation), _accuracy(result.model, data.evaluation)
     report = build_report(
         result,
@@ -152,9 +196,12 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def check_output_dir_arg(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    check_output_dir(Path(args.out), args.overwrite)
+    out = Path(args.out)
+    check_output_dir(out, args.overwrite)
+    checkpoints = args.resume or args.checkpoint_dir
+    if checkpoints is not None and Path(checkpoints).resolve().is_relative_to(out.resolve()):
+        # The output directory is replaced as a whole at the end: checkpoints inside it would be lost.
+        raise FcptsError(f"checkpoint directory {checkpoints} must be outside the output directory {out}")
 
 
 def _summary(result: PruneResult, dense_acc: float | None, sparse_acc: float | None) -> str:

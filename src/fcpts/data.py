@@ -150,7 +150,7 @@ def load_npz(path: str | os.PathLike[str]) -> DataSource:
         with np.load(path, allow_pickle=False) as npz:
             if "x" not in npz:
                 raise FcptsError(f"{path} has no array named 'x' (found: {', '.join(npz.files) or 'none'})")
-            x, y = npz["x"], (npz["y"] if "y" in npz else None)
+            x, y = npz["x"], npz.get("y")
     except (OSError, ValueError) as exc:
         if isinstance(exc, FcptsError):
             raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,19 +25,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .allocation import ALLOCATIONS
 from .api import PruneConfig, register_method
 from .batchnorm import recalibrate_batchnorm
 from .bridge import BANDWIDTH_RULES
-from .calibration import Calibration, call_model
+from .calibration import Calibration, batch_size_of, call_model, shard
+from .checkpoint import has_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
+from .checks import check_finite
 from .errors import FcptsError
-from .evaluate import output_logits, predict
+from .evaluate import output_logits
 from .sparsify import THRESHOLD_GRADS, Prepared, finalize, prepare
 
 
 @dataclass
 class FCPTSConfig(PruneConfig):
-    """FCPTS options. The defaults are the benchmark's best on the reference CNN (see README).
+    """FCPTS options; the defaults were measured on the reference CNN (README, Benchmark).
 
     >>> FCPTSConfig(target_sparsity=0.9).init
     'erk'
@@ -56,6 +60,9 @@ class FCPTSConfig(PruneConfig):
     bandwidth: str | float = "silverman"
     kde_samples: int = 4096
     recalibrate_bn: bool = False
+    checkpoint_dir: str | None = None  # where learn() keeps checkpoint.pt (replaced atomically)
+    checkpoint_every: int = 0  # save the training state every N steps; 0: never
+    resume: bool = False  # continue from the checkpoint in checkpoint_dir: same options, same result
 
     method = "fcpts"
 
@@ -83,6 +90,12 @@ class FCPTSConfig(PruneConfig):
         if self.threshold_grad not in THRESHOLD_GRADS:
             raise FcptsError(f"threshold_grad must be one of {THRESHOLD_GRADS}, got {self.threshold_grad!r}")
         self.feature_modules = tuple(self.feature_modules)
+        if self.checkpoint_every < 0:
+            raise FcptsError(f"checkpoint_every must be ≥ 0, got {self.checkpoint_every}")
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir = os.fspath(self.checkpoint_dir)
+        elif self.checkpoint_every or self.resume:
+            raise FcptsError("checkpoint_every and resume need a checkpoint_dir")
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -100,7 +113,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 def control_loss(global_sparsity: torch.Tensor, target: float, kind: str = "abs") -> torch.Tensor:
     """``|S − S*|`` or ``(S − S*)²``.
 
-    >>> round(control_loss(torch.tensor(0.7), 0.8).item(), 6), round(control_loss(torch.tensor(0.7), 0.8, "squared").item(), 6)
+    >>> s = torch.tensor(0.7)
+    >>> round(control_loss(s, 0.8).item(), 6), round(control_loss(s, 0.8, "squared").item(), 6)
     (0.1, 0.01)
     """
     gap = global_sparsity - target
@@ -129,10 +143,56 @@ class _FeatureTap:
             handle.remove()
 
 
+#: Largest teacher-output cache, in bytes, :func:`learn` keeps for tensor calibration data; above
+#: it the teacher runs on every batch instead, so memory does not grow with N × output size.
+#: 256 MiB holds 4096 samples of a 16k-way float32 output.
+TEACHER_CACHE_BYTES = 256 * 2**20
+
+#: How a non-finite teacher output is named in the error (the dense model is the teacher).
+TEACHER_OUTPUTS = "the dense model's output on the calibration data"
+
+
+@torch.no_grad()
+def cache_teacher_outputs(
+    teacher: nn.Module, calibration: Calibration, batch_size: int, budget_bytes: int
+) -> torch.Tensor | None:
+    """The teacher's outputs on every row of a tensor calibration set, on its device; None to stream.
+
+    One sample gives the output size; the cache (preallocated: no list + concatenate peak) is
+    built only if ``N × output size`` fits ``budget_bytes``.
+    """
+    x, device = calibration.tensor, calibration.device
+    if x is None:
+        return None
+    probe = output_logits(call_model(teacher, x[:1].to(device)))  # (1, C...)
+    if len(x) * probe[0].numel() * probe.element_size() > budget_bytes:
+        return None
+    cached = torch.empty((len(x), *probe.shape[1:]), dtype=probe.dtype, device=device)
+    for i in range(0, len(x), batch_size):
+        cached[i : i + batch_size] = output_logits(call_model(teacher, x[i : i + batch_size].to(device)))
+    check_finite(cached, TEACHER_OUTPUTS)
+    return cached
+
+
 def learn(
     prepared: Prepared, teacher: nn.Module, calibration: Calibration, config: FCPTSConfig
 ) -> list[dict[str, float]]:
-    """Minimise ``L_rec + L_c`` over thresholds and kept weights; returns the per-step loss history."""
+    """Minimise ``L_rec + L_c`` over thresholds and kept weights; returns the per-step loss history.
+
+    **Data parallel.** Inside an initialised process group (``torchrun``, or your own
+    ``init_process_group``), ``config.batch_size`` is the *global* batch: every rank reads the same
+    global batch and computes on its own contiguous shard of it (``batch_size / world_size``
+    samples; shard sizes differ by at most one), and each rank's gradients, weighted by its share of
+    the batch, are summed over the ranks before every step (:mod:`fcpts.distributed`). Every rank
+    thus takes the step one process takes on the whole batch (equal up to float rounding: the sums
+    run in another order) and all ranks end with identical thresholds and weights. The data and the
+    model must be the same on every rank; rank 0's weights are broadcast at the start and the end.
+
+    **Checkpoints.** With ``config.checkpoint_every = N`` the training state (step, student with
+    thresholds, optimizer, scheduler, RNG, history) goes to ``config.checkpoint_dir`` every N steps
+    (by rank 0); ``config.resume`` continues from it and reaches the same result, bit for bit, as
+    an uninterrupted run with the same options (:mod:`fcpts.checkpoint`).
+    """
     student = prepared.model
     teacher.eval().requires_grad_(False)
     student.eval()  # BatchNorm uses the dense running statistics; the kept weights adapt to them
@@ -153,6 +213,16 @@ def learn(
         schedules.append(lambda i: 0.5 * (1 + math.cos(math.pi * i / config.iters)))
     if not groups or config.iters == 0:
         return []
+    if config.checkpoint_every and not config.resume and has_checkpoint(config.checkpoint_dir):  # type: ignore[arg-type]
+        raise FcptsError(
+            f"{config.checkpoint_dir} already holds a checkpoint: resume it (--resume) or choose another directory"
+        )
+    rank, world = distributed.rank(), distributed.world_size()
+    if config.batch_size < world:
+        raise FcptsError(f"batch_size {config.batch_size} (the global batch) is smaller than the {world} processes")
+    # Every rank starts from rank 0's model (one built without a fixed seed differs between processes).
+    distributed.broadcast_module(student)
+    distributed.broadcast_module(teacher)
     optimizer = torch.optim.Adam(groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
     # Parameters outside the optimizer need no gradient; their flags are restored at the end.
@@ -164,19 +234,36 @@ def learn(
     student_tap = _FeatureTap(student, config.feature_modules)
     # Without feature matching, the teacher's outputs on a tensor calibration set are computed
     # once (N, C) instead of once per step: a quarter of the step time on the reference CNN.
+    # Only while they fit TEACHER_CACHE_BYTES; otherwise (and for streamed data) once per batch.
     cached = None
     if calibration.tensor is not None and not config.feature_modules:
-        cached = predict(teacher, calibration.tensor, config.batch_size).to(calibration.device)
+        cached = cache_teacher_outputs(teacher, calibration, config.batch_size, TEACHER_CACHE_BYTES)
     history: list[dict[str, float]] = []
-    stream = calibration.stream()
+    start = 0
+    if config.resume:
+        state = load_checkpoint(config.checkpoint_dir, config.to_dict())  # type: ignore[arg-type]
+        start, history = restore_checkpoint(state, student, optimizer, scheduler)
+    trained_params = [p for g in groups for p in g["params"]]
+    stream = calibration.stream(start_step=start)
+    progress = config.progress and distributed.is_main()
     try:
-        for step in tqdm(range(config.iters), desc="fcpts", disable=not config.progress, leave=False):
+        steps = range(start, config.iters)
+        # disable=None: tqdm hides the bar when stderr is not a terminal (CI logs, pipes).
+        disable = None if progress else True
+        for step in tqdm(steps, desc="fcpts", initial=start, total=config.iters, disable=disable, leave=False):
             inputs, index = next(stream)
+            total = batch_size_of(inputs)
+            if world > 1:  # this rank's shard of the global batch
+                if total < world:
+                    raise FcptsError(f"a calibration batch of {total} samples cannot be split over {world} processes")
+                inputs, index = shard(inputs, rank, world), shard(index, rank, world)
+            share = batch_size_of(inputs) / total
             if cached is not None and index is not None:
                 target_logits = cached[index.to(cached.device)]
             else:
                 with torch.no_grad():
                     target_logits = output_logits(call_model(teacher, inputs))
+                check_finite(target_logits, TEACHER_OUTPUTS)
             logits = output_logits(call_model(student, inputs))
             rec = distillation_loss(logits, target_logits, config.temperature)
             feat = sum(
@@ -191,17 +278,27 @@ def learn(
             loss = rec + config.feature_weight * feat + config.control_weight * ctrl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.all_reduce_gradients(trained_params, share)
             optimizer.step()
             scheduler.step()
+            # The logged losses are the global batch's (weighted sum over ranks, as for the gradients).
+            stats = torch.stack([loss.detach(), rec.detach(), feat.detach()]).float() * share
+            loss_value, rec_value, feat_value = distributed.all_reduce_sum_(stats).tolist()
             history.append(
-                {
-                    "step": step,
-                    "loss": loss.item(),
-                    "rec": rec.item(),
-                    "feature": feat.item(),
-                    "sparsity": sparsity.item(),
-                }
+                {"step": step, "loss": loss_value, "rec": rec_value, "feature": feat_value, "sparsity": sparsity.item()}
             )
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and distributed.is_main():
+                save_checkpoint(
+                    config.checkpoint_dir,  # type: ignore[arg-type]
+                    step + 1,
+                    student,
+                    optimizer,
+                    scheduler,
+                    history,
+                    config.to_dict(),
+                )
+        # Identical on every rank whatever the backend's reduction order: rank 0's result for all.
+        distributed.broadcast_module(student)
     finally:
         teacher_tap.close()
         student_tap.close()

@@ -11,6 +11,8 @@ import importlib
 import importlib.resources
 import importlib.util
 import os
+import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,24 +127,91 @@ def _import_factory(spec: str) -> Callable[[], nn.Module]:
     return factory
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, cut at the first sentence (torch's run on)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+
+
+def _brief(names: list[str], limit: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, d, e and 7 more``: enough to recognise the problem, one line."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors or from ``torch.save`` (loaded with ``weights_only=True``)."""
+    """A state dict from safetensors or from ``torch.save`` (loaded with ``weights_only=True``).
+
+    Every way a file can be wrong (truncated, not a weights file at all, pickled Python objects
+    that ``weights_only`` refuses, a list or a checkpoint dict with non-tensor entries) becomes one
+    :class:`FcptsError` naming the file; nothing is ever unpickled beyond tensors and containers.
+    """
     path = Path(path)
     if not path.is_file():
         raise FcptsError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise FcptsError(f"cannot read weights file {path}: the file is empty")
+    unreadable = f"cannot read weights file {path} (truncated, corrupt or not a weights file)"
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # safetensors and torch raise many types for a corrupt file
-        raise FcptsError(f"cannot read weights file {path}: {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        # weights_only refused a Python object (a whole pickled model, a custom class...): say so
+        # plainly instead of torch's multi-paragraph advice to turn the protection off.
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # "Unsupported global: GLOBAL x.y" or "... GLOBAL x.y whose"
+        if found is None:
+            detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(exc))
+            raise FcptsError(f"{unreadable}: {detail.group(1) if detail else _first_line(exc)}") from exc
+        raise FcptsError(
+            f"cannot read weights file {path}: it holds a pickled Python object ({found.group(1)}), not only "
+            "tensors, and fcpts never unpickles objects: save model.state_dict() with torch.save, or use safetensors"
+        ) from exc
+    except Exception as exc:  # safetensors and torch raise many types for a truncated or corrupt file
+        raise FcptsError(f"{unreadable}: {_first_line(exc)}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FcptsError(f"weights file {path} does not hold a state dict of tensors")
+    if not isinstance(state, dict):
+        raise FcptsError(
+            f"weights file {path} holds a {type(state).__name__}, not a state dict (parameter name → tensor)"
+        )
+    bad = [f"{k!r} ({type(v).__name__})" for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise FcptsError(f"weights file {path} is not a state dict of tensors: entries {_brief(bad)} are not tensors")
     return state
+
+
+def check_state_dict_fits(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, model_name: str = "the model"
+) -> None:
+    """One-line :class:`FcptsError` listing the missing, unexpected and mis-shaped keys, if any.
+
+    ``torch``'s own message is a paragraph per problem; this one names the first few of each.
+
+    >>> net = nn.Linear(2, 3)
+    >>> check_state_dict_fits(net, {"weight": torch.zeros(3, 2), "bias": torch.zeros(3)}, "w.pt")
+    >>> check_state_dict_fits(net, {"weight": torch.zeros(2, 2), "extra": torch.zeros(1)}, "w.pt")
+    Traceback (most recent call last):
+    ...
+    fcpts.errors.FcptsError: weights in w.pt do not match the model: missing keys: bias; unexpected keys: extra; ...
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        f"{label}: {_brief(names)}"
+        for label, names in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes))
+        if names
+    ]
+    if problems:
+        raise FcptsError(f"weights in {source} do not match {model_name}: {'; '.join(problems)}")
 
 
 def load_model(
@@ -174,8 +243,9 @@ def load_model(
         )
     if weights is not None:
         state = load_state_dict(weights)
+        check_state_dict_fits(model, state, str(weights), f"model {spec!r}")
         try:
             model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise FcptsError(f"weights in {weights} do not match model {spec!r}: {exc}") from exc
+        except RuntimeError as exc:  # e.g. a model's own load hooks rejecting the values
+            raise FcptsError(f"weights in {weights} do not match model {spec!r}: {_first_line(exc)}") from exc
     return model.to(device).eval()

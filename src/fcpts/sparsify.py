@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 
 from .allocation import allocate
 from .bridge import bandwidth, bridged_sparsity
+from .checks import check_finite
 from .errors import FcptsError
 from .layers import LayerFilter, default_layer_filter, prunable_layers
 from .masks import exact_global_masks, target_zeros, threshold_for_sparsity
@@ -167,6 +168,8 @@ def prepare(
     for name, module in chosen:
         if parametrize.is_parametrized(module, "weight"):
             raise FcptsError(f"layer {name!r} already has a weight parametrization; finalize it first")
+        # A NaN/Inf weight would make every threshold, the KDE and the loss NaN: stop here, by name.
+        check_finite(module.weight.detach(), f"the weight of layer {name!r}")
     weights = [module.weight.detach() for _, module in chosen]
     sparsities = allocate(init, weights, target_sparsity)
     generator = torch.Generator().manual_seed(seed)

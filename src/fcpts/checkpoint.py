@@ -1,0 +1,146 @@
+"""Checkpoints of a learning run: save the training state atomically, load it back, resume exactly.
+
+A checkpoint is one file, ``<dir>/checkpoint.pt``, replaced atomically (written to a temporary
+file beside it, then ``os.replace``): a run killed while saving leaves the previous checkpoint
+intact. It holds the number of completed steps, the student's state dict (with the parametrization
+``original`` weights and the log thresholds), the optimizer and scheduler states, the RNG states,
+the loss history so far and the config. It is read with ``torch.load(weights_only=True)``: tensors,
+numbers, strings, lists and dicts only; nothing is ever unpickled.
+
+The calibration batches need no saved state: :meth:`fcpts.calibration.Calibration.stream` recomputes
+the batch at any position from the seed.
+
+>>> import tempfile
+>>> net = nn.Linear(2, 2)
+>>> opt = torch.optim.Adam(net.parameters())
+>>> sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+>>> d = tempfile.mkdtemp()
+>>> _ = save_checkpoint(d, 3, net, opt, sched, [], {"seed": 0})
+>>> has_checkpoint(d), restore_checkpoint(load_checkpoint(d, {"seed": 0}), net, opt, sched)
+(True, (3, []))
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import FcptsError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = 1
+#: Config fields a resumed run may change: where and how often it saves, where it runs, its progress
+#: bar. Every other field must match the checkpoint's (another value would make another run).
+RESUMABLE_CHANGES = frozenset({"progress", "device", "checkpoint_dir", "checkpoint_every", "resume"})
+
+
+def checkpoint_path(directory: str | os.PathLike[str]) -> Path:
+    return Path(directory) / CHECKPOINT_NAME
+
+
+def has_checkpoint(directory: str | os.PathLike[str]) -> bool:
+    return checkpoint_path(directory).is_file()
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    """The global RNG states (CPU, and every visible GPU once CUDA is in use)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state.update({f"cuda:{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    cuda = [state[f"cuda:{i}"] for i in range(sum(k.startswith("cuda:") for k in state))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    history: list[dict[str, float]],
+    config: dict[str, Any],
+) -> Path:
+    """Write the training state after ``step`` completed steps to ``directory/checkpoint.pt``, atomically."""
+    directory = Path(directory)
+    state = {
+        "format": FORMAT,
+        "step": step,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+        "history": history,
+        "config": config,
+    }
+    path = checkpoint_path(directory)
+    tmp = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT_NAME}.tmp-", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it the checkpoint
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full, read-only, permissions: the previous checkpoint is intact
+        raise FcptsError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(directory: str | os.PathLike[str], config: dict[str, Any]) -> dict[str, Any]:
+    """The state saved in ``directory``, after checking that it was made with the same ``config``.
+
+    ``config`` is :meth:`fcpts.api.PruneConfig.to_dict` of the run that resumes; fields outside
+    :data:`RESUMABLE_CHANGES` must equal the checkpoint's.
+    """
+    path = checkpoint_path(directory)
+    if not path.is_file():
+        raise FcptsError(f"no checkpoint to resume in {directory} (expected {path})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: unpickling errors of many kinds
+        raise FcptsError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise FcptsError(f"{path} is not an fcpts checkpoint (format {FORMAT})")
+    saved = state["config"]
+    changed = sorted(
+        k for k in set(saved) | set(config) if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k)
+    )
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} → {config.get(k)!r}" for k in changed)
+        raise FcptsError(
+            f"the checkpoint in {directory} belongs to a run with other options ({diff}); "
+            "resume with the same options, or start a fresh run with another checkpoint directory"
+        )
+    return state
+
+
+def restore_checkpoint(
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, list[dict[str, float]]]:
+    """Put a loaded state back into the model, optimizer, scheduler and RNGs; returns (step, history)."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise FcptsError(f"the checkpoint does not fit the model: {str(exc).splitlines()[0]}") from exc
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return int(state["step"]), list(state["history"])
