@@ -48,7 +48,9 @@ def test_prune_result_fields(tiny_net, calib_x):
 
 
 @pytest.mark.parametrize("target", [0.1, 0.5, 0.77, 0.9, 0.99])
-@pytest.mark.parametrize("method", ["fcpts", "uniform-magnitude", "erk-magnitude", "global-magnitude"])
+@pytest.mark.parametrize(
+    "method", ["fcpts", "uniform-magnitude", "erk-magnitude", "global-magnitude", "lamp-magnitude"]
+)
 def test_prune_is_exact_for_every_method(tiny_net, calib_x, method, target):
     options = {"iters": 3, "batch_size": 16} if method == "fcpts" else {}
     result = fcpts.prune(tiny_net, calib_x, fcpts.make_config(method, target_sparsity=target, **options))
@@ -90,7 +92,7 @@ def test_same_seed_gives_identical_masks_and_weights(tiny_net, calib_x):
 
 
 def test_magnitude_methods_are_deterministic(bn_net, calib_x):
-    for method in ("uniform-magnitude", "erk-magnitude", "global-magnitude"):
+    for method in ("uniform-magnitude", "erk-magnitude", "global-magnitude", "lamp-magnitude"):
         a = fcpts.prune(bn_net, calib_x, fcpts.make_config(method, target_sparsity=0.5))
         b = fcpts.prune(bn_net, calib_x, fcpts.make_config(method, target_sparsity=0.5))
         assert all(
@@ -149,7 +151,7 @@ def test_fcpts_keeps_dense_batchnorm_statistics_by_default(bn_net, calib_x):
     assert int(result.model[1].num_batches_tracked) == 4  # 64 samples in batches of 16
 
 
-@pytest.mark.parametrize("method", ["uniform-magnitude", "erk-magnitude", "global-magnitude"])
+@pytest.mark.parametrize("method", ["uniform-magnitude", "erk-magnitude", "global-magnitude", "lamp-magnitude"])
 def test_magnitude_baselines_recalibrate_batchnorm_by_default(bn_net, calib_x, method):
     dense_bn = copy.deepcopy(bn_net[1])
     result = fcpts.prune(bn_net, calib_x, fcpts.make_config(method, target_sparsity=0.6, batch_size=32))

@@ -145,7 +145,7 @@ def test_prune_with_torch_save_weights(run_cli, model_file, npz_file, tmp_path):
     assert report["config"]["lr_weight"] == 0.0
 
 
-@pytest.mark.parametrize("method", ["uniform-magnitude", "erk-magnitude", "global-magnitude"])
+@pytest.mark.parametrize("method", ["uniform-magnitude", "erk-magnitude", "global-magnitude", "lamp-magnitude"])
 def test_prune_magnitude_methods(run_cli, model_file, npz_file, tmp_path, method):
     out = tmp_path / "out"
     args = tiny_args(model_file, npz_file, out)
@@ -185,7 +185,7 @@ def test_methods_lists_every_method(run_cli):
     code, stdout, _ = run_cli("methods")
     assert code == 0
     names = [line.split()[0] for line in stdout.splitlines()]
-    assert names == sorted(["fcpts", "uniform-magnitude", "erk-magnitude", "global-magnitude"])
+    assert names == sorted(["fcpts", "uniform-magnitude", "erk-magnitude", "global-magnitude", "lamp-magnitude"])
     assert all(len(line.split()) > 1 for line in stdout.splitlines())  # each with a description
 
 
@@ -444,3 +444,13 @@ def test_unknown_feature_module_is_one_clear_error(run_cli, tmp_path, model_file
     assert code == 2
     assert stderr.startswith("fcpts: error:") and "nope" in stderr
     assert not out.exists()
+
+
+def test_no_learn_thresholds_keeps_the_init_allocation_fixed(run_cli, tmp_path, model_file, npz_file):
+    """``--init lamp --no-learn-thresholds``: a fixed LAMP allocation with reconstruction, still exact."""
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(*tiny_args(model_file, npz_file, out, "--init", "lamp", "--no-learn-thresholds"))
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["learn_thresholds"] is False and report["config"]["init"] == "lamp"
+    assert report["zeros"] == round(0.6 * report["prunable_weights"])

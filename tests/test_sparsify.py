@@ -17,7 +17,7 @@ from fcpts.allocation import achieved, allocate, erk, global_magnitude
 from fcpts.masks import target_zeros
 
 TARGETS = [0.1, 0.5, 0.77, 0.9, 0.99]
-MAGNITUDE_METHODS = ["uniform-magnitude", "erk-magnitude", "global-magnitude"]
+MAGNITUDE_METHODS = ["uniform-magnitude", "erk-magnitude", "global-magnitude", "lamp-magnitude"]
 
 
 def tiny_weights(net: nn.Module) -> list[torch.Tensor]:
@@ -28,7 +28,7 @@ def tiny_weights(net: nn.Module) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("rule", ["uniform", "erk", "global"])
+@pytest.mark.parametrize("rule", ["uniform", "erk", "global", "lamp"])
 def test_allocation_sums_to_the_target(tiny_net, rule, target):
     weights = tiny_weights(tiny_net)
     sparsities = allocate(rule, weights, target)
@@ -36,7 +36,7 @@ def test_allocation_sums_to_the_target(tiny_net, rule, target):
     assert all(0.0 <= s <= 1.0 for s in sparsities)
     numels = [w.numel() for w in weights]
     pruned = sum(s * n for s, n in zip(sparsities, numels, strict=True))
-    if rule == "global":  # whole weights: exactly round(target * N)
+    if rule in ("global", "lamp"):  # whole weights: exactly round(target * N)
         assert round(pruned) == target_zeros(target, TINY_TOTAL)
         assert pruned == pytest.approx(target_zeros(target, TINY_TOTAL), abs=1e-3)
     else:
@@ -80,6 +80,15 @@ def test_global_allocation_is_one_threshold():
     weights = [torch.tensor([0.1, 0.9, 0.5]), torch.tensor([0.3, 0.2, 0.8, 0.7])]
     # 7 weights, target 0.43 -> 3 zeros: 0.1, 0.2, 0.3
     assert global_magnitude(weights, 0.43) == pytest.approx([1 / 3, 2 / 4])
+
+
+def test_lamp_scores_by_hand():
+    """Layer a: |w| 1, 2 → scores 1/5, 4/4; layer b: 10..40 → 100/3000, 400/2900, 900/2500, 1.
+    The three lowest scores (1/30, 4/29, 1/5) prune one weight of a and two of b."""
+    weights = [torch.tensor([2.0, -1.0]), torch.tensor([40.0, -10.0, 30.0, 20.0])]
+    assert allocate("lamp", weights, 0.5) == [0.5, 0.5]
+    # At 1/6 only b's smallest goes; LAMP never empties a layer before its largest weight is the lowest left.
+    assert allocate("lamp", weights, 1 / 6) == [0.0, 0.25]
 
 
 def test_unknown_allocation():

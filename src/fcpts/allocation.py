@@ -81,15 +81,37 @@ def global_magnitude(weights: Sequence[torch.Tensor], target: float) -> list[flo
     >>> global_magnitude([torch.tensor([0.1, 0.2]), torch.tensor([0.3, 0.4])], 0.5)
     [1.0, 0.0]
     """
-    flat = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights])  # (N,)
-    k = target_zeros(target, flat.numel())
-    pruned = torch.zeros_like(flat, dtype=torch.bool)
-    pruned[torch.sort(flat, stable=True).indices[:k]] = True
-    out, offset = [], 0
+    return _global_cut([w.detach().abs().flatten().float().cpu() for w in weights], target)
+
+
+@register_allocation("lamp")
+def lamp(weights: Sequence[torch.Tensor], target: float) -> list[float]:
+    """LAMP (Lee et al., ICLR 2021): prune the globally lowest layer-adaptive magnitude scores.
+
+    Within a layer sorted by ascending ``|w|``, weight ``u`` scores ``w_u² / Σ_{v ≥ u} w_v²``: its
+    share of the squared norm that remains once the weights below it are gone. The largest weight
+    of every layer scores 1, so no layer is pruned away entirely unless the target demands it.
+
+    >>> lamp([torch.tensor([1.0, 2.0]), torch.tensor([10.0, 20.0, 30.0, 40.0])], 0.5)
+    [0.5, 0.5]
+    """
+    scores = []
     for w in weights:
-        out.append(pruned[offset : offset + w.numel()].float().mean().item())
-        offset += w.numel()
-    return out
+        sq = w.detach().flatten().double().cpu() ** 2  # (n,)
+        sq_sorted, order = torch.sort(sq, stable=True)
+        tail = torch.flip(torch.cumsum(torch.flip(sq_sorted, (0,)), 0), (0,))  # Σ_{v ≥ u} w_v²
+        score = torch.empty_like(sq)
+        score[order] = sq_sorted / tail.clamp_min(torch.finfo(torch.float64).tiny)
+        scores.append(score)
+    return _global_cut(scores, target)
+
+
+def _global_cut(scores: Sequence[torch.Tensor], target: float) -> list[float]:
+    """Each layer's share of the ``round(target · N)`` globally lowest ``scores`` (one flat tensor a layer)."""
+    flat = torch.cat(list(scores))  # (N,)
+    pruned = torch.zeros_like(flat, dtype=torch.bool)
+    pruned[torch.sort(flat, stable=True).indices[: target_zeros(target, flat.numel())]] = True
+    return [chunk.float().mean().item() for chunk in torch.split(pruned, [s.numel() for s in scores])]
 
 
 def achieved(sparsities: Sequence[float], weights: Sequence[torch.Tensor]) -> float:

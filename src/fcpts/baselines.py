@@ -15,7 +15,7 @@ from .sparsify import finalize, prepare
 
 @dataclass
 class MagnitudeConfig(PruneConfig):
-    """Magnitude pruning with a fixed allocation rule: ``uniform``, ``erk`` or ``global``.
+    """Magnitude pruning with a fixed allocation rule: ``uniform``, ``erk``, ``global`` or ``lamp``.
 
     >>> MagnitudeConfig(target_sparsity=0.5, allocation="global").method
     'global-magnitude'
@@ -32,6 +32,9 @@ class MagnitudeConfig(PruneConfig):
 @register_method("uniform-magnitude", MagnitudeConfig, "every layer pruned to the target by |W|", allocation="uniform")
 @register_method("global-magnitude", MagnitudeConfig, "one |W| threshold across all layers", allocation="global")
 @register_method("erk-magnitude", MagnitudeConfig, "ERK per-layer sparsities, pruned by |W|", allocation="erk")
+@register_method(
+    "lamp-magnitude", MagnitudeConfig, "LAMP scores (|W|² over the layer's remaining norm)", allocation="lamp"
+)
 def run_magnitude(model: nn.Module, calibration: Calibration, config: MagnitudeConfig) -> list[dict[str, float]]:
     """Prune by magnitude under a fixed allocation, finalize exactly, recalibrate BatchNorm."""
     finalize(prepare(model, config.target_sparsity, config.allocation, config.layer_filter, seed=config.seed))

@@ -34,6 +34,7 @@ METHOD_OPTIONS = {
     "temperature": "temperature",
     "feature_modules": "feature_modules",
     "recalibrate_bn": "recalibrate_bn",
+    "learn_thresholds": "learn_thresholds",
     "resume": "resume",
     "checkpoint_dir": "checkpoint_dir",
     "checkpoint_every": "checkpoint_every",
@@ -91,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="recalibrate BatchNorm after pruning (default: on for magnitude baselines, off for fcpts)",
+    )
+    g.add_argument(
+        "--learn-thresholds",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="learn the per-layer thresholds (default); --no-learn-thresholds keeps the --init allocation "
+        "fixed and only reconstructs the kept weights",
     )
     c = p.add_argument_group("checkpoints (fcpts)")
     where = c.add_mutually_exclusive_group()

@@ -55,7 +55,7 @@ class FCPTSConfig(PruneConfig):
     temperature: float = 1.0  # of the KL distillation on the outputs
     feature_modules: tuple[str, ...] = ()  # names of modules whose outputs are matched by MSE
     feature_weight: float = 1.0
-    init: str = "erk"  # initial allocation: erk, uniform, global
+    init: str = "erk"  # initial allocation: erk, uniform, global, lamp
     threshold_grad: str = "surrogate"  # "surrogate" or "none" (control loss only moves t)
     bandwidth: str | float = "silverman"
     kde_samples: int = 4096
