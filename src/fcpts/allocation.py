@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .masks import target_zeros
+from .masks import lowest_scores, target_zeros
 
 AllocationRule = Callable[[Sequence[torch.Tensor], float], list[float]]
 
@@ -108,10 +108,8 @@ def lamp(weights: Sequence[torch.Tensor], target: float) -> list[float]:
 
 def _global_cut(scores: Sequence[torch.Tensor], target: float) -> list[float]:
     """Each layer's share of the ``round(target · N)`` globally lowest ``scores`` (one flat tensor a layer)."""
-    flat = torch.cat(list(scores))  # (N,)
-    pruned = torch.zeros_like(flat, dtype=torch.bool)
-    pruned[torch.sort(flat, stable=True).indices[: target_zeros(target, flat.numel())]] = True
-    return [chunk.float().mean().item() for chunk in torch.split(pruned, [s.numel() for s in scores])]
+    count = target_zeros(target, sum(s.numel() for s in scores))
+    return [flags.float().mean().item() for flags in lowest_scores(scores, count)]
 
 
 def achieved(sparsities: Sequence[float], weights: Sequence[torch.Tensor]) -> float:

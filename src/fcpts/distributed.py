@@ -92,6 +92,12 @@ def _groups(tensors: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:
     return list(groups.values())
 
 
+def _copy_from_flat(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
+    """Write consecutive slices of ``flat`` back into ``tensors`` (in place, bumping their versions)."""
+    for t, part in zip(tensors, torch.split(flat, [t.numel() for t in tensors]), strict=True):
+        t.copy_(part.view_as(t))
+
+
 @torch.no_grad()
 def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
     """Overwrite ``tensors`` (in place, on every rank) with rank ``src``'s values.
@@ -106,11 +112,7 @@ def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
         # Not every backend carries bool; one byte per value travels everywhere.
         wire = flat.to(torch.uint8) if flat.dtype == torch.bool else flat
         dist.broadcast(wire, src)
-        flat = wire.to(flat.dtype)
-        offset = 0
-        for t in group:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+        _copy_from_flat(wire.to(flat.dtype), group)
 
 
 def broadcast_module(module: nn.Module, src: int = 0) -> None:
@@ -152,8 +154,4 @@ def all_reduce_gradients(params: Sequence[torch.Tensor], weight: float) -> None:
         reduced.append(p.grad)
     for group in _groups(reduced):
         flat = torch.cat([g.reshape(-1) for g in group]).mul_(weight)
-        all_reduce_sum_(flat)
-        offset = 0
-        for g in group:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        _copy_from_flat(all_reduce_sum_(flat), group)

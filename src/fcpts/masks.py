@@ -63,16 +63,23 @@ def exact_global_masks(
     total = sum(w.numel() for w in weights)
     if not 0 <= num_zeros <= total:
         raise ValueError(f"num_zeros={num_zeros} outside [0, {total}]")
-    scores = torch.cat(
-        [(w.detach().abs().flatten().float().cpu() / float(t)) for w, t in zip(weights, thresholds, strict=True)]
-    )  # (N,)
-    prune = torch.zeros(total, dtype=torch.bool)
-    prune[torch.sort(scores, stable=True).indices[:num_zeros]] = True
-    masks, offset = [], 0
-    for w in weights:
-        masks.append((~prune[offset : offset + w.numel()]).view(w.shape).to(w.device))
-        offset += w.numel()
-    return masks
+    scores = [w.detach().abs().flatten().float().cpu() / float(t) for w, t in zip(weights, thresholds, strict=True)]
+    pruned = lowest_scores(scores, num_zeros)
+    return [(~p).view(w.shape).to(w.device) for p, w in zip(pruned, weights, strict=True)]
+
+
+def lowest_scores(scores: Sequence[torch.Tensor], count: int) -> list[torch.Tensor]:
+    """Flags (one flat bool tensor per layer) of the ``count`` globally lowest ``scores``.
+
+    A stable sort over all layers concatenated: ties go to the earlier layer, then the lower index.
+
+    >>> [f.tolist() for f in lowest_scores([torch.tensor([0.3, 0.1]), torch.tensor([0.1, 0.2])], 2)]
+    [[False, True], [True, False]]
+    """
+    flat = torch.cat(list(scores))  # (N,)
+    flags = torch.zeros(flat.numel(), dtype=torch.bool)
+    flags[torch.sort(flat, stable=True).indices[:count]] = True
+    return list(torch.split(flags, [s.numel() for s in scores]))
 
 
 def target_zeros(target_sparsity: float, total: int) -> int:
