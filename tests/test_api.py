@@ -284,6 +284,7 @@ def test_no_prunable_layer_raises(calib_x):
         ("bandwidth", "bogus"),
         ("bandwidth", 0.0),
         ("kde_samples", 1),
+        ("density", "parzen"),
     ],
 )
 def test_invalid_fcpts_options_are_rejected_up_front(option, value):

@@ -11,6 +11,7 @@ import torch
 from fcpts.bridge import (
     bandwidth,
     bridged_sparsity,
+    histogram_cdf,
     kde_cdf,
     kde_density,
     scott_bandwidth,
@@ -91,6 +92,37 @@ def test_threshold_mask_sparsity_gradient_in_log_threshold_is_density_times_t():
     t = mask.threshold.detach()
     expected = (kde_density(t, samples, h) * t).item()
     assert mask.log_threshold.grad.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_histogram_cdf_is_the_empirical_cdf_at_edges_and_linear_inside():
+    x = torch.tensor([0.05, 0.1, 0.2, 0.3, 0.45, 0.7, 1.2], dtype=torch.float64)
+    width = 0.25
+    h = torch.tensor(width / math.sqrt(12), dtype=torch.float64)
+    for edge in (0.25, 0.5, 0.75, 1.0, 1.25):
+        expected = (x < edge).double().mean().item()  # bins are [lo, lo + w): the edge belongs above
+        assert histogram_cdf(torch.tensor(edge, dtype=torch.float64), x, h).item() == pytest.approx(expected)
+    # Inside [0.25, 0.5): 2 of 7 below, 2 of 7 inside; the slope is the density 2 / (7 · 0.25).
+    t = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    value = histogram_cdf(t, x, h)
+    value.backward()
+    assert value.item() == pytest.approx(3 / 7 + (2 / 7) * (0.05 / 0.25))
+    assert t.grad.item() == pytest.approx(2 / (7 * 0.25))
+
+
+def test_threshold_mask_histogram_density_gradient():
+    w = torch.randn(30, 20, generator=torch.Generator().manual_seed(3))
+    mask = ThresholdMask(w, 0.6, kde_samples=256, generator=torch.Generator().manual_seed(0), density="histogram")
+    s = mask.sparsity(w)
+    assert s.item() == (w.abs() <= mask.threshold.detach()).float().mean().item()  # exact value either way
+    s.backward()
+    samples = w.flatten()[mask.kde_index].abs().float()
+    width = bandwidth(samples, "silverman") * math.sqrt(12)
+    t = mask.threshold.detach()
+    lo = torch.floor(t / width) * width
+    density = ((samples >= lo) & (samples < lo + width)).float().mean() / width
+    assert mask.log_threshold.grad.item() == pytest.approx((density * t).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="density"):
+        ThresholdMask(w, 0.6, density="parzen")
 
 
 def test_silverman_and_scott_match_their_formulas():

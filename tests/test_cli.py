@@ -454,3 +454,12 @@ def test_no_learn_thresholds_keeps_the_init_allocation_fixed(run_cli, tmp_path, 
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["learn_thresholds"] is False and report["config"]["init"] == "lamp"
     assert report["zeros"] == round(0.6 * report["prunable_weights"])
+
+
+def test_histogram_density_through_the_cli(run_cli, tmp_path, model_file, npz_file):
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(*tiny_args(model_file, npz_file, out, "--density", "histogram"))
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["density"] == "histogram"
+    assert report["zeros"] == round(0.6 * report["prunable_weights"])

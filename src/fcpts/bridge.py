@@ -11,6 +11,9 @@ The second term reflects the kernel at 0 (magnitudes are never negative), which 
 boundary bias of a plain Gaussian KDE near ``t = 0``. ``h`` comes from a standard rule
 (Silverman's or Scott's) or is given. The cost is O(m) per layer and step: large layers are
 represented by a fixed random subsample of ``m`` weights.
+
+A histogram density (:func:`histogram_cdf`, bins of the same variance as the kernel) is the
+ablation's alternative: :data:`SMOOTH_CDFS` names both.
 """
 
 from __future__ import annotations
@@ -92,13 +95,44 @@ def kde_density(t: torch.Tensor, samples: torch.Tensor, h: torch.Tensor) -> torc
     return (torch.exp(-0.5 * z1**2) + torch.exp(-0.5 * z2**2)).mean() / (h * math.sqrt(2 * math.pi))
 
 
+def histogram_cdf(t: torch.Tensor, samples: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The CDF of a histogram of ``samples`` (m,) at ``t`` (scalar): linear inside each bin.
+
+    Bins start at 0 and have width ``w = √12 · h``, a box of the Gaussian kernel's variance, so the
+    two densities smooth on the same scale. The slope in ``t``'s bin, the histogram density
+    ``count / (m w)``, is the bridge's gradient; at the bin edges the value is the empirical CDF.
+
+    >>> x = torch.tensor([0.1, 0.2, 0.3, 0.7])
+    >>> h = torch.tensor(0.5 / 12**0.5)  # bins [0, 0.5), [0.5, 1)
+    >>> [round(histogram_cdf(torch.tensor(t), x, h).item(), 3) for t in (0.25, 0.5, 0.75)]
+    [0.375, 0.75, 0.875]
+    """
+    width = h * math.sqrt(12.0)
+    lo = torch.floor(t.detach() / width) * width  # left edge of t's bin (no gradient: a step)
+    below = (samples < lo).float().mean()
+    inside = ((samples >= lo) & (samples < lo + width)).float().mean()
+    return below + inside * (t - lo) / width
+
+
+#: Smoothed CDFs of the magnitudes, ``cdf(t, samples, h)``: their slope is the bridge's ds/dt.
+SMOOTH_CDFS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "kde": kde_cdf,
+    "histogram": histogram_cdf,
+}
+
+
 def bridged_sparsity(
-    weight: torch.Tensor, threshold: torch.Tensor, samples: torch.Tensor, h: torch.Tensor
+    weight: torch.Tensor,
+    threshold: torch.Tensor,
+    samples: torch.Tensor,
+    h: torch.Tensor,
+    cdf: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = kde_cdf,
 ) -> torch.Tensor:
     """Exact sparsity ``mean(|W| <= t)`` in the forward pass, gradient ``p̂(t)`` in the backward.
 
     ``weight`` is detached (the bridge moves thresholds, not weights); ``samples`` (m,) are
-    magnitudes of that layer's weights, ``h`` their bandwidth.
+    magnitudes of that layer's weights, ``h`` their bandwidth; ``cdf`` the smoothed CDF whose
+    slope is the gradient (default: the reflected KDE).
 
     >>> w = torch.tensor([0.1, 0.2, 0.3, 0.4])
     >>> t = torch.tensor(0.25, requires_grad=True)
@@ -107,5 +141,5 @@ def bridged_sparsity(
     (0.5, None, 2.41)
     """
     exact = (weight.detach().abs() <= threshold.detach()).float().mean()
-    smooth = kde_cdf(threshold, samples.detach(), h.detach())
+    smooth = cdf(threshold, samples.detach(), h.detach())
     return exact + (smooth - smooth.detach())

@@ -16,6 +16,7 @@ from . import baselines as _baselines  # noqa: F401  (registers the magnitude me
 from . import distributed
 from .allocation import ALLOCATIONS
 from .api import METHODS, PruneResult, make_config, prune, resolve_device
+from .bridge import SMOOTH_CDFS
 from .data import DataSource, Split, load_data
 from .errors import FcptsError
 from .evaluate import accuracy, global_sparsity
@@ -30,6 +31,7 @@ METHOD_OPTIONS = {
     "lr_threshold": "lr_threshold",
     "init": "init",
     "threshold_grad": "threshold_grad",
+    "density": "density",
     "control_weight": "control_weight",
     "temperature": "temperature",
     "feature_modules": "feature_modules",
@@ -77,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-threshold", type=float, help=f"threshold learning rate (default: {FCPTSConfig.lr_threshold})")
     g.add_argument("--init", choices=sorted(ALLOCATIONS), help=f"initial allocation (default: {FCPTSConfig.init})")
     g.add_argument("--threshold-grad", choices=("surrogate", "none"), help="reconstruction gradient to thresholds")
+    g.add_argument(
+        "--density",
+        choices=sorted(SMOOTH_CDFS),
+        help=f"density behind ds/dt (default: {FCPTSConfig.density})",
+    )
     g.add_argument(
         "--control-weight", type=float, help=f"λ of the control loss (default: {FCPTSConfig.control_weight})"
     )

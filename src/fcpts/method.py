@@ -29,7 +29,7 @@ from . import distributed
 from .allocation import ALLOCATIONS
 from .api import PruneConfig, register_method
 from .batchnorm import recalibrate_batchnorm
-from .bridge import BANDWIDTH_RULES
+from .bridge import BANDWIDTH_RULES, SMOOTH_CDFS
 from .calibration import Calibration, batch_size_of, call_model, shard
 from .checkpoint import has_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
 from .checks import check_finite
@@ -58,6 +58,7 @@ class FCPTSConfig(PruneConfig):
     init: str = "erk"  # initial allocation: erk, uniform, global, lamp
     threshold_grad: str = "surrogate"  # "surrogate" or "none" (control loss only moves t)
     bandwidth: str | float = "silverman"
+    density: str = "kde"  # the bridge's ds/dt: "kde" (the paper) or "histogram" (ablation)
     kde_samples: int = 4096
     recalibrate_bn: bool = False
     checkpoint_dir: str | None = None  # where learn() keeps checkpoint.pt (replaced atomically)
@@ -89,6 +90,8 @@ class FCPTSConfig(PruneConfig):
             raise FcptsError(f"bandwidth must be a rule name or a number > 0, got {self.bandwidth!r}")
         if self.threshold_grad not in THRESHOLD_GRADS:
             raise FcptsError(f"threshold_grad must be one of {THRESHOLD_GRADS}, got {self.threshold_grad!r}")
+        if self.density not in SMOOTH_CDFS:
+            raise FcptsError(f"density must be one of {sorted(SMOOTH_CDFS)}, got {self.density!r}")
         self.feature_modules = tuple(self.feature_modules)
         if self.checkpoint_every < 0:
             raise FcptsError(f"checkpoint_every must be ≥ 0, got {self.checkpoint_every}")
@@ -320,6 +323,7 @@ def run_fcpts(model: nn.Module, calibration: Calibration, config: FCPTSConfig) -
         config.bandwidth,
         config.threshold_grad,
         config.seed,
+        config.density,
     )
     history = learn(prepared, teacher, calibration, config)
     finalize(prepared)

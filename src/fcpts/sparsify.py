@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .allocation import allocate
-from .bridge import bandwidth, bridged_sparsity
+from .bridge import SMOOTH_CDFS, bandwidth, bridged_sparsity
 from .checks import check_finite
 from .errors import FcptsError
 from .layers import LayerFilter, default_layer_filter, prunable_layers
@@ -54,10 +54,14 @@ class ThresholdMask(nn.Module):
         bandwidth_rule: str | float = "silverman",
         threshold_grad: str = "surrogate",
         generator: torch.Generator | None = None,
+        density: str = "kde",
     ) -> None:
         super().__init__()
         if threshold_grad not in THRESHOLD_GRADS:
             raise ValueError(f"threshold_grad must be one of {THRESHOLD_GRADS}, got {threshold_grad!r}")
+        if density not in SMOOTH_CDFS:
+            raise ValueError(f"density must be one of {sorted(SMOOTH_CDFS)}, got {density!r}")
+        self.density = density
         self.log_threshold = nn.Parameter(torch.tensor(math.log(threshold), device=weight.device))
         n = weight.numel()
         index = torch.randperm(n, generator=generator)[: min(n, kde_samples)]  # (m,) fixed KDE subsample
@@ -91,9 +95,9 @@ class ThresholdMask(nn.Module):
         return weight * keep
 
     def sparsity(self, weight: torch.Tensor) -> torch.Tensor:
-        """This layer's exact sparsity at ``t``, differentiable in ``log_threshold`` via the KDE."""
+        """This layer's exact sparsity at ``t``, differentiable in ``log_threshold`` via the density."""
         samples, h = self._samples(weight)
-        return bridged_sparsity(weight, self.threshold, samples, h)
+        return bridged_sparsity(weight, self.threshold, samples, h, SMOOTH_CDFS[self.density])
 
 
 @dataclass
@@ -152,10 +156,12 @@ def prepare(
     bandwidth_rule: str | float = "silverman",
     threshold_grad: str = "surrogate",
     seed: int = 0,
+    density: str = "kde",
 ) -> Prepared:
     """Give every prunable layer of ``model`` (in place) a threshold initialised by ``init``.
 
-    ``init`` is an allocation rule (``erk``, ``uniform``, ``global``: see :mod:`fcpts.allocation`).
+    ``init`` is an allocation rule (``erk``, ``uniform``, ``global``: see :mod:`fcpts.allocation`);
+    ``density`` the smoothed CDF behind the sparsity's gradient (``kde`` or ``histogram``).
 
     >>> p = prepare(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), 0.5, init="uniform")
     >>> [layer.name for layer in p.layers], round(p.global_sparsity().item(), 2)
@@ -175,7 +181,8 @@ def prepare(
     generator = torch.Generator().manual_seed(seed)
     layers = []
     for (name, module), w, s in zip(chosen, weights, sparsities, strict=True):
-        mask = ThresholdMask(w, threshold_for_sparsity(w, s), kde_samples, bandwidth_rule, threshold_grad, generator)
+        t = threshold_for_sparsity(w, s)
+        mask = ThresholdMask(w, t, kde_samples, bandwidth_rule, threshold_grad, generator, density)
         requires_grad, order = module.weight.requires_grad, list(module._parameters)
         parametrize.register_parametrization(module, "weight", mask)
         layers.append(PreparedLayer(name, module, mask, s, requires_grad, order))
