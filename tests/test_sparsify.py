@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 
 import fcpts
 from fcpts.allocation import achieved, allocate, erk, global_magnitude
+from fcpts.calibration import Calibration
 from fcpts.masks import target_zeros
 
 TARGETS = [0.1, 0.5, 0.77, 0.9, 0.99]
@@ -264,3 +265,33 @@ def test_finalize_keeps_parameter_order(tiny_net, calib_x):
     result = fcpts.prune(tiny_net, calib_x, fcpts.make_config("uniform-magnitude", target_sparsity=0.5))
     assert list(result.model.state_dict()) == dense_order
     assert [n for n, _ in result.model.named_parameters()] == [n for n, _ in tiny_net.named_parameters()]
+
+
+# --- frozen masks: a fixed allocation with reconstruction ---------------------------------------
+
+
+def test_frozen_mask_holds_whatever_the_weights_become():
+    w = torch.tensor([[0.1, -0.5, 0.3, -0.05, 0.25, -0.7, 0.15, 0.4]])
+    mask = fcpts.ThresholdMask(w, threshold=0.2)
+    mask.freeze(w)
+    moved = torch.tensor([[0.9, -0.01, 0.3, -0.05, 0.19, -0.7, 0.15, 0.4]])  # two weights crossed t
+    assert torch.equal(mask(moved), moved * torch.tensor([[0.0, 1, 1, 0, 1, 1, 0, 1]]))
+    assert mask.sparsity(moved).item() == 3 / 8
+    score = mask.ranking_score(moved)
+    assert (score[0, [1, 2, 4, 5, 7]] > 1).all() and (score[0, [0, 3, 6]] <= 1).all()
+
+
+def test_fixed_allocation_keeps_its_masks_while_the_weights_learn(calib_x):
+    """``learn_thresholds=False``: the finalized masks are the initial ones (their count is exact here)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 8))
+    config = fcpts.FCPTSConfig(target_sparsity=0.75, iters=30, lr_weight=0.05, init="uniform", learn_thresholds=False)
+    prepared = fcpts.prepare(copy.deepcopy(net), 0.75, init="uniform")
+    initial = [layer.module.weight.detach() != 0 for layer in prepared.layers]
+    dense = [layer.weight.detach().clone() for layer in prepared.layers]
+    fcpts.learn(prepared, net, Calibration(calib_x.flatten(1), 16), config)
+    assert any(not torch.equal(layer.weight, d) for layer, d in zip(prepared.layers, dense, strict=True))
+    plain = fcpts.finalize(prepared)
+    final = [plain[1].weight != 0, plain[3].weight != 0]
+    assert all(torch.equal(a, b) for a, b in zip(initial, final, strict=True))
+    assert sum(int((~m).sum()) for m in final) == target_zeros(0.75, 64 * 16 + 16 * 8)

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--learn-thresholds",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="learn the per-layer thresholds (default); --no-learn-thresholds keeps the --init allocation "
+        help="learn the per-layer thresholds (default); --no-learn-thresholds keeps the --init masks "
         "fixed and only reconstructs the kept weights",
     )
     c = p.add_argument_group("checkpoints (fcpts)")

@@ -49,7 +49,7 @@ class FCPTSConfig(PruneConfig):
     iters: int = 1000
     lr_threshold: float = 0.02  # Adam on log t: a relative step of ~2% per iteration at most
     lr_weight: float = 1e-3  # Adam on the kept weights (and biases, norms); 0 freezes them
-    learn_thresholds: bool = True  # False: the initial allocation stays fixed (reconstruction only)
+    learn_thresholds: bool = True  # False: the initial masks stay fixed (reconstruction only)
     control_weight: float = 10.0  # λ
     control_loss: str = "abs"  # "abs": λ|S − S*|, "squared": λ(S − S*)²
     temperature: float = 1.0  # of the KL distillation on the outputs
@@ -202,6 +202,12 @@ def learn(
     thresholds = prepared.threshold_parameters()
     for p in thresholds:
         p.requires_grad_(config.learn_thresholds)
+    if not config.learn_thresholds:
+        # A fixed allocation: hold the initial masks, so that the kept weights learning cannot move
+        # weights across the (fixed) thresholds. Before a resume restores the learned weights, so
+        # a resumed run freezes the same masks.
+        for layer in prepared.layers:
+            layer.mask.freeze(layer.weight)
     threshold_ids = {id(p) for p in thresholds}
     weights = [p for p in student.parameters() if p.requires_grad and id(p) not in threshold_ids]
     if config.lr_weight <= 0:

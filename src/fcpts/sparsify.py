@@ -23,7 +23,7 @@ from .bridge import SMOOTH_CDFS, bandwidth, bridged_sparsity
 from .checks import check_finite
 from .errors import FcptsError
 from .layers import LayerFilter, default_layer_filter, prunable_layers
-from .masks import exact_global_masks, target_zeros, threshold_for_sparsity
+from .masks import lowest_scores, target_zeros, threshold_for_sparsity
 
 #: How the reconstruction loss reaches the thresholds: not at all, or through a sigmoid surrogate.
 THRESHOLD_GRADS = ("none", "surrogate")
@@ -40,6 +40,9 @@ class ThresholdMask(nn.Module):
     With ``"none"`` the mask is a constant to autograd, as in the paper's published code, and only
     the control loss moves ``t``. The weights' gradient is masked either way: a pruned weight
     keeps its value and comes back only if the threshold drops below it.
+
+    :meth:`freeze` holds the current mask fixed (a fixed allocation with reconstruction): the
+    threshold no longer decides, and kept weights stay kept even where learning shrinks them.
 
     >>> m = ThresholdMask(torch.tensor([[0.1, -0.5, 0.3, -0.05]]), threshold=0.2)
     >>> m(torch.tensor([[0.1, -0.5, 0.3, -0.05]])).tolist()
@@ -70,6 +73,7 @@ class ThresholdMask(nn.Module):
         self.threshold_grad = threshold_grad
         self._bandwidth_key: tuple[int, int] | None = None
         self._bandwidth = torch.ones(())
+        self.frozen_keep: torch.Tensor | None = None  # weight-shaped bool, set by freeze()
 
     @property
     def threshold(self) -> torch.Tensor:
@@ -85,8 +89,27 @@ class ThresholdMask(nn.Module):
             self._bandwidth, self._bandwidth_key = bandwidth(samples, self.bandwidth_rule), key
         return samples, self._bandwidth
 
+    @torch.no_grad()
+    def freeze(self, weight: torch.Tensor) -> None:
+        """From now on the mask is ``|W| > t`` for the current ``weight``, whatever the weights become."""
+        self.frozen_keep = weight.detach().abs() > self.threshold
+
+    def ranking_score(self, weight: torch.Tensor) -> torch.Tensor:
+        """``|W| / t`` (weight-shaped, float32): above 1 exactly where the mask keeps a weight.
+
+        :func:`finalize` cuts all layers' scores at one global rank. A frozen mask's kept weights
+        score above 1 and its pruned ones at most 1 even where learning moved them across ``t``.
+        """
+        score = weight.detach().abs().float() / self.threshold.detach().float()
+        if self.frozen_keep is None:
+            return score
+        above_one = torch.nextafter(torch.ones(()), torch.full((), 2.0))
+        return torch.where(self.frozen_keep, score.clamp(min=above_one), score.clamp(max=1.0))
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         t = self.threshold
+        if self.frozen_keep is not None:
+            return weight * self.frozen_keep.to(weight.dtype)
         keep = (weight.detach().abs() > t.detach()).to(weight.dtype)
         if self.threshold_grad == "surrogate" and torch.is_grad_enabled() and t.requires_grad:
             _, h = self._samples(weight)
@@ -96,6 +119,8 @@ class ThresholdMask(nn.Module):
 
     def sparsity(self, weight: torch.Tensor) -> torch.Tensor:
         """This layer's exact sparsity at ``t``, differentiable in ``log_threshold`` via the density."""
+        if self.frozen_keep is not None:  # a constant: the threshold no longer decides
+            return 1.0 - self.frozen_keep.float().mean()
         samples, h = self._samples(weight)
         return bridged_sparsity(weight, self.threshold, samples, h, SMOOTH_CDFS[self.density])
 
@@ -193,8 +218,10 @@ def finalize(prepared: Prepared) -> nn.Module:
     """Remove every threshold and return the plain model with exactly ``round(S* · N)`` zeros.
 
     The learned thresholds are corrected by the smallest common factor that makes the global zero
-    count exact (:func:`fcpts.masks.exact_global_masks`); the kept weights keep their learned
-    values. Afterwards the model holds no parametrization, hook, buffer or attribute of fcpts.
+    count exact: one global cut of the scores ``|w| / t_l`` (as :func:`fcpts.masks.exact_global_masks`;
+    a frozen mask ranks its kept weights above its pruned ones, see
+    :meth:`ThresholdMask.ranking_score`); the kept weights keep their learned values. Afterwards
+    the model holds no parametrization, hook, buffer or attribute of fcpts.
 
     >>> net = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 3))
     >>> plain = finalize(prepare(net, 0.7))
@@ -203,10 +230,11 @@ def finalize(prepared: Prepared) -> nn.Module:
     """
     layers = prepared.layers
     with torch.no_grad():
-        weights = [layer.weight.detach() for layer in layers]
         k = target_zeros(prepared.target_sparsity, prepared.total)
-        masks = exact_global_masks(weights, prepared.thresholds(), k)
-        for layer, mask in zip(layers, masks, strict=True):
+        scores = [layer.mask.ranking_score(layer.weight).flatten().cpu() for layer in layers]
+        pruned = lowest_scores(scores, k)
+        for layer, flags in zip(layers, pruned, strict=True):
+            mask = ~flags.view(layer.weight.shape).to(layer.weight.device)
             module = layer.module
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
             # Removal re-registers ``weight`` last; put it back in place so parameters(),
