@@ -1,4 +1,4 @@
-"""The ``fcpts`` command: a thin shell over the library (``prune``, ``eval``, ``demo``, ``methods``)."""
+"""The ``fcpts`` command: a thin shell over the library (``prune``, ``eval``, ``demo``, ``methods``, ``export``)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .api import METHODS, PruneResult, make_config, prune, resolve_device
 from .data import DataSource, Split, load_data
 from .errors import FcptsError
 from .evaluate import accuracy, global_sparsity
+from .export import FORMATS, export
 from .method import FCPTSConfig
 from .models import load_model
 from .output import build_report, check_output_dir, write_outputs
@@ -126,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("methods", help="list the pruning methods")
+
+    x = sub.add_parser("export", help="export a pruned model (a prune output directory) as dense, compressed or onnx")
+    x.add_argument("dir", help="output directory of fcpts prune (model.safetensors, report.json)")
+    x.add_argument("--format", required=True, choices=sorted(FORMATS), help="dense, compressed or onnx")
+    x.add_argument("--out", required=True, help="export directory (written atomically); fcpts.load(OUT) reads it")
+    x.add_argument(
+        "--input-shape", type=_shape, metavar="C,H,W", help="input shape without batch, for onnx (refcnn: 1,28,28)"
+    )
+    x.add_argument("--overwrite", action="store_true", help="replace a non-empty export directory")
     return parser
 
 
@@ -255,12 +265,31 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"{name:<20}{acc:>8.2%}{sparsity:>12.6f}{'' if seconds is None else f'{seconds:.1f} s':>9}")
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 1,28,28, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return shape
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    info = export(args.dir, args.out, args.format, input_shape=args.input_shape, overwrite=args.overwrite)
+    print(info.summary())
+    if "onnx_check" in info.extra:
+        check = info.extra["onnx_check"]
+        print(f"onnxruntime vs PyTorch: max |diff| {check['max_abs_diff']:.3g} on a batch of {check['batch']}")
+    print(f"wrote {info.out}; load it with fcpts.load({str(info.out)!r})")
+
+
 def cmd_methods(args: argparse.Namespace) -> None:
     for name in sorted(METHODS):
         print(f"{name:<20}{METHODS[name].description}")
 
 
-COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "demo": cmd_demo, "methods": cmd_methods}
+COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "demo": cmd_demo, "methods": cmd_methods, "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
