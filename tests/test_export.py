@@ -180,6 +180,14 @@ def test_cli_prune_export_load_end_to_end(tmp_path: Path, model_file: Path, run_
         with torch.no_grad():
             got = fcpts.load(tmp_path / fmt)(x)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    weights = runs / "model.safetensors"
+    plain = ["eval", "--model", f"{model_file}:factory", "--weights", weights, "--data", f"npz:{data}"]
+    code, out_plain, err = run_cli(*plain)
+    assert code == 0, err
+    code, out_sparse, err = run_cli(*plain, "--sparse-inference")
+    assert code == 0, err
+    top1 = [line for line in out_plain.splitlines() if line.startswith("top-1")]
+    assert top1 and top1[0] in out_sparse.splitlines() and "of 2 layers sparse" in out_sparse
     code, _, err = run_cli("export", runs, "--format", "onnx", "--out", tmp_path / "o2")
     assert code == 2 and "needs an example input" in err
     code, _, err = run_cli("export", runs, "--format", "dense", "--out", tmp_path / "dense")

@@ -136,10 +136,24 @@ def test_converted_model_saves_copies_and_reloads(conv_mlp: ConvMLP) -> None:
     buffer.seek(0)
     other = convert(conv_mlp, x, ALWAYS)
     with torch.no_grad():
-        for p in other.buffers():
-            p.zero_()
+        for t in [*other.parameters(), *other.buffers()]:
+            t.zero_()
     other.load_state_dict(torch.load(buffer, weights_only=True))
     twin = copy.deepcopy(fast).to(torch.float64).to(torch.float32)
     with torch.no_grad():
         assert torch.equal(other(x), expected)
         assert torch.equal(twin(x), expected)
+
+
+def test_fully_converted_model_keeps_parameters_for_device_lookups() -> None:
+    from fcpts.evaluate import predict
+
+    torch.manual_seed(0)
+    net = nn.Sequential(sparsify_(nn.Linear(12, 9), 0.7), nn.ReLU(), sparsify_(nn.Linear(9, 4, bias=False), 0.5))
+    x = torch.randn(10, 12)
+    fast = convert(net, x, ALWAYS)
+    assert [type(m).__name__ for m in fast] == ["CSRLinear", "ReLU", "CSRLinear"]
+    assert next(fast.parameters()).device.type == "cpu"  # predict() and friends find the device this way
+    assert not any(p.requires_grad for p in fast.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(predict(fast, x, batch_size=3), net(x), atol=1e-5, rtol=1e-5)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from . import baselines as _baselines  # noqa: F401  (registers the magnitude methods)
-from . import distributed
+from . import distributed, sparse_inference
 from .allocation import ALLOCATIONS
 from .api import METHODS, PruneResult, make_config, prune, resolve_device
 from .data import DataSource, Split, load_data
@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="accuracy and sparsity of a model on a dataset")
     _add_model_data_args(e)
     e.add_argument("--limit", type=int, help="evaluate on the first N samples only")
+    e.add_argument(
+        "--sparse-inference",
+        action="store_true",
+        help="run pruned layers with sparse (CSR) kernels where a timing on the first batch says they are faster",
+    )
 
     d = sub.add_parser("demo", help="prune the reference CNN on Fashion-MNIST: dense vs magnitude vs fcpts")
     d.add_argument("--sparsity", type=float, default=0.9)
@@ -239,11 +244,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     split = data.evaluation
     if args.limit:
         split = Split(split.x[: args.limit], None if split.y is None else split.y[: args.limit])
+    sparsity = global_sparsity(model)
+    kernels = ""
+    if args.sparse_inference:  # timed on one evaluation batch (predict's batch size)
+        choices = sparse_inference.plan(model, split.x[:1000].to(resolve_device(args.device)))
+        model = sparse_inference.apply(model, choices)
+        kernels = f"{sum(c.chosen != 'dense' for c in choices)} of {len(choices)} layers sparse"
     acc = _accuracy(model, split)
     print(f"model     {args.model}" + (f" ({args.weights})" if args.weights else ""))
     print(f"data      {data.name} ({len(split)} samples)")
     print(f"top-1     {'n/a (no labels)' if acc is None else f'{acc:.2%}'}")
-    print(f"sparsity  {global_sparsity(model):.6f}")
+    print(f"sparsity  {sparsity:.6f}")
+    if kernels:
+        print(f"kernels   {kernels}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -12,10 +12,10 @@ fastest one when it wins by ``min_speedup``. Kernels (registered with :func:`reg
   bfloat16, with at least 2 zeros in every group of 4 along the input dimension. Only offered on a
   CUDA device; **not yet run**: no GPU was available where this was written.
 
-The converted modules keep their CSR arrays as ordinary dense buffers (``crow_indices``,
-``col_indices``: int32 when the sizes allow; ``values``) and build the CSR view in ``forward``
-(a few µs): ``state_dict``, ``torch.save``, ``copy.deepcopy`` and ``.to()`` work as for any module
-(a CSR tensor itself cannot be deep-copied).
+The converted modules keep their CSR arrays as ordinary dense tensors (buffers ``crow_indices``
+and ``col_indices``, int32 when the sizes allow; frozen parameters ``values`` and ``bias``) and
+build the CSR view in ``forward`` (a few µs): ``state_dict``, ``torch.save``, ``copy.deepcopy``
+and ``.to()`` work as for any module (a CSR tensor itself cannot be deep-copied).
 
 >>> net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8))
 >>> with torch.no_grad():
@@ -66,8 +66,10 @@ class _CSRWeight(nn.Module):
         crow, col, values = _csr_arrays(weight2d)
         self.register_buffer("crow_indices", crow)
         self.register_buffer("col_indices", col)
-        self.register_buffer("values", values)
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        # values and bias stay parameters (frozen), as in the layer replaced: code that finds a model's
+        # device or dtype from next(model.parameters()) keeps working on a fully converted model.
+        self.values = nn.Parameter(values, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def csr(self) -> torch.Tensor:
         return torch.sparse_csr_tensor(
