@@ -92,6 +92,12 @@ def test_corrupt_compressed_file_is_one_error(tmp_path: Path) -> None:
     tensors["w.values"] = tensors["w.values"][:1]  # one value fewer than the bitmask's ones
     with pytest.raises(FcptsError, match="bitmask does not match"):
         decompress_state_dict(tensors, meta)
+    tensors, meta = compress_state_dict({"w": torch.tensor([0.0, 1.0] + [0.0] * 30)})
+    meta["sparse"] = json.dumps({"w": {"shape": [32], "dtype": "save"}})  # not a dtype: no getattr surprises
+    with pytest.raises(FcptsError, match="dtype 'save'"):
+        decompress_state_dict(tensors, meta)
+    with pytest.raises(FcptsError, match=r"also holds a\.values"):
+        compress_state_dict({"a": torch.zeros(64), "a.values": torch.ones(3)})
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00")
     with pytest.raises(FcptsError, match="cannot read compressed weights"):
         load_compressed(tmp_path / "bad.safetensors")

@@ -99,6 +99,9 @@ def compress_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch
                 sparse[name] = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
                 continue
         tensors[name] = tensor.clone()
+    clashes = [k for k in sparse if f"{k}.values" in state or f"{k}.bitmask" in state]
+    if clashes:  # "a" compressed beside a tensor named "a.values": the file could not tell them apart
+        raise FcptsError(f"cannot compress {clashes[0]!r}: the state dict also holds {clashes[0]}.values or .bitmask")
     meta = {"format": COMPRESSED_FORMAT, "version": COMPRESSED_VERSION, "sparse": json.dumps(sparse)}
     return tensors, meta
 
@@ -125,7 +128,10 @@ def decompress_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, 
         keep = torch.from_numpy(np.unpackbits(bitmask.numpy(), count=numel).astype(bool))  # (numel,)
         if bitmask.numel() != (numel + 7) // 8 or int(keep.sum()) != values.numel():
             raise FcptsError(f"corrupt compressed tensor {name!r}: its bitmask does not match its values")
-        dense = torch.zeros(numel, dtype=getattr(torch, info["dtype"]))
+        dtype = getattr(torch, str(info["dtype"]), None)
+        if not isinstance(dtype, torch.dtype) or values.dtype != dtype:
+            raise FcptsError(f"corrupt compressed tensor {name!r}: dtype {info['dtype']!r}, values {values.dtype}")
+        dense = torch.zeros(numel, dtype=dtype)
         dense[keep] = values
         state[name] = dense.view(info["shape"])
         consumed.update((f"{name}.values", f"{name}.bitmask"))
