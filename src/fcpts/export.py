@@ -44,7 +44,9 @@ True
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,13 +212,22 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
     model = model.eval()
     # A batch of at least 2: torch.export specialises a dimension of size 1 and would not keep it dynamic.
     example = example_input if len(example_input) >= 2 else torch.cat([example_input, example_input])
+    # The exporter logs a line per torchvision op it cannot register and torch warns about its own
+    # internals: noise for the user, silenced for the call and restored afterwards.
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration_log.level
     try:
-        program = torch.onnx.export(
-            model, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False
-        )
+        registration_log.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False
+            )
         program.save(str(path))
     except Exception as exc:  # the exporter raises many types for an unsupported model
         raise FcptsError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    finally:
+        registration_log.setLevel(level)
     from .evaluate import output_logits
 
     with torch.no_grad():
