@@ -14,6 +14,7 @@ from .baselines import MagnitudeConfig
 from .batchnorm import recalibrate_batchnorm
 from .errors import FcptsError
 from .evaluate import accuracy, global_sparsity, layer_sparsity
+from .export import export, load
 from .layers import default_layer_filter, exclude, prunable_layers
 from .method import FCPTSConfig, learn
 from .models import ReferenceCNN, load_model, load_reference_model
@@ -38,10 +39,12 @@ __all__ = [
     "allocate",
     "default_layer_filter",
     "exclude",
+    "export",
     "finalize",
     "global_sparsity",
     "layer_sparsity",
     "learn",
+    "load",
     "load_model",
     "load_reference_model",
     "make_config",

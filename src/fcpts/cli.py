@@ -1,4 +1,4 @@
-"""The ``fcpts`` command: a thin shell over the library (``prune``, ``eval``, ``demo``, ``methods``)."""
+"""The ``fcpts`` command: a thin shell over the library (``prune``, ``eval``, ``demo``, ``methods``, ``export``)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from typing import Any
 import torch
 
 from . import baselines as _baselines  # noqa: F401  (registers the magnitude methods)
-from . import distributed
+from . import distributed, sparse_inference
 from .allocation import ALLOCATIONS
 from .api import METHODS, PruneResult, make_config, prune, resolve_device
 from .bridge import SMOOTH_CDFS
 from .data import DataSource, Split, load_data
 from .errors import FcptsError
 from .evaluate import accuracy, global_sparsity
+from .export import FORMATS, export
 from .method import FCPTSConfig
 from .models import load_model
 from .output import build_report, check_output_dir, write_outputs
@@ -123,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="accuracy and sparsity of a model on a dataset")
     _add_model_data_args(e)
     e.add_argument("--limit", type=int, help="evaluate on the first N samples only")
+    e.add_argument(
+        "--sparse-inference",
+        action="store_true",
+        help="run pruned layers with sparse (CSR) kernels where a timing on the first batch says they are faster",
+    )
 
     d = sub.add_parser("demo", help="prune the reference CNN on Fashion-MNIST: dense vs magnitude vs fcpts")
     d.add_argument("--sparsity", type=float, default=0.9)
@@ -133,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("methods", help="list the pruning methods")
+
+    x = sub.add_parser("export", help="export a pruned model (a prune output directory) as dense, compressed or onnx")
+    x.add_argument("dir", help="output directory of fcpts prune (model.safetensors, report.json)")
+    x.add_argument("--format", required=True, choices=sorted(FORMATS), help="dense, compressed or onnx")
+    x.add_argument("--out", required=True, help="export directory (written atomically); fcpts.load(OUT) reads it")
+    x.add_argument(
+        "--input-shape", type=_shape, metavar="C,H,W", help="input shape without batch, for onnx (refcnn: 1,28,28)"
+    )
+    x.add_argument("--overwrite", action="store_true", help="replace a non-empty export directory")
     return parser
 
 
@@ -236,11 +251,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     split = data.evaluation
     if args.limit:
         split = Split(split.x[: args.limit], None if split.y is None else split.y[: args.limit])
+    sparsity = global_sparsity(model)
+    kernels = ""
+    if args.sparse_inference:  # timed on one evaluation batch (predict's batch size)
+        choices = sparse_inference.plan(model, split.x[:1000].to(resolve_device(args.device)))
+        model = sparse_inference.apply(model, choices)
+        kernels = f"{sum(c.chosen != 'dense' for c in choices)} of {len(choices)} layers sparse"
     acc = _accuracy(model, split)
     print(f"model     {args.model}" + (f" ({args.weights})" if args.weights else ""))
     print(f"data      {data.name} ({len(split)} samples)")
     print(f"top-1     {'n/a (no labels)' if acc is None else f'{acc:.2%}'}")
-    print(f"sparsity  {global_sparsity(model):.6f}")
+    print(f"sparsity  {sparsity:.6f}")
+    if kernels:
+        print(f"kernels   {kernels}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -262,12 +285,31 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"{name:<20}{acc:>8.2%}{sparsity:>12.6f}{'' if seconds is None else f'{seconds:.1f} s':>9}")
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 1,28,28, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return shape
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    info = export(args.dir, args.out, args.format, input_shape=args.input_shape, overwrite=args.overwrite)
+    print(info.summary())
+    if "onnx_check" in info.extra:
+        check = info.extra["onnx_check"]
+        print(f"onnxruntime vs PyTorch: max |diff| {check['max_abs_diff']:.3g} on a batch of {check['batch']}")
+    print(f"wrote {info.out}; load it with fcpts.load({str(info.out)!r})")
+
+
 def cmd_methods(args: argparse.Namespace) -> None:
     for name in sorted(METHODS):
         print(f"{name:<20}{METHODS[name].description}")
 
 
-COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "demo": cmd_demo, "methods": cmd_methods}
+COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "demo": cmd_demo, "methods": cmd_methods, "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

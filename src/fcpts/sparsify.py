@@ -241,7 +241,9 @@ def finalize(prepared: Prepared) -> nn.Module:
             # named_parameters() and state_dict() keep the dense model's order.
             module._parameters = {k: module._parameters[k] for k in layer.parameter_order}
             weight = module.weight
-            weight.mul_(mask.to(weight.dtype))
+            # masked_fill, not mul: a negative weight times 0 is -0.0, which the compressed export
+            # (fcpts.export) would have to store as a kept value to stay bit-exact.
+            weight.masked_fill_(~mask.bool(), 0.0)
             weight.requires_grad_(layer.weight_requires_grad)
     zeros = sum(int((layer.module.weight == 0).sum()) for layer in layers)
     if zeros != k:

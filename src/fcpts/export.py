@@ -1,0 +1,411 @@
+"""Export a pruned model as ``dense``, ``compressed`` or ``onnx``, and :func:`load` any of them back.
+
+An export directory holds one model file and ``export.json`` (format, model spec, file sizes):
+
+* ``dense``: ``model.safetensors``, the state dict with its zeros (what ``fcpts prune`` writes).
+* ``compressed``: ``model.compressed.safetensors``, the **fcpts-bitmask v1** format below.
+* ``onnx``: ``model.onnx``, the model's graph (PyTorch's ``torch.export``-based exporter, dynamic
+  batch dimension), checked against PyTorch's outputs with onnxruntime when it is written.
+
+**fcpts-bitmask v1.** One safetensors file. A floating-point tensor ``K`` of the state dict is stored
+compressed when that is smaller than storing it dense, as two entries:
+
+* ``K.values``: 1-D, ``K``'s dtype, the stored entries of ``K`` in row-major (C) order;
+* ``K.bitmask``: 1-D uint8, ``numpy.packbits`` of the row-major keep-mask of ``K`` (most significant
+  bit first, the last byte padded with 0 bits), ``ceil(numel / 8)`` bytes.
+
+An entry is stored unless its bits are those of ``+0.0``; a ``-0.0`` is stored as a value, so the
+loader restores every tensor **bit for bit** (``fcpts.finalize`` writes ``+0.0`` for pruned weights).
+The header's ``__metadata__`` holds ``format = "fcpts-bitmask"``, ``version = "1"`` and ``sparse``:
+a JSON object ``{K: {"shape": [...], "dtype": "float32"}}`` naming the compressed tensors. Every
+other tensor (biases, norms, buffers, integer tensors) is stored dense under its own name. At
+sparsity ``s`` a float32 tensor costs about ``(1 - s) * 4 + 1/8`` bytes per weight instead of 4:
+``0.156×`` of dense at 0.9.
+
+:func:`load` returns an ``nn.Module`` for every format: for dense and compressed the model rebuilt
+from its spec (``export.json``'s ``model_spec``, or a ``model`` you pass) with the stored weights;
+for onnx an :class:`OnnxModule`, a small module whose forward runs the ONNX graph with onnxruntime
+(it has no parameters: the weights live in the graph).
+
+>>> import tempfile, torch
+>>> from torch import nn
+>>> net = nn.Linear(200, 30)
+>>> with torch.no_grad():
+...     net.weight[:, :150] = 0.0  # 75% zeros
+>>> out = tempfile.mkdtemp() + "/exp"
+>>> info = export(net, out, "compressed")
+>>> info.bytes["model.compressed.safetensors"] < info.dense_bytes
+True
+>>> back = load(out, model=nn.Linear(200, 30))
+>>> torch.equal(back.weight, net.weight) and torch.equal(back.bias, net.bias)
+True
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import FcptsError
+from .models import check_state_dict_fits, load_model, load_state_dict
+from .output import MODEL_NAME, REPORT_NAME, atomic_directory, check_output_dir, save_weights
+
+MANIFEST_NAME = "export.json"
+COMPRESSED_NAME = "model.compressed.safetensors"
+ONNX_NAME = "model.onnx"
+COMPRESSED_FORMAT, COMPRESSED_VERSION = "fcpts-bitmask", "1"
+#: Input shape (without the batch dimension) of built-in models, for the ONNX export's example input.
+DEFAULT_INPUT_SHAPES: dict[str, tuple[int, ...]] = {"refcnn": (1, 28, 28)}
+#: Largest |ONNX - PyTorch| accepted when an ONNX export is checked (float32 graphs reorder sums).
+ONNX_ATOL = 1e-4
+
+
+# --- the compressed format ------------------------------------------------------------------------
+
+
+def _kept(tensor: torch.Tensor) -> torch.Tensor:
+    """Bool mask (same shape): entries that are not ``+0.0`` bit for bit (``-0.0`` is kept)."""
+    return (tensor != 0) | torch.signbit(tensor)
+
+
+def compress_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of the fcpts-bitmask v1 format for ``state`` (see the module docstring).
+
+    >>> w = torch.tensor([[0.0, 1.5, 0.0], [-0.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
+    >>> tensors, meta = compress_state_dict({"w": w})
+    >>> tensors["w.values"].tolist(), tensors["w.bitmask"].tolist()  # bits 010 101 000 -> 01010100 0(0000000)
+    ([1.5, -0.0, 2.0], [84, 0])
+    >>> json.loads(meta["sparse"])
+    {'w': {'shape': [3, 3], 'dtype': 'float32'}}
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    sparse: dict[str, dict[str, Any]] = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.is_floating_point() and tensor.numel() > 0:
+            keep = _kept(tensor).flatten()  # (numel,)
+            kept = int(keep.sum())
+            if kept * tensor.element_size() + (tensor.numel() + 7) // 8 < tensor.numel() * tensor.element_size():
+                tensors[f"{name}.values"] = tensor.flatten()[keep].clone()
+                tensors[f"{name}.bitmask"] = torch.from_numpy(np.packbits(keep.numpy()))
+                sparse[name] = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
+                continue
+        tensors[name] = tensor.clone()
+    clashes = [k for k in sparse if f"{k}.values" in state or f"{k}.bitmask" in state]
+    if clashes:  # "a" compressed beside a tensor named "a.values": the file could not tell them apart
+        raise FcptsError(f"cannot compress {clashes[0]!r}: the state dict also holds {clashes[0]}.values or .bitmask")
+    meta = {"format": COMPRESSED_FORMAT, "version": COMPRESSED_VERSION, "sparse": json.dumps(sparse)}
+    return tensors, meta
+
+
+def decompress_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The state dict that :func:`compress_state_dict` stored, bit for bit.
+
+    >>> w = torch.tensor([[0.0, 1.5, 0.0], [-0.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
+    >>> back = decompress_state_dict(*compress_state_dict({"w": w}))["w"]
+    >>> torch.equal(back.view(torch.int32), w.view(torch.int32))
+    True
+    """
+    if metadata.get("format") != COMPRESSED_FORMAT or metadata.get("version") != COMPRESSED_VERSION:
+        raise FcptsError(
+            f"not an {COMPRESSED_FORMAT} v{COMPRESSED_VERSION} file (metadata {metadata.get('format')!r} "
+            f"v{metadata.get('version')!r})"
+        )
+    sparse: dict[str, dict[str, Any]] = json.loads(metadata["sparse"])
+    state = dict(tensors)
+    consumed: set[str] = set()
+    for name, info in sparse.items():
+        values, bitmask = tensors[f"{name}.values"], tensors[f"{name}.bitmask"]
+        numel = int(np.prod(info["shape"], dtype=np.int64))
+        keep = torch.from_numpy(np.unpackbits(bitmask.numpy(), count=numel).astype(bool))  # (numel,)
+        if bitmask.numel() != (numel + 7) // 8 or int(keep.sum()) != values.numel():
+            raise FcptsError(f"corrupt compressed tensor {name!r}: its bitmask does not match its values")
+        dtype = getattr(torch, str(info["dtype"]), None)
+        if not isinstance(dtype, torch.dtype) or values.dtype != dtype:
+            raise FcptsError(f"corrupt compressed tensor {name!r}: dtype {info['dtype']!r}, values {values.dtype}")
+        dense = torch.zeros(numel, dtype=dtype)
+        dense[keep] = values
+        state[name] = dense.view(info["shape"])
+        consumed.update((f"{name}.values", f"{name}.bitmask"))
+    return {k: v for k, v in state.items() if k not in consumed}
+
+
+def save_compressed(state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Write ``state`` to ``path`` in the fcpts-bitmask v1 format."""
+    from safetensors.torch import save_file
+
+    tensors, meta = compress_state_dict(state)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_compressed(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read an fcpts-bitmask v1 file back into the dense state dict, bit for bit."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as exc:  # safetensors raises several types for a truncated or corrupt file
+        raise FcptsError(f"cannot read compressed weights {path}: {str(exc).splitlines()[0]}") from exc
+    try:
+        return decompress_state_dict(tensors, metadata)
+    except (KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise FcptsError(f"corrupt compressed weights {path}: {exc}") from exc
+
+
+def dense_safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
+    """Size in bytes of ``state`` written as a dense safetensors file (header included)."""
+    from safetensors.torch import save
+
+    return len(save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+
+
+# --- ONNX -------------------------------------------------------------------------------------------
+
+
+class OnnxModule(nn.Module):
+    """An ``nn.Module`` whose forward runs an ONNX file with onnxruntime (CPU): tensors in, tensors out.
+
+    It holds no parameters (the weights are in the graph); inputs are moved to CPU and float32 numpy.
+    One output comes back as a tensor, several as a tuple.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+        super().__init__()
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # as many threads as torch would use
+        self.path = str(path)
+        self.session = onnxruntime.InferenceSession(self.path, options, providers=list(providers))
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        feeds = {name: x.detach().cpu().numpy() for name, x in zip(self.input_names, inputs, strict=True)}
+        outputs = [torch.from_numpy(o) for o in self.session.run(None, feeds)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike[str]) -> float:
+    """Write ``model`` as ONNX (dynamic batch) to ``path``; return max |onnxruntime - PyTorch| on the example.
+
+    Raises :class:`FcptsError` when the difference exceeds :data:`ONNX_ATOL` or the export fails.
+    """
+    try:
+        import onnxruntime  # noqa: F401  (fail before exporting when the checker is missing)
+        import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
+    except ImportError as exc:
+        raise FcptsError(
+            f"ONNX export needs onnx, onnxscript and onnxruntime: pip install 'fcpts[export]' ({exc})"
+        ) from exc
+    model = model.eval()
+    # A batch of at least 2: torch.export specialises a dimension of size 1 and would not keep it dynamic.
+    example = example_input if len(example_input) >= 2 else torch.cat([example_input, example_input])
+    # The exporter logs a line per torchvision op it cannot register and torch warns about its own
+    # internals: noise for the user, silenced for the call and restored afterwards.
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration_log.level
+    try:
+        registration_log.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False
+            )
+        program.save(str(path))
+    except Exception as exc:  # the exporter raises many types for an unsupported model
+        raise FcptsError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    finally:
+        registration_log.setLevel(level)
+    from .evaluate import output_logits
+
+    with torch.no_grad():
+        expected = output_logits(model(example_input))
+    got = OnnxModule(path)(example_input)
+    got = got[0] if isinstance(got, tuple) else got
+    diff = float((got - expected).abs().max())
+    if not diff <= ONNX_ATOL:
+        raise FcptsError(f"ONNX export differs from PyTorch by {diff:.3g} (> {ONNX_ATOL:g}) on the example input")
+    return diff
+
+
+# --- export and load --------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportInfo:
+    """What :func:`export` wrote: format, files and their bytes, the dense safetensors size, checks."""
+
+    format: str
+    out: Path
+    bytes: dict[str, int]
+    dense_bytes: int
+    model_spec: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """Bytes of the model file over the dense safetensors bytes."""
+        return sum(self.bytes.values()) / self.dense_bytes
+
+    def summary(self) -> str:
+        files = ", ".join(f"{k} {v:,} bytes" for k, v in self.bytes.items())
+        return f"format {self.format}: {files} ({self.ratio:.3f}× the dense safetensors, {self.dense_bytes:,} bytes)"
+
+
+Writer = Callable[[nn.Module, Path, "torch.Tensor | None"], "tuple[str, dict[str, Any]]"]
+Reader = Callable[[Path, "nn.Module | None", "str | None"], nn.Module]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """An export format: ``write(model, directory, example_input) -> (file name, manifest extras)`` and
+    ``read(path, model or None, model spec or None) -> nn.Module``."""
+
+    write: Writer
+    read: Reader
+
+
+#: Format name → its writer and reader (``--format`` choices, :func:`load`'s dispatch).
+FORMATS: dict[str, ExportFormat] = {}
+
+
+def register_format(name: str, read: Reader) -> Callable[[Writer], Writer]:
+    """Register an export format under ``name``: the decorated function writes it, ``read`` loads it."""
+
+    def deco(write: Writer) -> Writer:
+        FORMATS[name] = ExportFormat(write, read)
+        return write
+
+    return deco
+
+
+def _weights_reader(read_state: Callable[[Path], dict[str, torch.Tensor]]) -> Reader:
+    """A reader that loads a state dict into ``model``, or into the model rebuilt from ``spec``."""
+
+    def read(path: Path, model: nn.Module | None, spec: str | None) -> nn.Module:
+        if model is None:
+            if not spec:
+                raise FcptsError(f"{path.parent} records no model spec: pass the model to load the weights into")
+            model = load_model(spec)
+        state = read_state(path)
+        check_state_dict_fits(model, state, str(path))
+        model.load_state_dict(state)
+        return model.eval()
+
+    return read
+
+
+@register_format("dense", _weights_reader(load_state_dict))
+def _write_dense(model: nn.Module, tmp: Path, example: torch.Tensor | None) -> tuple[str, dict[str, Any]]:
+    save_weights(model, tmp / MODEL_NAME)
+    return MODEL_NAME, {}
+
+
+@register_format("compressed", _weights_reader(load_compressed))
+def _write_compressed(model: nn.Module, tmp: Path, example: torch.Tensor | None) -> tuple[str, dict[str, Any]]:
+    save_compressed(model.state_dict(), tmp / COMPRESSED_NAME)
+    return COMPRESSED_NAME, {"compressed_format": f"{COMPRESSED_FORMAT} v{COMPRESSED_VERSION}"}
+
+
+@register_format("onnx", lambda path, model, spec: OnnxModule(path))
+def _write_onnx(model: nn.Module, tmp: Path, example: torch.Tensor | None) -> tuple[str, dict[str, Any]]:
+    if example is None:
+        raise FcptsError("the onnx format needs an example input (input_shape / --input-shape C,H,W)")
+    diff = export_onnx(model, example, tmp / ONNX_NAME)
+    return ONNX_NAME, {"onnx_check": {"max_abs_diff": diff, "atol": ONNX_ATOL, "batch": len(example)}}
+
+
+def _model_from_dir(source: Path) -> tuple[nn.Module, str]:
+    """The model of a ``fcpts prune`` output directory (report.json's spec + model.safetensors)."""
+    report_path = source / REPORT_NAME
+    if not report_path.is_file():
+        raise FcptsError(f"{source} is not an fcpts output directory: no {REPORT_NAME}")
+    spec = json.loads(report_path.read_text()).get("model_spec")
+    if not spec:
+        raise FcptsError(f"{report_path} names no model_spec")
+    return load_model(spec, source / MODEL_NAME), spec
+
+
+def export(
+    source: nn.Module | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    format: str,
+    *,
+    model_spec: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    example_input: torch.Tensor | None = None,
+    overwrite: bool = False,
+) -> ExportInfo:
+    """Export a model (an ``nn.Module``, or a ``fcpts prune`` output directory) to ``out`` in ``format``.
+
+    ``model_spec`` (e.g. ``refcnn``, ``file.py:factory``) is recorded so that :func:`load` can
+    rebuild the model; a prune directory brings its own. ``input_shape`` (without batch) gives the
+    ONNX export its example input (default for built-in models), or pass ``example_input`` itself
+    (batch of at least 2, e.g. token ids for a text model). ``out`` is written atomically.
+    """
+    if format not in FORMATS:
+        raise FcptsError(f"unknown export format {format!r}: expected one of {', '.join(sorted(FORMATS))}")
+    check_output_dir(Path(out), overwrite)
+    if isinstance(source, nn.Module):
+        model = source
+    else:
+        model, model_spec = _model_from_dir(Path(source))
+    if input_shape is None and model_spec in DEFAULT_INPUT_SHAPES:
+        input_shape = DEFAULT_INPUT_SHAPES[model_spec]
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    # A fixed, seeded example: the ONNX check compares both runtimes on the same numbers.
+    example = example_input
+    if example is None and input_shape is not None:
+        example = torch.rand(4, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    dense_bytes = dense_safetensors_bytes(model.state_dict())
+    with atomic_directory(out, overwrite) as tmp:
+        filename, extra = FORMATS[format].write(model, tmp, example)
+        sizes = {filename: (tmp / filename).stat().st_size}
+        sizes.update({p.name: p.stat().st_size for p in tmp.iterdir() if p.name not in sizes})  # e.g. ONNX data
+        manifest = {
+            "format": format,
+            "model_spec": model_spec,
+            "input_shape": None if example is None else list(example.shape[1:]),
+            "file": filename,
+            "bytes": sizes,
+            "dense_safetensors_bytes": dense_bytes,
+            **extra,
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return ExportInfo(format, Path(out), sizes, dense_bytes, model_spec, extra)
+
+
+def load(
+    directory: str | os.PathLike[str], model: nn.Module | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """The model stored in ``directory``: an :func:`export` directory of any format, or a prune output.
+
+    For dense and compressed exports the weights go into ``model`` when given, else into the model
+    rebuilt from the recorded spec; compressed weights come back bit for bit. An onnx export
+    returns an :class:`OnnxModule` (onnxruntime, CPU; ``model`` and ``device`` do not apply).
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_NAME
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+    elif (directory / MODEL_NAME).is_file() and (directory / REPORT_NAME).is_file():  # fcpts prune's output
+        report = json.loads((directory / REPORT_NAME).read_text())
+        manifest = {"format": "dense", "file": MODEL_NAME, "model_spec": report.get("model_spec")}
+    else:
+        raise FcptsError(f"{directory} holds no fcpts export ({MANIFEST_NAME}) or prune output ({REPORT_NAME})")
+    if manifest.get("format") not in FORMATS:
+        raise FcptsError(f"{manifest_path}: unknown export format {manifest.get('format')!r}")
+    loaded = FORMATS[manifest["format"]].read(directory / manifest["file"], model, manifest.get("model_spec"))
+    return loaded if isinstance(loaded, OnnxModule) else loaded.to(device)

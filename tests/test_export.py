@@ -1,0 +1,200 @@
+"""Export formats (dense, compressed fcpts-bitmask v1, onnx), fcpts.load, and the `fcpts export` CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_npz
+from torch import nn
+
+import fcpts
+from fcpts.errors import FcptsError
+from fcpts.export import (
+    COMPRESSED_NAME,
+    OnnxModule,
+    compress_state_dict,
+    decompress_state_dict,
+    export,
+    load,
+    load_compressed,
+    save_compressed,
+)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's raw bits as integers (so -0.0 and +0.0 differ, and NaN payloads count)."""
+    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return t.contiguous().view(ints[t.element_size()]) if t.is_floating_point() else t
+
+
+def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert list(a) == list(b) or set(a) == set(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert torch.equal(bits(a[k]), bits(b[k])), k
+
+
+def odd_state() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    odd = torch.randn(13, 11, generator=g)  # 143 weights: not a multiple of 8
+    odd[torch.rand(13, 11, generator=g) < 0.7] = 0.0
+    odd[0, :3] = -0.0  # negative zeros must come back negative
+    f64 = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    f64[:, :2] = 0.0
+    bf16 = torch.randn(4, 9, generator=g).to(torch.bfloat16)
+    bf16[1:] = 0.0
+    return {
+        "odd.weight": odd,
+        "zeros.weight": torch.zeros(3, 5),  # every weight pruned
+        "full.weight": torch.randn(7, 3, generator=g) + 10.0,  # none zero: stored dense
+        "odd.bias": torch.randn(13, generator=g),
+        "f64.weight": f64,
+        "bf16.weight": bf16,
+        "bn.num_batches_tracked": torch.tensor(7),
+        "conv.weight": torch.zeros(2, 3, 3, 3).index_fill_(1, torch.tensor([1]), 1.5),  # 4-D
+    }
+
+
+def test_compressed_round_trip_is_bit_identical(tmp_path: Path) -> None:
+    state = odd_state()
+    save_compressed(state, tmp_path / "w.safetensors")
+    assert_bit_identical(load_compressed(tmp_path / "w.safetensors"), state)
+
+
+def test_compressed_layout_and_exact_byte_count(tmp_path: Path) -> None:
+    state = odd_state()
+    tensors, meta = compress_state_dict(state)
+    sparse = json.loads(meta["sparse"])
+    # Compressed exactly where that is smaller: not the dense-everywhere tensor, never integers.
+    assert set(sparse) == {"odd.weight", "zeros.weight", "f64.weight", "bf16.weight", "conv.weight"}
+    assert "full.weight" in tensors and "bn.num_batches_tracked" in tensors
+    odd = state["odd.weight"]
+    kept = int(((odd != 0) | torch.signbit(odd)).sum())
+    assert tensors["odd.weight.values"].numel() == kept and tensors["odd.weight.bitmask"].numel() == math.ceil(143 / 8)
+    assert tensors["zeros.weight.values"].numel() == 0 and tensors["zeros.weight.bitmask"].tolist() == [0, 0]
+    assert sparse["conv.weight"] == {"shape": [2, 3, 3, 3], "dtype": "float32"}
+    assert tensors["conv.weight.values"].numel() == 2 * 9
+    # The payload of the file is exactly the stored tensors' bytes (values, bitmasks, dense rest).
+    path = tmp_path / "w.safetensors"
+    save_compressed(state, path)
+    raw = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    assert len(raw) - 8 - header_len == sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def test_corrupt_compressed_file_is_one_error(tmp_path: Path) -> None:
+    tensors, meta = compress_state_dict({"w": torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0])})
+    tensors["w.values"] = tensors["w.values"][:1]  # one value fewer than the bitmask's ones
+    with pytest.raises(FcptsError, match="bitmask does not match"):
+        decompress_state_dict(tensors, meta)
+    tensors, meta = compress_state_dict({"w": torch.tensor([0.0, 1.0] + [0.0] * 30)})
+    meta["sparse"] = json.dumps({"w": {"shape": [32], "dtype": "save"}})  # not a dtype: no getattr surprises
+    with pytest.raises(FcptsError, match="dtype 'save'"):
+        decompress_state_dict(tensors, meta)
+    with pytest.raises(FcptsError, match=r"also holds a\.values"):
+        compress_state_dict({"a": torch.zeros(64), "a.values": torch.ones(3)})
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00")
+    with pytest.raises(FcptsError, match="cannot read compressed weights"):
+        load_compressed(tmp_path / "bad.safetensors")
+
+
+def test_finalize_writes_positive_zeros() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(40, 30), nn.Linear(30, 5))
+    result = fcpts.prune(net, torch.randn(32, 40), fcpts.make_config("global-magnitude", target_sparsity=0.8))
+    zeros = torch.cat([m.weight[m.weight == 0] for m in result.model])
+    assert zeros.numel() == round(0.8 * (1200 + 150)) and not torch.signbit(zeros).any()
+
+
+@pytest.fixture(scope="module")
+def pruned_refcnn() -> nn.Module:
+    calib = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    config = fcpts.make_config("global-magnitude", target_sparsity=0.9)
+    return fcpts.prune(fcpts.load_reference_model(), calib, config).model
+
+
+def test_compressed_refcnn_at_0_9_is_under_a_fifth_of_dense(tmp_path: Path, pruned_refcnn: nn.Module) -> None:
+    info = export(pruned_refcnn, tmp_path / "c", "compressed", model_spec="refcnn")
+    size = (tmp_path / "c" / COMPRESSED_NAME).stat().st_size
+    manifest = json.loads((tmp_path / "c" / "export.json").read_text())
+    assert info.bytes == {COMPRESSED_NAME: size} == manifest["bytes"]
+    assert manifest["dense_safetensors_bytes"] == info.dense_bytes
+    dense = export(pruned_refcnn, tmp_path / "d", "dense", model_spec="refcnn")
+    assert dense.bytes["model.safetensors"] == info.dense_bytes  # the reported dense size is the real one
+    assert info.ratio < 0.2, info.summary()
+    back = load(tmp_path / "c")  # rebuilt from the recorded spec
+    assert_bit_identical(back.state_dict(), pruned_refcnn.state_dict())
+
+
+def test_load_every_format_gives_the_same_outputs(tmp_path: Path, pruned_refcnn: nn.Module) -> None:
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))  # batch 3: not the export's 4
+    with torch.no_grad():
+        expected = pruned_refcnn(x)
+    for fmt in ("dense", "compressed", "onnx"):
+        info = export(pruned_refcnn, tmp_path / fmt, fmt, model_spec="refcnn")
+        model = fcpts.load(tmp_path / fmt)
+        with torch.no_grad():
+            got = model(x)
+        if fmt == "onnx":
+            assert isinstance(model, OnnxModule)
+            assert info.extra["onnx_check"]["max_abs_diff"] <= 1e-4
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        else:
+            assert torch.equal(got, expected), fmt
+
+
+def test_load_into_a_given_model_and_errors(tmp_path: Path) -> None:
+    net = nn.Linear(30, 4)
+    export(net, tmp_path / "e", "compressed")  # no spec recorded
+    with pytest.raises(FcptsError, match="records no model spec"):
+        load(tmp_path / "e")
+    assert torch.equal(load(tmp_path / "e", model=nn.Linear(30, 4)).weight, net.weight)
+    with pytest.raises(FcptsError, match="do not match"):
+        load(tmp_path / "e", model=nn.Linear(31, 4))
+    with pytest.raises(FcptsError, match="needs an example input"):
+        export(net, tmp_path / "o", "onnx")
+    assert not (tmp_path / "o").exists()  # atomic: nothing left behind
+    with pytest.raises(FcptsError, match="unknown export format"):
+        export(net, tmp_path / "x", "zip")
+    with pytest.raises(FcptsError, match="holds no fcpts export"):
+        load(tmp_path)
+
+
+def test_cli_prune_export_load_end_to_end(tmp_path: Path, model_file: Path, run_cli) -> None:
+    data = write_npz(tmp_path / "d.npz")
+    runs = tmp_path / "run"
+    code, _, err = run_cli(
+        "prune", "--model", f"{model_file}:factory", "--data", f"npz:{data}", "--sparsity", "0.8",
+        "--method", "global-magnitude", "--out", runs, "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    pruned = fcpts.load(runs)  # a prune output directory loads as dense
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = pruned(x)
+    assert fcpts.global_sparsity(pruned) == pytest.approx(round(0.8 * 1476) / 1476)
+    for fmt in ("dense", "compressed", "onnx"):
+        extra = ["--input-shape", "1,8,8"] if fmt == "onnx" else []
+        code, out, err = run_cli("export", runs, "--format", fmt, "--out", tmp_path / fmt, *extra)
+        assert code == 0, err
+        assert f"format {fmt}:" in out and "bytes" in out
+        with torch.no_grad():
+            got = fcpts.load(tmp_path / fmt)(x)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    weights = runs / "model.safetensors"
+    plain = ["eval", "--model", f"{model_file}:factory", "--weights", weights, "--data", f"npz:{data}"]
+    code, out_plain, err = run_cli(*plain)
+    assert code == 0, err
+    code, out_sparse, err = run_cli(*plain, "--sparse-inference")
+    assert code == 0, err
+    top1 = [line for line in out_plain.splitlines() if line.startswith("top-1")]
+    assert top1 and top1[0] in out_sparse.splitlines() and "of 2 layers sparse" in out_sparse
+    code, _, err = run_cli("export", runs, "--format", "onnx", "--out", tmp_path / "o2")
+    assert code == 2 and "needs an example input" in err
+    code, _, err = run_cli("export", runs, "--format", "dense", "--out", tmp_path / "dense")
+    assert code == 2 and "already exists" in err
