@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=fcpts.FCPTSConfig.iters)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="seed 0, sparsity 0.9, 50 iterations")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in --out (same options)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ablation.json")
     args = parser.parse_args()
     if args.quick:
@@ -181,6 +182,16 @@ def main() -> None:
     dense = fcpts.accuracy(model, test.x, test.y)
     print(f"{args.model}: dense top-1 {dense:.2%}", flush=True)
     rows: list[dict[str, Any]] = []
+    if args.resume and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        if (previous["model"], previous["iters"], previous["calibration_samples"]) != (
+            args.model,
+            args.iters,
+            args.calib_samples,
+        ):
+            raise SystemExit(f"{args.out} was written with other options; run without --resume")
+        rows = previous["rows"]
+    done = {(r["sparsity"], r["seed"], r["variant"]) for r in rows}
     # fcpts first in every (sparsity, seed): the other rows' times are read against it.
     order = ["fcpts", *(v for v in args.variants if v != "fcpts")] if "fcpts" in args.variants else args.variants
     payload: dict[str, Any] = {
@@ -198,8 +209,12 @@ def main() -> None:
     for target in args.sparsities:
         for seed in args.seeds:
             calibration = data.calibration.subset(args.calib_samples, seed).x
-            reference_time = None
+            reference_time = next(
+                (r["time_s"] for r in rows if (r["sparsity"], r["seed"], r["variant"]) == (target, seed, "fcpts")), None
+            )
             for variant in order:
+                if (target, seed, variant) in done:
+                    continue
                 overrides = VARIANTS[variant]
                 if overrides is None:
                     config = fcpts.make_config(variant, target_sparsity=target, seed=seed)
