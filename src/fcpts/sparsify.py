@@ -234,7 +234,7 @@ def finalize(prepared: Prepared) -> nn.Module:
         scores = [layer.mask.ranking_score(layer.weight).flatten().cpu() for layer in layers]
         pruned = lowest_scores(scores, k)
         for layer, flags in zip(layers, pruned, strict=True):
-            mask = ~flags.view(layer.weight.shape).to(layer.weight.device)
+            flags = flags.view(layer.weight.shape).to(layer.weight.device)
             module = layer.module
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
             # Removal re-registers ``weight`` last; put it back in place so parameters(),
@@ -243,7 +243,7 @@ def finalize(prepared: Prepared) -> nn.Module:
             weight = module.weight
             # masked_fill, not mul: a negative weight times 0 is -0.0, which the compressed export
             # (fcpts.export) would have to store as a kept value to stay bit-exact.
-            weight.masked_fill_(~mask.bool(), 0.0)
+            weight.masked_fill_(flags, 0.0)
             weight.requires_grad_(layer.weight_requires_grad)
     zeros = sum(int((layer.module.weight == 0).sum()) for layer in layers)
     if zeros != k:
