@@ -59,6 +59,7 @@ LEARNED = {
     "fcpts, lr_t 0.05": {"lr_threshold": 0.05},
     "fcpts, no control loss": {"control_weight": 0.0},
     "fcpts, init=global": {"init": "global"},
+    "fcpts, init=lamp": {"init": "lamp"},
 }
 VARIANTS = {**{b: None for b in BASELINES}, **FIXED, **LEARNED}
 
