@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,9 @@ from .masks import exact_global_masks, target_zeros, threshold_for_sparsity
 #: How the reconstruction loss reaches the thresholds: not at all, or through a sigmoid surrogate.
 THRESHOLD_GRADS = ("none", "surrogate")
 
+#: ``score_fn(weight) -> scores`` (weight-shaped, ≥ 0, no gradient): what a threshold applies to.
+LayerScore = Callable[[torch.Tensor], torch.Tensor]
+
 
 class ThresholdMask(nn.Module):
     """Parametrization ``W ↦ W ⊙ 1[|W| > t]`` with a learnable threshold ``t = exp(log_threshold)``.
@@ -40,6 +44,9 @@ class ThresholdMask(nn.Module):
     With ``"none"`` the mask is a constant to autograd, as in the paper's published code, and only
     the control loss moves ``t``. The weights' gradient is masked either way: a pruned weight
     keeps its value and comes back only if the threshold drops below it.
+
+    ``score_fn`` replaces ``|W|`` by another importance score of the current weights (e.g. Wanda's
+    ``|W|·‖X‖``): the mask is then ``score > t`` and the KDE bridge runs on the scores.
 
     >>> m = ThresholdMask(torch.tensor([[0.1, -0.5, 0.3, -0.05]]), threshold=0.2)
     >>> m(torch.tensor([[0.1, -0.5, 0.3, -0.05]])).tolist()
@@ -54,8 +61,10 @@ class ThresholdMask(nn.Module):
         bandwidth_rule: str | float = "silverman",
         threshold_grad: str = "surrogate",
         generator: torch.Generator | None = None,
+        score_fn: LayerScore | None = None,
     ) -> None:
         super().__init__()
+        self.score_fn = score_fn
         if threshold_grad not in THRESHOLD_GRADS:
             raise ValueError(f"threshold_grad must be one of {THRESHOLD_GRADS}, got {threshold_grad!r}")
         self.log_threshold = nn.Parameter(torch.tensor(math.log(threshold), device=weight.device))
@@ -71,8 +80,12 @@ class ThresholdMask(nn.Module):
     def threshold(self) -> torch.Tensor:
         return self.log_threshold.exp()
 
+    def score(self, weight: torch.Tensor) -> torch.Tensor:
+        """What the threshold applies to: ``|W|``, or ``score_fn(W)`` (weight-shaped, detached)."""
+        return weight.detach().abs() if self.score_fn is None else self.score_fn(weight.detach())
+
     def _samples(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        samples = weight.detach().flatten()[self.kde_index].abs().float()  # (m,)
+        samples = self.score(weight).flatten()[self.kde_index].abs().float()  # (m,)
         # The bandwidth (a quantile: a sort of m values) is needed twice per step, by the surrogate
         # and by the bridge; recompute it only when the weights changed (in-place optimizer steps
         # bump the tensor's version counter).
@@ -83,17 +96,18 @@ class ThresholdMask(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         t = self.threshold
-        keep = (weight.detach().abs() > t.detach()).to(weight.dtype)
+        score = self.score(weight)
+        keep = (score > t.detach()).to(weight.dtype)
         if self.threshold_grad == "surrogate" and torch.is_grad_enabled() and t.requires_grad:
             _, h = self._samples(weight)
-            soft = torch.sigmoid((weight.detach().abs().float() - t) / h).to(weight.dtype)
+            soft = torch.sigmoid((score.float() - t) / h).to(weight.dtype)
             keep = keep + (soft - soft.detach())  # value: hard mask; gradient: d soft / d t
         return weight * keep
 
     def sparsity(self, weight: torch.Tensor) -> torch.Tensor:
         """This layer's exact sparsity at ``t``, differentiable in ``log_threshold`` via the KDE."""
         samples, h = self._samples(weight)
-        return bridged_sparsity(weight, self.threshold, samples, h)
+        return bridged_sparsity(self.score(weight), self.threshold, samples, h)
 
 
 @dataclass
@@ -152,10 +166,14 @@ def prepare(
     bandwidth_rule: str | float = "silverman",
     threshold_grad: str = "surrogate",
     seed: int = 0,
+    score_fns: Sequence[LayerScore | None] | None = None,
+    sparsities: Sequence[float] | None = None,
 ) -> Prepared:
     """Give every prunable layer of ``model`` (in place) a threshold initialised by ``init``.
 
     ``init`` is an allocation rule (``erk``, ``uniform``, ``global``: see :mod:`fcpts.allocation`).
+    ``score_fns`` (one per layer, None: ``|W|``) set what each threshold applies to; the allocation
+    then sees those scores. ``sparsities`` (one per layer) replaces the allocation.
 
     >>> p = prepare(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), 0.5, init="uniform")
     >>> [layer.name for layer in p.layers], round(p.global_sparsity().item(), 2)
@@ -171,11 +189,15 @@ def prepare(
         # A NaN/Inf weight would make every threshold, the KDE and the loss NaN: stop here, by name.
         check_finite(module.weight.detach(), f"the weight of layer {name!r}")
     weights = [module.weight.detach() for _, module in chosen]
-    sparsities = allocate(init, weights, target_sparsity)
+    fns = list(score_fns) if score_fns is not None else [None] * len(chosen)
+    scores = [w if fn is None else fn(w) for w, fn in zip(weights, fns, strict=True)]
+    if sparsities is None:
+        sparsities = allocate(init, scores, target_sparsity)
     generator = torch.Generator().manual_seed(seed)
     layers = []
-    for (name, module), w, s in zip(chosen, weights, sparsities, strict=True):
-        mask = ThresholdMask(w, threshold_for_sparsity(w, s), kde_samples, bandwidth_rule, threshold_grad, generator)
+    for (name, module), w, score, fn, s in zip(chosen, weights, scores, fns, sparsities, strict=True):
+        t = threshold_for_sparsity(score, s)
+        mask = ThresholdMask(w, t, kde_samples, bandwidth_rule, threshold_grad, generator, fn)
         requires_grad, order = module.weight.requires_grad, list(module._parameters)
         parametrize.register_parametrization(module, "weight", mask)
         layers.append(PreparedLayer(name, module, mask, s, requires_grad, order))
@@ -196,9 +218,9 @@ def finalize(prepared: Prepared) -> nn.Module:
     """
     layers = prepared.layers
     with torch.no_grad():
-        weights = [layer.weight.detach() for layer in layers]
+        scores = [layer.mask.score(layer.weight) for layer in layers]
         k = target_zeros(prepared.target_sparsity, prepared.total)
-        masks = exact_global_masks(weights, prepared.thresholds(), k)
+        masks = exact_global_masks(scores, prepared.thresholds(), k)
         for layer, mask in zip(layers, masks, strict=True):
             module = layer.module
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
