@@ -131,8 +131,9 @@ def row_balanced_flags(scores: torch.Tensor, count: int) -> torch.Tensor:
     out, width = rows.shape
     if not 0 <= count <= rows.numel():
         raise ValueError(f"count={count} outside [0, {rows.numel()}]")
-    per_row = torch.full((out,), count // out)
+    per_row = torch.full((out,), count // out, device=rows.device)
     per_row[: count % out] += 1
-    ranks = torch.empty_like(rows, dtype=torch.long)
-    ranks.scatter_(1, torch.sort(rows, dim=1, stable=True).indices, torch.arange(width).expand(out, width))
+    ranks = torch.empty_like(rows, dtype=torch.long)  # ranks[r, j]: position of weight j in row r's sorted order
+    positions = torch.arange(width, device=rows.device).expand(out, width)
+    ranks.scatter_(1, torch.sort(rows, dim=1, stable=True).indices, positions)
     return (ranks < per_row.unsqueeze(1)).view(scores.shape)
