@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .activations import input_norms
 from .allocation import ALLOCATIONS
 from .api import PruneConfig, register_method
 from .batchnorm import recalibrate_batchnorm
@@ -378,8 +379,6 @@ def layer_score_fns(
         return fns, sparsities
     norms: dict[str, torch.Tensor] = {}
     if importance.needs_inputs:
-        from .activations import input_norms
-
         norms = input_norms(model, layers, calibration.epoch())
     return [functools.partial(_score_with, importance.score, norms.get(name)) for name in layers], None
 

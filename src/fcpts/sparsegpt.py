@@ -43,7 +43,10 @@ class SparseGPTConfig(PruneConfig):
     importance: str = "magnitude"  # the score the allocation sees (e.g. "wanda" with allocation "owl")
     damp: float = 0.01  # relative dampening of H: damp · mean(diag H)
     blocksize: int = 128
-    recalibrate_bn: bool = False
+    # BatchNorm statistics of the pruned model, as for the other one-shot methods: on the reference CNN at
+    # 0.8 (1024 calibration images, first 2000 test images) it took SparseGPT from 18.5% to 25.9% top-1
+    # (uniform allocation); under the global allocation with it: 92.9%.
+    recalibrate_bn: bool = True
 
     method = "sparsegpt"
 
