@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--recalibrate-bn",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="recalibrate BatchNorm after pruning (default: on for magnitude baselines, off for fcpts)",
+        help="recalibrate BatchNorm after pruning (default: on for magnitude, wanda, sparsegpt; off for fcpts, pot)",
     )
     g.add_argument(
         "--learn-thresholds",
