@@ -19,7 +19,11 @@ from fcpts.sparsegpt import sparsegpt_prune
 FAST = {"fcpts": {"iters": 3, "batch_size": 16}}
 ALL_METHODS = sorted(fcpts.METHODS)
 #: (method, extra options) for every method, plus fcpts thresholding the Wanda score.
-CASES = [(m, FAST.get(m, {})) for m in ALL_METHODS] + [("fcpts", {**FAST["fcpts"], "importance": "wanda"})]
+CASES = [(m, FAST.get(m, {})) for m in ALL_METHODS] + [
+    ("fcpts", {**FAST["fcpts"], "importance": "wanda"}),
+    ("fcpts", {**FAST["fcpts"], "importance": "wanda", "refit_init": True}),
+]
+IDS = [f"{m}-{e.get('importance', '')}{'-refit' if e.get('refit_init') else ''}" for m, e in CASES]
 
 
 def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -151,10 +155,22 @@ def test_refit_keeps_pruned_weights_at_zero():
     assert (out == torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])).all()
 
 
+def test_fcpts_refit_init_is_pots_refit_under_a_fixed_mask(tiny_net, calib_x):
+    # Under a pattern the mask is fixed; with no learning step fcpts's result is the refit alone,
+    # which must be POT's (same magnitude N:M mask, same least squares, same damping).
+    pot = fcpts.prune(tiny_net, calib_x, fcpts.make_config("pot", target_sparsity=1 / 3, pattern="1:3"))
+    config = fcpts.FCPTSConfig(target_sparsity=1 / 3, pattern="1:3", iters=0, refit_init=True)
+    ours = fcpts.prune(tiny_net, calib_x, config)
+    for (name, a), b in zip(prunable_weights(pot.model).items(), prunable_weights(ours.model).values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    dense = prunable_weights(tiny_net)
+    assert not torch.equal(dense["fc1"], prunable_weights(ours.model)["fc1"])  # dense under 1:3, but refitted
+
+
 # --- every method: exact global count, exact N:M groups -------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "extra"), CASES, ids=[f"{m}-{e.get('importance', '')}" for m, e in CASES])
+@pytest.mark.parametrize(("method", "extra"), CASES, ids=IDS)
 def test_every_method_reaches_the_exact_global_count(method, extra, tiny_net, calib_x):
     config = fcpts.make_config(method, target_sparsity=0.77, **extra)
     result = fcpts.prune(tiny_net, calib_x, config)
@@ -163,7 +179,7 @@ def test_every_method_reaches_the_exact_global_count(method, extra, tiny_net, ca
 
 
 @pytest.mark.parametrize("pattern", ["2:4", "1:3"])
-@pytest.mark.parametrize(("method", "extra"), CASES, ids=[f"{m}-{e.get('importance', '')}" for m, e in CASES])
+@pytest.mark.parametrize(("method", "extra"), CASES, ids=IDS)
 def test_every_method_makes_exact_nm_groups(method, extra, pattern, tiny_net, calib_x):
     n, m = (int(v) for v in pattern.split(":"))
     config = fcpts.make_config(method, target_sparsity=n / m, pattern=pattern, **extra)

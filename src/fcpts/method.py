@@ -41,6 +41,7 @@ from .evaluate import output_logits
 from .importance import get_importance
 from .oneshot import layer_scores, prunable
 from .patterns import divides, nm_prune_flags, parse_pattern
+from .pot import refit_layers
 from .sparsify import THRESHOLD_GRADS, LayerScore, Prepared, finalize, prepare
 
 
@@ -70,6 +71,9 @@ class FCPTSConfig(PruneConfig):
     checkpoint_every: int = 0  # save the training state every N steps; 0: never
     resume: bool = False  # continue from the checkpoint in checkpoint_dir: same options, same result
     importance: str = "magnitude"  # what the thresholds apply to: |W| (the paper), "wanda", or any registered score
+    refit_init: bool = False  # before learning, refit the kept weights layer by layer (POT's least squares)
+    refit_damp: float = 0.01
+    refit_samples: int = 1024  # calibration samples the refit reads (its cost grows with them; 0: all)
 
     method = "fcpts"
 
@@ -341,6 +345,13 @@ def run_fcpts(model: nn.Module, calibration: Calibration, config: FCPTSConfig) -
     if sparsities is not None:  # N:M: the pattern's own zero count (layers that do not divide stay dense)
         zeros = sum(round(s * layer.numel) for s, layer in zip(sparsities, prepared.layers, strict=True))
         prepared.target_sparsity = zeros / prepared.total
+    if config.refit_init:
+        with torch.no_grad():
+            keeps = {
+                layer.name: (layer.weight, layer.mask.score(layer.weight) > layer.mask.threshold)
+                for layer in prepared.layers
+            }
+        refit_layers(model, teacher, keeps, refit_calibration(calibration, config.refit_samples), config.refit_damp)
     history = learn(prepared, teacher, calibration, config)
     finalize(prepared)
     if config.recalibrate_bn:
@@ -385,3 +396,10 @@ def layer_score_fns(
 
 def _score_with(score: Any, input_norms: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
     return score(weight, input_norms)
+
+
+def refit_calibration(calibration: Calibration, samples: int) -> Calibration:
+    """The first ``samples`` rows of a tensor calibration set (all of it for 0, or for other data)."""
+    if calibration.tensor is None or samples <= 0 or samples >= len(calibration.tensor):
+        return calibration
+    return Calibration(calibration.tensor[:samples], calibration.batch_size, calibration.seed, calibration.device)

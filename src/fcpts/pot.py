@@ -76,23 +76,41 @@ def refit_rows(weight: torch.Tensor, keep: torch.Tensor, g: torch.Tensor, c: tor
     return out.to(weight.dtype).reshape(weight.shape)
 
 
+@torch.no_grad()
+def refit_layers(
+    model: nn.Module,
+    dense: nn.Module,
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    calibration: Calibration,
+    damp: float,
+) -> None:
+    """Refit, in forward order, the kept weights of every ``name: (stored weight, keep-mask)`` in ``layers``.
+
+    ``model`` must already compute with the masks (pruned weights zero, or masked by a
+    parametrization: then ``stored weight`` is its dense ``original`` and only its kept entries
+    are overwritten). ``dense`` is the unpruned model the outputs are matched to.
+    """
+    dense_layers = dict(dense.named_modules())
+    for name, (weight, keep) in layers.items():
+        g, c, _ = gram(model, name, calibration.epoch(), reference=dense)
+        assert c is not None
+        refit = refit_rows(dense_layers[name].weight, keep, g, c, damp)
+        # A refitted weight landing on exactly 0 would add a zero: keep it at the smallest normal value.
+        tiny = torch.finfo(refit.dtype).tiny
+        keep = keep.to(refit.device)
+        refit = torch.where((refit == 0) & keep, torch.full_like(refit, tiny), refit)
+        weight.copy_(torch.where(keep, refit, weight))
+
+
 @register_method("pot", POTConfig, "POT-style: prune by score, refit kept weights to the dense layer outputs")
 def run_pot(model: nn.Module, calibration: Calibration, config: POTConfig) -> list[dict[str, float]]:
     """Prune all layers by score, then refit each layer's kept weights in forward order."""
     dense = copy.deepcopy(model).eval()
     layers = prunable(model, config)
-    dense_layers = dict(dense.named_modules())
     flags = prune_flags(model, layers, calibration, config, config.per_row)
     apply_flags(layers, flags)
-    for (name, module), f in zip(layers.items(), flags, strict=True):
-        g, c, _ = gram(model, name, calibration.epoch(), reference=dense)
-        assert c is not None
-        with torch.no_grad():
-            refit = refit_rows(dense_layers[name].weight, ~f, g, c, config.damp)
-            # A refitted weight landing on exactly 0 would add a zero: keep it at the smallest normal value.
-            tiny = torch.finfo(refit.dtype).tiny
-            refit = torch.where((refit == 0) & ~f.to(refit.device), torch.full_like(refit, tiny), refit)
-            module.weight.copy_(refit)
+    keeps = {name: (module.weight, ~f) for (name, module), f in zip(layers.items(), flags, strict=True)}
+    refit_layers(model, dense, keeps, calibration, config.damp)
     if config.recalibrate_bn:
         recalibrate_batchnorm(model, calibration.epoch())
     return []
