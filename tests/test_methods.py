@@ -207,13 +207,15 @@ def test_pattern_must_match_the_target():
 # --- CLI ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "fcpts"])
 def test_cli_prune_with_a_2_4_pattern(method, run_cli, model_file, npz_file, tmp_path):
     out = tmp_path / "out"
     args = ["prune", "--model", f"{model_file}:factory", "--data", f"npz:{npz_file}", "--pattern", "2:4"]
     args += ["--method", method, "--out", out, "--calib-samples", "32", "--batch-size", "16", "--no-progress"]
     if method == "sparsegpt":
         args += ["--damp", "0.05", "--blocksize", "16"]
+    if method == "fcpts":
+        args += ["--iters", "3", "--importance", "wanda", "--refit-init"]
     code, stdout, stderr = run_cli(*args)
     assert code == 0, stderr
     # The conv (9 inputs) stays dense; the Linear (144 inputs) is exactly 2:4.
@@ -230,5 +232,7 @@ def test_cli_method_options_are_checked(run_cli, model_file, npz_file, tmp_path)
     assert code == 2 and "--blocksize does not apply to method 'wanda'" in stderr
     code, _, stderr = run_cli(*base, "--method", "wanda")
     assert code == 2 and "--sparsity is required" in stderr
+    code, _, stderr = run_cli(*base, "--method", "sparsegpt", "--sparsity", "0.5", "--refit-init")
+    assert code == 2 and "--refit-init does not apply to method 'sparsegpt'" in stderr
     code, _, stderr = run_cli(*base, "--method", "pot", "--sparsity", "0.6", "--pattern", "2:4")
     assert code == 2 and "pattern 2:4 means sparsity 0.5, not 0.6" in stderr

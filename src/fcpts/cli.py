@@ -44,6 +44,7 @@ METHOD_OPTIONS = {
     "allocation": "allocation",
     "damp": "damp",
     "blocksize": "blocksize",
+    "refit_init": "refit_init",
 }
 #: Steps between checkpoints when --checkpoint-dir or --resume is given without --checkpoint-every.
 DEFAULT_CHECKPOINT_EVERY = 100
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--allocation", choices=sorted(ALLOCATIONS), help="per-layer sparsities (default: uniform)")
     o.add_argument("--damp", type=float, help="sparsegpt/pot: relative Hessian dampening (default: 0.01)")
     o.add_argument("--blocksize", type=int, help="sparsegpt: columns per block (default: 128)")
+    g.add_argument(
+        "--refit-init",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fcpts: refit the kept weights layer by layer (POT's least squares) before learning (default: off)",
+    )
     c = p.add_argument_group("checkpoints (fcpts)")
     where = c.add_mutually_exclusive_group()
     where.add_argument("--checkpoint-dir", metavar="DIR", help="save the training state to DIR during learning")
