@@ -185,7 +185,9 @@ def test_methods_lists_every_method(run_cli):
     code, stdout, _ = run_cli("methods")
     assert code == 0
     names = [line.split()[0] for line in stdout.splitlines()]
-    assert names == sorted(["fcpts", "uniform-magnitude", "erk-magnitude", "global-magnitude", "lamp-magnitude"])
+    assert names == sorted(fcpts.METHODS)
+    assert {"fcpts", "uniform-magnitude", "erk-magnitude", "global-magnitude", "lamp-magnitude"} <= set(names)
+    assert {"wanda", "owl-wanda", "sparsegpt", "pot"} <= set(names)
     assert all(len(line.split()) > 1 for line in stdout.splitlines())  # each with a description
 
 

@@ -15,24 +15,32 @@ from .batchnorm import recalibrate_batchnorm
 from .errors import FcptsError
 from .evaluate import accuracy, global_sparsity, layer_sparsity
 from .export import export, load
+from .importance import IMPORTANCES, register_importance
 from .layers import default_layer_filter, exclude, prunable_layers
 from .method import FCPTSConfig, learn
 from .models import ReferenceCNN, load_model, load_reference_model
+from .oneshot import ScoreConfig
+from .pot import POTConfig
+from .sparsegpt import SparseGPTConfig
 from .sparsify import Prepared, ThresholdMask, finalize, prepare
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALLOCATIONS",
+    "IMPORTANCES",
     "METHODS",
     "FCPTSConfig",
     "FcptsError",
     "LayerResult",
     "MagnitudeConfig",
+    "POTConfig",
     "Prepared",
     "PruneConfig",
     "PruneResult",
     "ReferenceCNN",
+    "ScoreConfig",
+    "SparseGPTConfig",
     "ThresholdMask",
     "__version__",
     "accuracy",
@@ -53,5 +61,6 @@ __all__ = [
     "prune",
     "recalibrate_batchnorm",
     "register_allocation",
+    "register_importance",
     "register_method",
 ]

@@ -120,3 +120,45 @@ def achieved(sparsities: Sequence[float], weights: Sequence[torch.Tensor]) -> fl
     """
     n = [w.numel() for w in weights]
     return math.fsum(s * k for s, k in zip(sparsities, n, strict=True)) / sum(n)
+
+
+#: OWL's defaults (Yin et al. 2023): outlier = score above M × the layer's mean; sparsity spread ±λ.
+OWL_M = 5.0
+OWL_LAMBDA = 0.08
+
+
+@register_allocation("owl")
+def owl(scores: Sequence[torch.Tensor], target: float, m: float = OWL_M, lam: float = OWL_LAMBDA) -> list[float]:
+    """OWL (outlier-weighted layer-wise sparsity, Yin et al. 2023) over importance ``scores``.
+
+    Layer ``l``'s outlier ratio ``D_l`` is the fraction of its scores above ``m · mean``; the
+    layers are mapped linearly onto ``[target − λ, target + λ]``, most outliers → least sparse,
+    then shifted by one common constant (clamped to [0, 1], found by bisection) so that
+    ``Σ n_l s_l = target · Σ n_l``. Given plain weights it works on ``|W|``; the methods pass Wanda
+    scores (the paper's setting).
+
+    >>> s = owl([torch.tensor([1.0] * 9 + [100.0]), torch.ones(10)], 0.5)
+    >>> [round(v, 6) for v in s], achieved(s, [torch.ones(10), torch.ones(10)])
+    ([0.42, 0.58], 0.5)
+    """
+    ratios = []
+    for s in scores:
+        flat = s.detach().abs().flatten().double()
+        ratios.append((flat > m * flat.mean()).double().mean().item())
+    lo, hi = min(ratios), max(ratios)
+    spread = [(r - lo) / (hi - lo) if hi > lo else 0.5 for r in ratios]
+    base = [target + lam - 2 * lam * d for d in spread]  # most outliers → target − λ
+    numels = [s.numel() for s in scores]
+    total = sum(numels)
+
+    def at(shift: float) -> list[float]:
+        return [min(1.0, max(0.0, b + shift)) for b in base]
+
+    a, b = -1.0 - lam, 1.0 + lam  # achieved(at(a)) = 0 ≤ target ≤ 1 = achieved(at(b))
+    for _ in range(200):
+        mid = (a + b) / 2
+        if math.fsum(s * n for s, n in zip(at(mid), numels, strict=True)) < target * total:
+            a = mid
+        else:
+            b = mid
+    return at(b)

@@ -21,6 +21,7 @@ from .calibration import Calibration, CalibrationData, check_fits
 from .errors import FcptsError
 from .evaluate import layer_sparsity
 from .layers import LayerFilter, default_layer_filter
+from .patterns import parse_pattern
 from .sparsify import validate_target
 
 
@@ -45,6 +46,9 @@ class PruneConfig:
 
     ``layer_filter(name, module)`` chooses the prunable layers (default: Conv1d/2d/3d, Linear).
     ``seed`` fixes every random choice: same seed and inputs give identical masks.
+    ``pattern`` ``"N:M"``: semi-structured sparsity, N zeros in every M consecutive input weights
+    (:mod:`fcpts.patterns`); ``target_sparsity`` must then be N/M. Layers whose input size does not
+    divide by M stay dense, so the global sparsity is N/M of the layers that divide.
     """
 
     target_sparsity: float
@@ -53,11 +57,16 @@ class PruneConfig:
     seed: int = 0
     device: str | torch.device = "cpu"
     progress: bool = False
+    pattern: str | None = None
 
     method: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         validate_target(self.target_sparsity)
+        if self.pattern is not None:
+            n, m = parse_pattern(self.pattern)
+            if self.target_sparsity != n / m:
+                raise FcptsError(f"pattern {self.pattern} means sparsity {n / m:g}, not {self.target_sparsity:g}")
         if self.batch_size < 1:
             raise FcptsError(f"batch_size must be ≥ 1, got {self.batch_size}")
         self.device = resolve_device(self.device)

@@ -10,6 +10,7 @@ from torch import nn
 from .api import PruneConfig, register_method
 from .batchnorm import recalibrate_batchnorm
 from .calibration import Calibration
+from .oneshot import apply_flags, pattern_flags, pattern_of, prunable
 from .sparsify import finalize, prepare
 
 
@@ -36,8 +37,15 @@ class MagnitudeConfig(PruneConfig):
     "lamp-magnitude", MagnitudeConfig, "LAMP scores (|W|² over the layer's remaining norm)", allocation="lamp"
 )
 def run_magnitude(model: nn.Module, calibration: Calibration, config: MagnitudeConfig) -> list[dict[str, float]]:
-    """Prune by magnitude under a fixed allocation, finalize exactly, recalibrate BatchNorm."""
-    finalize(prepare(model, config.target_sparsity, config.allocation, config.layer_filter, seed=config.seed))
+    """Prune by magnitude under a fixed allocation, finalize exactly, recalibrate BatchNorm.
+
+    With ``config.pattern`` N:M: the N smallest ``|w|`` of every M consecutive input weights (any allocation).
+    """
+    if config.pattern is not None:
+        layers = prunable(model, config)
+        apply_flags(layers, pattern_flags([m.weight.detach().abs() for m in layers.values()], *pattern_of(config)))
+    else:
+        finalize(prepare(model, config.target_sparsity, config.allocation, config.layer_filter, seed=config.seed))
     if config.recalibrate_bn:
         recalibrate_batchnorm(model, calibration.epoch())
     return []

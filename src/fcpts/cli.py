@@ -21,9 +21,11 @@ from .data import DataSource, Split, load_data
 from .errors import FcptsError
 from .evaluate import accuracy, global_sparsity
 from .export import FORMATS, export
+from .importance import IMPORTANCES
 from .method import FCPTSConfig
 from .models import load_model
 from .output import build_report, check_output_dir, write_outputs
+from .patterns import parse_pattern
 
 #: CLI flag → config field, for the options that only some methods take.
 METHOD_OPTIONS = {
@@ -41,6 +43,11 @@ METHOD_OPTIONS = {
     "resume": "resume",
     "checkpoint_dir": "checkpoint_dir",
     "checkpoint_every": "checkpoint_every",
+    "importance": "importance",
+    "allocation": "allocation",
+    "damp": "damp",
+    "blocksize": "blocksize",
+    "refit_init": "refit_init",
 }
 #: Steps between checkpoints when --checkpoint-dir or --resume is given without --checkpoint-every.
 DEFAULT_CHECKPOINT_EVERY = 100
@@ -64,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a model to an exact global sparsity")
     _add_model_data_args(p)
-    p.add_argument("--sparsity", type=float, required=True, help="global target sparsity in (0, 1)")
+    p.add_argument("--sparsity", type=float, help="global target sparsity in (0, 1) (default with --pattern N:M: N/M)")
+    p.add_argument(
+        "--pattern",
+        metavar="N:M",
+        help="semi-structured sparsity: N zeros in every M consecutive input weights (e.g. 2:4); "
+        "layers whose input size does not divide by M stay dense",
+    )
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--method", default="fcpts", choices=sorted(METHODS), help="default: fcpts")
     p.add_argument("--calib-samples", type=int, default=4096, help="calibration samples (default: 4096)")
@@ -99,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--recalibrate-bn",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="recalibrate BatchNorm after pruning (default: on for magnitude baselines, off for fcpts)",
+        help="recalibrate BatchNorm after pruning (default: on for magnitude, wanda, sparsegpt; off for fcpts, pot)",
     )
     g.add_argument(
         "--learn-thresholds",
@@ -107,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="learn the per-layer thresholds (default); --no-learn-thresholds keeps the --init masks "
         "fixed and only reconstructs the kept weights",
+    )
+    o = p.add_argument_group("score-based method options (wanda, sparsegpt, pot; --importance also fcpts)")
+    o.add_argument("--importance", choices=sorted(IMPORTANCES), help="importance score (fcpts default: magnitude)")
+    o.add_argument("--allocation", choices=sorted(ALLOCATIONS), help="per-layer sparsities (default: uniform)")
+    o.add_argument("--damp", type=float, help="sparsegpt/pot: relative Hessian dampening (default: 0.01)")
+    o.add_argument("--blocksize", type=int, help="sparsegpt: columns per block (default: 128)")
+    g.add_argument(
+        "--refit-init",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fcpts: refit the kept weights layer by layer (POT's least squares) before learning (default: off)",
     )
     c = p.add_argument_group("checkpoints (fcpts)")
     where = c.add_mutually_exclusive_group()
@@ -167,9 +191,16 @@ def _config(args: argparse.Namespace) -> Any:
         if field not in fields:
             raise FcptsError(f"--{flag.replace('_', '-')} does not apply to method {args.method!r}")
         options[field] = value
+    sparsity = args.sparsity
+    if sparsity is None:
+        if args.pattern is None:
+            raise FcptsError("--sparsity is required (or --pattern N:M, which means sparsity N/M)")
+        n, m = parse_pattern(args.pattern)
+        sparsity = n / m
     return make_config(
         args.method,
-        target_sparsity=args.sparsity,
+        target_sparsity=sparsity,
+        pattern=args.pattern,
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,

@@ -89,3 +89,51 @@ def target_zeros(target_sparsity: float, total: int) -> int:
     901
     """
     return round(target_sparsity * total)
+
+
+def layer_counts(sparsities: Sequence[float], numels: Sequence[int], total_zeros: int) -> list[int]:
+    """Integer zero counts per layer, near ``s_l · n_l``, that add up to exactly ``total_zeros``.
+
+    Largest remainder: each layer gets ``floor(s_l · n_l)``, then the layers with the largest
+    fractional parts (ties: the earlier layer) one more until the total is reached; a rounding
+    gap of the allocation itself (``Σ s_l n_l ≠ total``) is spread the same way, never past
+    ``0 ≤ k_l ≤ n_l``.
+
+    >>> layer_counts([0.5, 0.5, 0.5], [3, 3, 3], 5)
+    [2, 2, 1]
+    """
+    if not 0 <= total_zeros <= sum(numels):
+        raise ValueError(f"total_zeros={total_zeros} outside [0, {sum(numels)}]")
+    raw = [min(max(s, 0.0), 1.0) * n for s, n in zip(sparsities, numels, strict=True)]
+    counts = [min(int(r), n) for r, n in zip(raw, numels, strict=True)]
+    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
+    while sum(counts) != total_zeros:
+        step = 1 if sum(counts) < total_zeros else -1
+        for i in order if step == 1 else reversed(order):
+            if sum(counts) == total_zeros:
+                break
+            if 0 <= counts[i] + step <= numels[i]:
+                counts[i] += step
+    return counts
+
+
+def row_balanced_flags(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Flags of ``count`` low scores of one layer, spread over its output rows as evenly as possible.
+
+    Row ``r`` of ``scores`` (out, ...) gets ``count // out`` zeros, the first ``count % out`` rows
+    one more; within a row the lowest scores go (stable sort: ties to the lower index). This is
+    Wanda's per-output comparison group with an exact layer count.
+
+    >>> row_balanced_flags(torch.tensor([[3.0, 1.0, 2.0], [0.1, 0.3, 0.2]]), 3).int().tolist()
+    [[0, 1, 1], [1, 0, 0]]
+    """
+    rows = scores.detach().reshape(scores.shape[0], -1)  # (out, in)
+    out, width = rows.shape
+    if not 0 <= count <= rows.numel():
+        raise ValueError(f"count={count} outside [0, {rows.numel()}]")
+    per_row = torch.full((out,), count // out, device=rows.device)
+    per_row[: count % out] += 1
+    ranks = torch.empty_like(rows, dtype=torch.long)  # ranks[r, j]: position of weight j in row r's sorted order
+    positions = torch.arange(width, device=rows.device).expand(out, width)
+    ranks.scatter_(1, torch.sort(rows, dim=1, stable=True).indices, positions)
+    return (ranks < per_row.unsqueeze(1)).view(scores.shape)

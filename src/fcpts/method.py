@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .activations import input_norms
 from .allocation import ALLOCATIONS
 from .api import PruneConfig, register_method
 from .batchnorm import recalibrate_batchnorm
@@ -35,7 +38,11 @@ from .checkpoint import has_checkpoint, load_checkpoint, restore_checkpoint, sav
 from .checks import check_finite
 from .errors import FcptsError
 from .evaluate import output_logits
-from .sparsify import THRESHOLD_GRADS, Prepared, finalize, prepare
+from .importance import get_importance
+from .oneshot import layer_scores, prunable
+from .patterns import divides, nm_prune_flags, parse_pattern
+from .pot import refit_layers
+from .sparsify import THRESHOLD_GRADS, LayerScore, Prepared, finalize, prepare
 
 
 @dataclass
@@ -64,6 +71,10 @@ class FCPTSConfig(PruneConfig):
     checkpoint_dir: str | None = None  # where learn() keeps checkpoint.pt (replaced atomically)
     checkpoint_every: int = 0  # save the training state every N steps; 0: never
     resume: bool = False  # continue from the checkpoint in checkpoint_dir: same options, same result
+    importance: str = "magnitude"  # what the thresholds apply to: |W| (the paper), "wanda", or any registered score
+    refit_init: bool = False  # before learning, refit the kept weights layer by layer (POT's least squares)
+    refit_damp: float = 0.01
+    refit_samples: int = 1024  # calibration samples the refit reads (its cost grows with them; 0: all)
 
     method = "fcpts"
 
@@ -80,6 +91,7 @@ class FCPTSConfig(PruneConfig):
             raise FcptsError(f"temperature must be > 0, got {self.temperature!r}")
         if self.kde_samples < 2:
             raise FcptsError(f"kde_samples must be ≥ 2, got {self.kde_samples}")
+        get_importance(self.importance)
         if self.init not in ALLOCATIONS:
             raise FcptsError(f"unknown init {self.init!r}; choose from {', '.join(sorted(ALLOCATIONS))}")
         if isinstance(self.bandwidth, str) and self.bandwidth not in BANDWIDTH_RULES:
@@ -318,8 +330,15 @@ def learn(
 
 @register_method("fcpts", FCPTSConfig, "learned per-layer thresholds under a global target, with reconstruction")
 def run_fcpts(model: nn.Module, calibration: Calibration, config: FCPTSConfig) -> list[dict[str, float]]:
-    """FCPTS: prepare thresholds (initial allocation), learn them with the kept weights, finalize exactly."""
+    """FCPTS: prepare thresholds (initial allocation), learn them with the kept weights, finalize exactly.
+
+    With ``config.pattern`` N:M the mask is fixed (N:M by ``config.importance`` on the dense
+    weights) and only the kept weights are learned: thresholds have no meaning there.
+    """
     teacher = copy.deepcopy(model)
+    score_fns, sparsities = layer_score_fns(model, calibration, config)
+    if config.pattern is not None:
+        config = dataclasses.replace(config, learn_thresholds=False)
     prepared = prepare(
         model,
         config.target_sparsity,
@@ -330,9 +349,67 @@ def run_fcpts(model: nn.Module, calibration: Calibration, config: FCPTSConfig) -
         config.threshold_grad,
         config.seed,
         config.density,
+        score_fns,
+        sparsities,
     )
+    if sparsities is not None:  # N:M: the pattern's own zero count (layers that do not divide stay dense)
+        zeros = sum(round(s * layer.numel) for s, layer in zip(sparsities, prepared.layers, strict=True))
+        prepared.target_sparsity = zeros / prepared.total
+    if config.refit_init:
+        with torch.no_grad():
+            keeps = {
+                layer.name: (layer.weight, layer.mask.score(layer.weight) > layer.mask.threshold)
+                for layer in prepared.layers
+            }
+        refit_layers(model, teacher, keeps, refit_calibration(calibration, config.refit_samples), config.refit_damp)
     history = learn(prepared, teacher, calibration, config)
     finalize(prepared)
     if config.recalibrate_bn:
         recalibrate_batchnorm(model, calibration.epoch())
     return history
+
+
+def _fixed_keep(keep: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A fixed mask as a score: 1 for kept, 0 for pruned weights (any threshold in (0, 1) applies it)."""
+    return keep
+
+
+def layer_score_fns(
+    model: nn.Module, calibration: Calibration, config: FCPTSConfig
+) -> tuple[list[LayerScore | None] | None, list[float] | None]:
+    """What each layer's threshold applies to, and fixed per-layer sparsities for an N:M pattern.
+
+    ``|W|`` (None, the paper) unless ``config.importance`` is another score: then the score of the
+    current weights with the input norms measured once on the dense model. With a pattern, each
+    layer's score is its fixed N:M keep-mask (1/0) and its sparsity N/M (0 for a layer whose input
+    size does not divide by M: it stays dense).
+    """
+    importance = get_importance(config.importance)
+    if config.pattern is None and importance.name == "magnitude":
+        return None, None
+    layers = prunable(model, config)
+    if config.pattern is not None:
+        n, m = parse_pattern(config.pattern)
+        fns: list[LayerScore | None] = []
+        sparsities = []
+        for score in layer_scores(model, layers, calibration, config.importance):
+            ok = divides(score, m)
+            keep = ~nm_prune_flags(score, n, m) if ok else torch.ones_like(score, dtype=torch.bool)
+            fns.append(functools.partial(_fixed_keep, keep.float()))
+            sparsities.append(n / m if ok else 0.0)
+        return fns, sparsities
+    norms: dict[str, torch.Tensor] = {}
+    if importance.needs_inputs:
+        norms = input_norms(model, layers, calibration.epoch())
+    return [functools.partial(_score_with, importance.score, norms.get(name)) for name in layers], None
+
+
+def _score_with(score: Any, input_norms: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
+    return score(weight, input_norms)
+
+
+def refit_calibration(calibration: Calibration, samples: int) -> Calibration:
+    """The first ``samples`` rows of a tensor calibration set (all of it for 0, or for other data)."""
+    if calibration.tensor is None or samples <= 0 or samples >= len(calibration.tensor):
+        return calibration
+    return Calibration(calibration.tensor[:samples], calibration.batch_size, calibration.seed, calibration.device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,9 @@ from .masks import lowest_scores, target_zeros, threshold_for_sparsity
 
 #: How the reconstruction loss reaches the thresholds: not at all, or through a sigmoid surrogate.
 THRESHOLD_GRADS = ("none", "surrogate")
+
+#: ``score_fn(weight) -> scores`` (weight-shaped, ≥ 0, no gradient): what a threshold applies to.
+LayerScore = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ThresholdMask(nn.Module):
@@ -44,6 +48,9 @@ class ThresholdMask(nn.Module):
     :meth:`freeze` holds the current mask fixed (a fixed allocation with reconstruction): the
     threshold no longer decides, and kept weights stay kept even where learning shrinks them.
 
+    ``score_fn`` replaces ``|W|`` by another importance score of the current weights (e.g. Wanda's
+    ``|W|·‖X‖``): the mask is then ``score > t`` and the KDE bridge runs on the scores.
+
     >>> m = ThresholdMask(torch.tensor([[0.1, -0.5, 0.3, -0.05]]), threshold=0.2)
     >>> m(torch.tensor([[0.1, -0.5, 0.3, -0.05]])).tolist()
     [[0.0, -0.5, 0.30000001192092896, -0.0]]
@@ -58,8 +65,10 @@ class ThresholdMask(nn.Module):
         threshold_grad: str = "surrogate",
         generator: torch.Generator | None = None,
         density: str = "kde",
+        score_fn: LayerScore | None = None,
     ) -> None:
         super().__init__()
+        self.score_fn = score_fn
         if threshold_grad not in THRESHOLD_GRADS:
             raise ValueError(f"threshold_grad must be one of {THRESHOLD_GRADS}, got {threshold_grad!r}")
         if density not in SMOOTH_CDFS:
@@ -79,8 +88,12 @@ class ThresholdMask(nn.Module):
     def threshold(self) -> torch.Tensor:
         return self.log_threshold.exp()
 
+    def score(self, weight: torch.Tensor) -> torch.Tensor:
+        """What the threshold applies to: ``|W|``, or ``score_fn(W)`` (weight-shaped, detached)."""
+        return weight.detach().abs() if self.score_fn is None else self.score_fn(weight.detach())
+
     def _samples(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        samples = weight.detach().flatten()[self.kde_index].abs().float()  # (m,)
+        samples = self.score(weight).flatten()[self.kde_index].abs().float()  # (m,)
         # The bandwidth (a quantile: a sort of m values) is needed twice per step, by the surrogate
         # and by the bridge; recompute it only when the weights changed (in-place optimizer steps
         # bump the tensor's version counter).
@@ -91,16 +104,16 @@ class ThresholdMask(nn.Module):
 
     @torch.no_grad()
     def freeze(self, weight: torch.Tensor) -> None:
-        """From now on the mask is ``|W| > t`` for the current ``weight``, whatever the weights become."""
-        self.frozen_keep = weight.detach().abs() > self.threshold
+        """From now on the mask is ``score > t`` for the current ``weight``, whatever the weights become."""
+        self.frozen_keep = self.score(weight) > self.threshold
 
     def ranking_score(self, weight: torch.Tensor) -> torch.Tensor:
-        """``|W| / t`` (weight-shaped, float32): above 1 exactly where the mask keeps a weight.
+        """``score / t`` (weight-shaped, float32): above 1 exactly where the mask keeps a weight.
 
         :func:`finalize` cuts all layers' scores at one global rank. A frozen mask's kept weights
         score above 1 and its pruned ones at most 1 even where learning moved them across ``t``.
         """
-        score = weight.detach().abs().float() / self.threshold.detach().float()
+        score = self.score(weight).float() / self.threshold.detach().float()
         if self.frozen_keep is None:
             return score
         above_one = torch.nextafter(torch.ones(()), torch.full((), 2.0))
@@ -110,10 +123,11 @@ class ThresholdMask(nn.Module):
         t = self.threshold
         if self.frozen_keep is not None:
             return weight * self.frozen_keep.to(weight.dtype)
-        keep = (weight.detach().abs() > t.detach()).to(weight.dtype)
+        score = self.score(weight)
+        keep = (score > t.detach()).to(weight.dtype)
         if self.threshold_grad == "surrogate" and torch.is_grad_enabled() and t.requires_grad:
             _, h = self._samples(weight)
-            soft = torch.sigmoid((weight.detach().abs().float() - t) / h).to(weight.dtype)
+            soft = torch.sigmoid((score.float() - t) / h).to(weight.dtype)
             keep = keep + (soft - soft.detach())  # value: hard mask; gradient: d soft / d t
         return weight * keep
 
@@ -122,7 +136,7 @@ class ThresholdMask(nn.Module):
         if self.frozen_keep is not None:  # a constant: the threshold no longer decides
             return 1.0 - self.frozen_keep.float().mean()
         samples, h = self._samples(weight)
-        return bridged_sparsity(weight, self.threshold, samples, h, SMOOTH_CDFS[self.density])
+        return bridged_sparsity(self.score(weight), self.threshold, samples, h, SMOOTH_CDFS[self.density])
 
 
 @dataclass
@@ -182,11 +196,15 @@ def prepare(
     threshold_grad: str = "surrogate",
     seed: int = 0,
     density: str = "kde",
+    score_fns: Sequence[LayerScore | None] | None = None,
+    sparsities: Sequence[float] | None = None,
 ) -> Prepared:
     """Give every prunable layer of ``model`` (in place) a threshold initialised by ``init``.
 
     ``init`` is an allocation rule (``erk``, ``uniform``, ``global``: see :mod:`fcpts.allocation`);
     ``density`` the smoothed CDF behind the sparsity's gradient (``kde`` or ``histogram``).
+    ``score_fns`` (one per layer, None: ``|W|``) set what each threshold applies to; the allocation
+    then sees those scores. ``sparsities`` (one per layer) replaces the allocation.
 
     >>> p = prepare(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), 0.5, init="uniform")
     >>> [layer.name for layer in p.layers], round(p.global_sparsity().item(), 2)
@@ -202,12 +220,15 @@ def prepare(
         # A NaN/Inf weight would make every threshold, the KDE and the loss NaN: stop here, by name.
         check_finite(module.weight.detach(), f"the weight of layer {name!r}")
     weights = [module.weight.detach() for _, module in chosen]
-    sparsities = allocate(init, weights, target_sparsity)
+    fns = list(score_fns) if score_fns is not None else [None] * len(chosen)
+    scores = [w if fn is None else fn(w) for w, fn in zip(weights, fns, strict=True)]
+    if sparsities is None:
+        sparsities = allocate(init, scores, target_sparsity)
     generator = torch.Generator().manual_seed(seed)
     layers = []
-    for (name, module), w, s in zip(chosen, weights, sparsities, strict=True):
-        t = threshold_for_sparsity(w, s)
-        mask = ThresholdMask(w, t, kde_samples, bandwidth_rule, threshold_grad, generator, density)
+    for (name, module), w, score, fn, s in zip(chosen, weights, scores, fns, sparsities, strict=True):
+        t = threshold_for_sparsity(score, s)
+        mask = ThresholdMask(w, t, kde_samples, bandwidth_rule, threshold_grad, generator, density=density, score_fn=fn)
         requires_grad, order = module.weight.requires_grad, list(module._parameters)
         parametrize.register_parametrization(module, "weight", mask)
         layers.append(PreparedLayer(name, module, mask, s, requires_grad, order))

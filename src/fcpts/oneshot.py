@@ -1,0 +1,133 @@
+"""One-shot pruning by an importance score, and the plumbing the score-based methods share.
+
+``wanda`` (Sun et al. 2023): prune the lowest ``|W_ij|·‖X_j‖₂`` per output row, every layer at the
+allocation's sparsity (uniform in the paper; ``owl-wanda``: the OWL allocation), with the layer
+counts rounded so that the whole model holds exactly ``round(S*·N)`` zeros. With a ``pattern``
+N:M every group of M consecutive input weights loses its N lowest-scoring weights instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .activations import input_norms
+from .allocation import allocate
+from .api import PruneConfig, register_method
+from .batchnorm import recalibrate_batchnorm
+from .calibration import Calibration
+from .errors import FcptsError
+from .importance import get_importance
+from .layers import prunable_layers
+from .masks import layer_counts, row_balanced_flags, target_zeros
+from .patterns import divides, nm_prune_flags, parse_pattern
+
+
+def pattern_of(config: PruneConfig) -> tuple[int, int] | None:
+    """``(N, M)`` of the config's pattern, or None for unstructured sparsity."""
+    pattern = getattr(config, "pattern", None)
+    return None if pattern is None else parse_pattern(pattern)
+
+
+def prunable(model: nn.Module, config: PruneConfig) -> dict[str, nn.Module]:
+    """The config's prunable layers of ``model`` by name, in module order (one clear error if none)."""
+    layers = dict(prunable_layers(model, config.layer_filter))
+    if not layers:
+        raise FcptsError("the model has no prunable layer (Conv1d/2d/3d or Linear accepted by the layer filter)")
+    return layers
+
+
+def layer_scores(
+    model: nn.Module, layers: dict[str, nn.Module], calibration: Calibration, importance: str
+) -> list[torch.Tensor]:
+    """Every layer's importance scores (weight-shaped), with the calibration input norms if the score needs them."""
+    entry = get_importance(importance)
+    norms: dict[str, Any] = {}
+    if entry.needs_inputs:
+        norms = input_norms(model, layers, calibration.epoch())
+    return [entry.score(m.weight.detach(), norms.get(n)) for n, m in layers.items()]
+
+
+def allocation_counts(
+    model: nn.Module, layers: dict[str, nn.Module], calibration: Calibration, config: Any
+) -> list[int]:
+    """Zeros per layer: ``config.allocation`` over ``config.importance`` scores, summing to ``round(S*·N)``."""
+    scores = layer_scores(model, layers, calibration, config.importance)
+    sparsities = allocate(config.allocation, scores, config.target_sparsity)
+    numels = [s.numel() for s in scores]
+    return layer_counts(sparsities, numels, target_zeros(config.target_sparsity, sum(numels)))
+
+
+def prune_flags(
+    model: nn.Module, layers: dict[str, nn.Module], calibration: Calibration, config: Any, per_row: bool = True
+) -> list[torch.Tensor]:
+    """Which weights to prune, per layer: N:M by score, or the allocation's exact counts by score.
+
+    Unstructured: each layer's count goes to its lowest scores per output row (``per_row``, Wanda)
+    or in the whole layer. N:M: layers whose input size does not divide by M stay dense.
+    """
+    scores = layer_scores(model, layers, calibration, config.importance)
+    pattern = pattern_of(config)
+    if pattern is not None:
+        return pattern_flags(scores, *pattern)
+    sparsities = allocate(config.allocation, scores, config.target_sparsity)
+    numels = [s.numel() for s in scores]
+    counts = layer_counts(sparsities, numels, target_zeros(config.target_sparsity, sum(numels)))
+    if per_row:
+        return [row_balanced_flags(s, k) for s, k in zip(scores, counts, strict=True)]
+    flags = []
+    for s, k in zip(scores, counts, strict=True):
+        f = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
+        f[torch.sort(s.flatten(), stable=True).indices[:k]] = True
+        flags.append(f.view(s.shape))
+    return flags
+
+
+def pattern_flags(scores: list[torch.Tensor], n: int, m: int) -> list[torch.Tensor]:
+    """N:M prune flags by score for every layer; none for a layer whose input size does not divide by M."""
+    return [nm_prune_flags(s, n, m) if divides(s, m) else torch.zeros_like(s, dtype=torch.bool) for s in scores]
+
+
+@torch.no_grad()
+def apply_flags(layers: dict[str, nn.Module], flags: list[torch.Tensor]) -> None:
+    """Zero the flagged weights of every layer (in place)."""
+    for module, f in zip(layers.values(), flags, strict=True):
+        module.weight.masked_fill_(f.to(module.weight.device), 0.0)
+
+
+@dataclass
+class ScoreConfig(PruneConfig):
+    """One-shot pruning by an importance score under an allocation (``wanda``: Wanda scores, uniform).
+
+    The method is ``owl-wanda`` under the OWL allocation, else ``wanda`` (whatever ``importance``).
+
+    >>> ScoreConfig(target_sparsity=0.5).method, ScoreConfig(target_sparsity=0.5, allocation="owl").method
+    ('wanda', 'owl-wanda')
+    """
+
+    importance: str = "wanda"
+    allocation: str = "uniform"
+    per_row: bool = True  # compare weights within each output row (Wanda) or within the whole layer
+    recalibrate_bn: bool = True  # like the magnitude baselines: BatchNorm statistics of the pruned model
+
+    @property  # type: ignore[override]
+    def method(self) -> str:
+        return "owl-wanda" if self.allocation == "owl" else "wanda"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        get_importance(self.importance)
+
+
+@register_method("wanda", ScoreConfig, "Wanda: |W|·‖X‖ per output row, every layer at the target")
+@register_method("owl-wanda", ScoreConfig, "Wanda scores under the OWL allocation", allocation="owl")
+def run_score(model: nn.Module, calibration: Calibration, config: ScoreConfig) -> list[dict[str, float]]:
+    """Prune the lowest scores (exact global count, or N:M), then recalibrate BatchNorm."""
+    layers = prunable(model, config)
+    apply_flags(layers, prune_flags(model, layers, calibration, config, config.per_row))
+    if config.recalibrate_bn:
+        recalibrate_batchnorm(model, calibration.epoch())
+    return []
