@@ -16,12 +16,14 @@ from . import baselines as _baselines  # noqa: F401  (registers the magnitude me
 from . import distributed
 from .allocation import ALLOCATIONS
 from .api import METHODS, PruneResult, make_config, prune, resolve_device
-from .data import DataSource, Split, load_data
+from .data import NORMALIZATIONS, DataSource, Split, load_data
 from .errors import FcptsError
-from .evaluate import accuracy, global_sparsity
-from .method import FCPTSConfig
+from .evaluate import accuracy, global_sparsity, is_logits_output
+from .fidelity import model_fidelity
+from .method import RECONSTRUCTION_LOSSES, FCPTSConfig
 from .models import load_model
 from .output import build_report, check_output_dir, write_outputs
+from .zoo import load_tokenizer
 
 #: CLI flag → config field, for the options that only some methods take.
 METHOD_OPTIONS = {
@@ -34,6 +36,7 @@ METHOD_OPTIONS = {
     "temperature": "temperature",
     "feature_modules": "feature_modules",
     "recalibrate_bn": "recalibrate_bn",
+    "loss": "loss",
     "learn_thresholds": "learn_thresholds",
     "resume": "resume",
     "checkpoint_dir": "checkpoint_dir",
@@ -45,13 +48,24 @@ DEFAULT_CHECKPOINT_EVERY = 100
 
 def _add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", required=True, help="built-in name (refcnn), path/to/file.py:factory or package.module:factory"
+        "--model",
+        required=True,
+        help="built-in name (refcnn, refvit, minilm), torchvision:NAME, timm:NAME, hf:DIR, "
+        "path/to/file.py:factory or package.module:factory",
     )
     p.add_argument("--weights", help="weights file (safetensors, or a torch.save state dict; never unpickled)")
-    p.add_argument("--data", required=True, help="fashion-mnist, npz:PATH or imagefolder:DIR")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="allow a model without weights: keep its random initialisation (the report says so)",
+    )
+    p.add_argument("--data", required=True, help="fashion-mnist, npz:PATH, imagefolder:DIR or text:FILE")
     p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files (default: the Debian package's)")
     p.add_argument("--image-size", type=int, help="imagefolder: resize images to this square size")
     p.add_argument("--channels", type=int, choices=(1, 3), help="imagefolder: 1 (grayscale) or 3 (RGB)")
+    p.add_argument("--crop", type=int, help="imagefolder: central square crop after the resize")
+    p.add_argument("--normalize", choices=("none", *NORMALIZATIONS), help="imagefolder: per-channel normalisation")
+    p.add_argument("--max-length", type=int, default=128, help="text: longest token sequence (default: 128)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
 
 
@@ -81,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--control-weight", type=float, help=f"λ of the control loss (default: {FCPTSConfig.control_weight})"
     )
     g.add_argument("--temperature", type=float, help="distillation temperature (default: 1)")
+    g.add_argument(
+        "--loss",
+        choices=("auto", *RECONSTRUCTION_LOSSES),
+        help="reconstruction loss on the outputs (default: auto: kl for logits, cosine for embeddings)",
+    )
     g.add_argument(
         "--feature-modules",
         nargs="+",
@@ -161,9 +180,28 @@ def _accuracy(model: torch.nn.Module, split: Split) -> float | None:
 
 
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, DataSource]:
-    model = load_model(args.model, args.weights, device=resolve_device(args.device))
-    data = load_data(args.data, args.data_dir, args.image_size, args.channels)
+    model = load_model(args.model, args.weights, device=resolve_device(args.device), random_weights=args.random_weights)
+    tokenizer = load_tokenizer(args.model) if args.data.startswith("text:") else None
+    data = load_data(
+        args.data,
+        args.data_dir,
+        args.image_size,
+        args.channels,
+        crop=args.crop,
+        normalize=args.normalize,
+        tokenizer=tokenizer,
+        max_length=args.max_length,
+    )
     return model, data
+
+
+def _outputs_embeddings(model: torch.nn.Module, split: Split) -> bool:
+    """True if the model's output on a sample holds embeddings (no logits): report fidelity, not accuracy."""
+    from .calibration import call_model, rows, to_device
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return not is_logits_output(call_model(model, to_device(rows(split.x, slice(0, 1)), device)))
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -184,10 +222,13 @@ def _prune(args: argparse.Namespace, config: Any) -> None:
     if args.calib_samples < 1:
         raise FcptsError(f"--calib-samples must be ≥ 1, got {args.calib_samples}")
     calibration = data.calibration.subset(args.calib_samples, args.seed)
-    result = prune(model, calibration.x, config)
+    result = prune(model, calibration.x, config)  # a tensor, or a dict of token tensors for text
     if not distributed.is_main():
         return  # the same result as rank 0's, which writes it
     dense_acc, sparse_acc = _accuracy(model, data.evaluation), _accuracy(result.model, data.evaluation)
+    extra: dict[str, Any] = {"random_weights": args.random_weights}
+    if _outputs_embeddings(model, data.evaluation):  # embeddings: fidelity to the dense model on the data
+        extra["fidelity"] = model_fidelity(result.model, model, data.evaluation.x)
     report = build_report(
         result,
         model_spec=args.model,
@@ -197,9 +238,15 @@ def _prune(args: argparse.Namespace, config: Any) -> None:
         evaluation_samples=len(data.evaluation),
         dense_accuracy=dense_acc,
         sparse_accuracy=sparse_acc,
+        **extra,
     )
     out = write_outputs(result, args.out, report, args.overwrite)
     print(_summary(result, dense_acc, sparse_acc))
+    if "fidelity" in extra:
+        f = extra["fidelity"]
+        print(f"fidelity         mean cosine {f['mean_cosine']:.4f}, recall@1 {f['recall_at_1']:.2%}")
+    if args.random_weights:
+        print("note             random weights (--random-weights): no pretrained weights were loaded")
     print(f"wrote {out}/model.safetensors, report.json, allocation.png")
 
 
