@@ -277,9 +277,7 @@ def learn(
     # Without feature matching, the teacher's outputs on a tensor calibration set are computed
     # once (N, C) instead of once per step: a quarter of the step time on the reference CNN.
     # Only while they fit TEACHER_CACHE_BYTES; otherwise (and for streamed data) once per batch.
-    with torch.no_grad():  # the output kind (logits or embeddings) chooses the "auto" loss
-        loss_name = resolve_loss(config.loss, call_model(teacher, calibration.first()))
-    reconstruction = RECONSTRUCTION_LOSSES[loss_name]
+    reconstruction = None  # chosen from the student's first output (logits or embeddings: the "auto" loss)
     cached = None
     if calibration.tensor is not None and not config.feature_modules:
         cached = cache_teacher_outputs(teacher, calibration, config.batch_size, TEACHER_CACHE_BYTES)
@@ -309,8 +307,10 @@ def learn(
                 with torch.no_grad():
                     target_logits = output_logits(call_model(teacher, inputs))
                 check_finite(target_logits, TEACHER_OUTPUTS)
-            logits = output_logits(call_model(student, inputs))
-            rec = reconstruction(logits, target_logits, config.temperature)
+            output = call_model(student, inputs)
+            if reconstruction is None:
+                reconstruction = RECONSTRUCTION_LOSSES[resolve_loss(config.loss, output)]
+            rec = reconstruction(output_logits(output), target_logits, config.temperature)
             feat = sum(
                 (
                     F.mse_loss(student_tap.outputs[n].float(), teacher_tap.outputs[n].float())
