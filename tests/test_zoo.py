@@ -219,3 +219,23 @@ def test_imagefolder_crop_and_normalize(tmp_path):
     expected = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
     assert torch.allclose(x[0, :, 0, 0], torch.tensor(expected), atol=1e-5)
     assert data.evaluation.y.tolist() == [0, 1]
+
+
+def test_timm_weights_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    import timm
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    hub_id = timm.models.get_pretrained_cfg("deit_tiny_patch16_224").hf_hub_id
+    repo = tmp_path / ("models--" + hub_id.replace("/", "--"))  # the hub cache layout: refs/main → snapshot
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc")
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    torch.manual_seed(5)
+    reference = timm.create_model("deit_tiny_patch16_224")
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    save_file(state, str(repo / "snapshots" / "abc" / "model.safetensors"))
+    model = load_model("timm:deit_tiny_patch16_224")
+    assert torch.equal(model.head.weight, reference.head.weight)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, reference.blocks[0].attn.qkv.weight)
