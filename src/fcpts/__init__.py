@@ -16,7 +16,7 @@ from .errors import FcptsError
 from .evaluate import accuracy, global_sparsity, layer_sparsity
 from .layers import default_layer_filter, exclude, prunable_layers
 from .method import FCPTSConfig, learn
-from .models import ReferenceCNN, load_model, load_reference_model
+from .models import ReferenceCNN, load_model, load_reference_model, register_model_spec
 from .sparsify import Prepared, ThresholdMask, finalize, prepare
 
 __version__ = "0.1.0"
@@ -51,4 +51,5 @@ __all__ = [
     "recalibrate_batchnorm",
     "register_allocation",
     "register_method",
+    "register_model_spec",
 ]
