@@ -70,19 +70,21 @@ def test_minilm_pruned_at_half_keeps_its_embeddings(minilm, texts):
 
 
 def test_text_data_through_the_cli(run_cli, tmp_path, texts):
-    calibration, _ = texts
-    text = tmp_path / "calib.txt"
+    calibration, evaluation = texts
+    text, held_out = tmp_path / "calib.txt", tmp_path / "eval.txt"
     text.write_text("\n".join(calibration[:24]) + "\n\n")
+    held_out.write_text("\n".join(evaluation[:10]) + "\n")
     out = tmp_path / "out"
     code, stdout, stderr = run_cli(
         "prune", "--model", "minilm", "--data", f"text:{text}", "--sparsity", "0.6", "--method", "global-magnitude",
-        "--out", out, "--max-length", "32",
+        "--out", out, "--max-length", "32", "--eval-data", f"text:{held_out}",
     )  # fmt: skip
     assert code == 0, stderr
     report = json.loads((out / "report.json").read_text())
     assert report["zeros"] == round(0.6 * report["prunable_weights"])
     assert report["prunable_weights"] == MINILM_LINEAR_WEIGHTS
-    assert report["calibration_samples"] == 24 and report["dense_accuracy"] is None
+    assert report["calibration_samples"] == 24 and report["evaluation_samples"] == 10
+    assert report["dense_accuracy"] is None
     assert 0 < report["fidelity"]["mean_cosine"] < 1 and "fidelity         mean cosine" in stdout
     assert report["random_weights"] is False
 

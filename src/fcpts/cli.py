@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data_args(p)
     p.add_argument("--sparsity", type=float, required=True, help="global target sparsity in (0, 1)")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--eval-data", metavar="SPEC", help="evaluate on this held-out data spec (e.g. text:eval.txt)")
     p.add_argument("--method", default="fcpts", choices=sorted(METHODS), help="default: fcpts")
     p.add_argument("--calib-samples", type=int, default=4096, help="calibration samples (default: 4096)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -181,17 +182,13 @@ def _accuracy(model: torch.nn.Module, split: Split) -> float | None:
 
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, DataSource]:
     model = load_model(args.model, args.weights, device=resolve_device(args.device), random_weights=args.random_weights)
-    tokenizer = load_tokenizer(args.model) if args.data.startswith("text:") else None
-    data = load_data(
-        args.data,
-        args.data_dir,
-        args.image_size,
-        args.channels,
-        crop=args.crop,
-        normalize=args.normalize,
-        tokenizer=tokenizer,
-        max_length=args.max_length,
-    )
+    specs = [args.data] + ([args.eval_data] if getattr(args, "eval_data", None) else [])
+    tokenizer = load_tokenizer(args.model) if any(s.startswith("text:") for s in specs) else None
+    options = {"crop": args.crop, "normalize": args.normalize, "tokenizer": tokenizer, "max_length": args.max_length}
+    data = load_data(args.data, args.data_dir, args.image_size, args.channels, **options)
+    if len(specs) > 1:  # held-out evaluation data (e.g. text:eval.txt beside text:calib.txt)
+        held_out = load_data(args.eval_data, args.data_dir, args.image_size, args.channels, **options)
+        data = DataSource(data.name, data.calibration, held_out.evaluation)
     return model, data
 
 
@@ -226,7 +223,7 @@ def _prune(args: argparse.Namespace, config: Any) -> None:
     if not distributed.is_main():
         return  # the same result as rank 0's, which writes it
     dense_acc, sparse_acc = _accuracy(model, data.evaluation), _accuracy(result.model, data.evaluation)
-    extra: dict[str, Any] = {"random_weights": args.random_weights}
+    extra: dict[str, Any] = {"random_weights": args.random_weights, "evaluation_data_spec": args.eval_data}
     if _outputs_embeddings(model, data.evaluation):  # embeddings: fidelity to the dense model on the data
         extra["fidelity"] = model_fidelity(result.model, model, data.evaluation.x)
     report = build_report(
