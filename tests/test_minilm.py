@@ -86,7 +86,13 @@ def test_text_data_through_the_cli(run_cli, tmp_path, texts):
     assert report["calibration_samples"] == 24 and report["evaluation_samples"] == 10
     assert report["dense_accuracy"] is None
     assert 0 < report["fidelity"]["mean_cosine"] < 1 and "fidelity         mean cosine" in stdout
-    assert report["random_weights"] is False
+    assert report["random_weights"] is False and report["evaluation_data_spec"] == f"text:{held_out}"
+    # The written weights load back into the same spec (the SentenceEmbedder's keys), exactly sparse.
+    code, stdout, stderr = run_cli(
+        "eval", "--model", "minilm", "--weights", out / "model.safetensors", "--data", f"text:{held_out}"
+    )
+    assert code == 0, stderr
+    assert f"sparsity  {report['global_sparsity']:.6f}" in stdout and "n/a (no labels)" in stdout
 
 
 def test_text_data_needs_a_tokenizer(run_cli, tmp_path, model_file):
