@@ -46,11 +46,12 @@ def test_minilm_matches_sentence_transformers(minilm, texts):
 #: The 36 Linear layers of the 6 blocks (q, k, v, attention output; MLP in and out); the unused pooler is dropped.
 MINILM_LINEAR_WEIGHTS = 6 * (4 * 384 * 384 + 2 * 384 * 1536)
 
-#: Measured with exactly these settings (64 calibration sentences, 12 iterations, 128 held-out
-#: sentences): fcpts at 0.5 gives mean cosine 0.776, recall@1 1.0. The same prune with 0 iterations
-#: (its ERK start, pure magnitude) gives 0.713, and the magnitude baselines 0.71–0.73 (all recall@1
-#: 1.0). 0.75 thus fails if the reconstruction stops improving on magnitude pruning, while leaving
-#: room for float and thread-count noise; recall@1 below 0.98 would mean rankings broke.
+#: Measured with exactly these settings (64 calibration sentences, 8 iterations at batch 16, 128
+#: held-out sentences, one thread): fcpts at 0.5 gives mean cosine 0.764, recall@1 1.0 (12
+#: iterations: 0.776). The same prune with 0 iterations (its ERK start, pure magnitude) gives 0.713,
+#: and the magnitude baselines 0.71–0.73 (all recall@1 1.0). 0.75 thus fails if the reconstruction
+#: stops improving on magnitude pruning; the seed fixes the batches, so only float-order noise
+#: (far below 0.01) remains. recall@1 below 0.98 would mean rankings broke.
 MIN_COSINE, MIN_RECALL = 0.75, 0.98
 
 
@@ -59,7 +60,7 @@ def test_minilm_pruned_at_half_keeps_its_embeddings(minilm, texts):
     calibration, evaluation = texts
     cal = dict(tokenizer(calibration[:64], padding=True, truncation=True, max_length=64, return_tensors="pt"))
     held_out = dict(tokenizer(evaluation[:128], padding=True, truncation=True, max_length=64, return_tensors="pt"))
-    config = fcpts.FCPTSConfig(target_sparsity=0.5, iters=12, batch_size=16)
+    config = fcpts.FCPTSConfig(target_sparsity=0.5, iters=8, batch_size=16)
     result = fcpts.prune(model, cal, config)
     assert result.numel == MINILM_LINEAR_WEIGHTS and result.zeros == MINILM_LINEAR_WEIGHTS // 2
     names = {layer.name for layer in result.layers}
