@@ -18,7 +18,7 @@ from .export import export, load
 from .importance import IMPORTANCES, register_importance
 from .layers import default_layer_filter, exclude, prunable_layers
 from .method import FCPTSConfig, learn
-from .models import ReferenceCNN, load_model, load_reference_model
+from .models import ReferenceCNN, load_model, load_reference_model, register_model_spec
 from .oneshot import ScoreConfig
 from .pot import POTConfig
 from .sparsegpt import SparseGPTConfig
@@ -63,4 +63,5 @@ __all__ = [
     "register_allocation",
     "register_importance",
     "register_method",
+    "register_model_spec",
 ]

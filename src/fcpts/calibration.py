@@ -40,6 +40,36 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     return batch
 
 
+def rows(x: Any, index: Any) -> Any:
+    """``x[index]`` of a tensor, or of every tensor of a dict (tokenizer outputs: same rows alike).
+
+    >>> rows({"a": torch.arange(4), "b": torch.arange(4) * 10}, slice(1, 3))
+    {'a': tensor([1, 2]), 'b': tensor([10, 20])}
+    """
+    return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+
+
+class TensorDictRows(Dataset):
+    """A dict of tensors with the same first dimension (N, ...) as a map-style Dataset of dict rows.
+
+    >>> TensorDictRows({"input_ids": torch.zeros(3, 5), "attention_mask": torch.ones(3, 5)})[0]["input_ids"].shape
+    torch.Size([5])
+    """
+
+    def __init__(self, data: dict[str, torch.Tensor]) -> None:
+        lengths = {len(v) for v in data.values()}
+        if len(lengths) > 1:
+            raise FcptsError(f"calibration dict tensors differ in length: {sorted(lengths)}")
+        self.data = data
+        self.n = lengths.pop() if lengths else 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.data.items()}
+
+
 def call_model(model: nn.Module, inputs: Any) -> Any:
     """``model(**inputs)`` for a dict, else ``model(inputs)``."""
     return model(**inputs) if isinstance(inputs, dict) else model(inputs)
@@ -79,6 +109,8 @@ class Calibration:
         self.seed = seed
         self.batch_size = batch_size
         self.dataset: Dataset | None = None  # a map-style Dataset, indexed by fcpts (tensor: self.tensor)
+        if isinstance(data, dict):  # tokenizer outputs {input_ids (N, T), attention_mask (N, T), ...}
+            data = TensorDictRows(data)
         if isinstance(data, torch.Tensor):
             if data.ndim == 0 or len(data) == 0:
                 raise FcptsError("calibration data is empty")

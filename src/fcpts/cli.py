@@ -17,15 +17,17 @@ from . import distributed, sparse_inference
 from .allocation import ALLOCATIONS
 from .api import METHODS, PruneResult, make_config, prune, resolve_device
 from .bridge import SMOOTH_CDFS
-from .data import DataSource, Split, load_data
+from .data import NORMALIZATIONS, DataSource, Split, load_data
 from .errors import FcptsError
-from .evaluate import accuracy, global_sparsity
+from .evaluate import accuracy, global_sparsity, is_logits_output
 from .export import FORMATS, export
+from .fidelity import model_fidelity
 from .importance import IMPORTANCES
-from .method import FCPTSConfig
+from .method import RECONSTRUCTION_LOSSES, FCPTSConfig
 from .models import load_model
 from .output import build_report, check_output_dir, write_outputs
 from .patterns import parse_pattern
+from .zoo import load_tokenizer
 
 #: CLI flag → config field, for the options that only some methods take.
 METHOD_OPTIONS = {
@@ -39,6 +41,7 @@ METHOD_OPTIONS = {
     "temperature": "temperature",
     "feature_modules": "feature_modules",
     "recalibrate_bn": "recalibrate_bn",
+    "loss": "loss",
     "learn_thresholds": "learn_thresholds",
     "resume": "resume",
     "checkpoint_dir": "checkpoint_dir",
@@ -55,13 +58,24 @@ DEFAULT_CHECKPOINT_EVERY = 100
 
 def _add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", required=True, help="built-in name (refcnn), path/to/file.py:factory or package.module:factory"
+        "--model",
+        required=True,
+        help="built-in name (refcnn, refvit, minilm), torchvision:NAME, timm:NAME, hf:DIR, "
+        "path/to/file.py:factory or package.module:factory",
     )
     p.add_argument("--weights", help="weights file (safetensors, or a torch.save state dict; never unpickled)")
-    p.add_argument("--data", required=True, help="fashion-mnist, npz:PATH or imagefolder:DIR")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="allow a model without weights: keep its random initialisation (the report says so)",
+    )
+    p.add_argument("--data", required=True, help="fashion-mnist, npz:PATH, imagefolder:DIR or text:FILE")
     p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files (default: the Debian package's)")
     p.add_argument("--image-size", type=int, help="imagefolder: resize images to this square size")
     p.add_argument("--channels", type=int, choices=(1, 3), help="imagefolder: 1 (grayscale) or 3 (RGB)")
+    p.add_argument("--crop", type=int, help="imagefolder: central square crop after the resize")
+    p.add_argument("--normalize", choices=("none", *NORMALIZATIONS), help="imagefolder: per-channel normalisation")
+    p.add_argument("--max-length", type=int, default=128, help="text: longest token sequence (default: 128)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
 
 
@@ -79,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "layers whose input size does not divide by M stay dense",
     )
     p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--eval-data", metavar="SPEC", help="evaluate on this held-out data spec (e.g. text:eval.txt)")
     p.add_argument("--method", default="fcpts", choices=sorted(METHODS), help="default: fcpts")
     p.add_argument("--calib-samples", type=int, default=4096, help="calibration samples (default: 4096)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -102,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--control-weight", type=float, help=f"λ of the control loss (default: {FCPTSConfig.control_weight})"
     )
     g.add_argument("--temperature", type=float, help="distillation temperature (default: 1)")
+    g.add_argument(
+        "--loss",
+        choices=("auto", *RECONSTRUCTION_LOSSES),
+        help="reconstruction loss on the outputs (default: auto: kl for logits, cosine for embeddings)",
+    )
     g.add_argument(
         "--feature-modules",
         nargs="+",
@@ -214,9 +234,24 @@ def _accuracy(model: torch.nn.Module, split: Split) -> float | None:
 
 
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, DataSource]:
-    model = load_model(args.model, args.weights, device=resolve_device(args.device))
-    data = load_data(args.data, args.data_dir, args.image_size, args.channels)
+    model = load_model(args.model, args.weights, device=resolve_device(args.device), random_weights=args.random_weights)
+    specs = [args.data] + ([args.eval_data] if getattr(args, "eval_data", None) else [])
+    tokenizer = load_tokenizer(args.model) if any(s.startswith("text:") for s in specs) else None
+    options = {"crop": args.crop, "normalize": args.normalize, "tokenizer": tokenizer, "max_length": args.max_length}
+    data = load_data(args.data, args.data_dir, args.image_size, args.channels, **options)
+    if len(specs) > 1:  # held-out evaluation data (e.g. text:eval.txt beside text:calib.txt)
+        held_out = load_data(args.eval_data, args.data_dir, args.image_size, args.channels, **options)
+        data = DataSource(data.name, data.calibration, held_out.evaluation)
     return model, data
+
+
+def _outputs_embeddings(model: torch.nn.Module, split: Split) -> bool:
+    """True if the model's output on a sample holds embeddings (no logits): report fidelity, not accuracy."""
+    from .calibration import call_model, rows, to_device
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return not is_logits_output(call_model(model, to_device(rows(split.x, slice(0, 1)), device)))
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -237,10 +272,13 @@ def _prune(args: argparse.Namespace, config: Any) -> None:
     if args.calib_samples < 1:
         raise FcptsError(f"--calib-samples must be ≥ 1, got {args.calib_samples}")
     calibration = data.calibration.subset(args.calib_samples, args.seed)
-    result = prune(model, calibration.x, config)
+    result = prune(model, calibration.x, config)  # a tensor, or a dict of token tensors for text
     if not distributed.is_main():
         return  # the same result as rank 0's, which writes it
     dense_acc, sparse_acc = _accuracy(model, data.evaluation), _accuracy(result.model, data.evaluation)
+    extra: dict[str, Any] = {"random_weights": args.random_weights, "evaluation_data_spec": args.eval_data}
+    if _outputs_embeddings(model, data.evaluation):  # embeddings: fidelity to the dense model on the data
+        extra["fidelity"] = model_fidelity(result.model, model, data.evaluation.x)
     report = build_report(
         result,
         model_spec=args.model,
@@ -250,9 +288,15 @@ def _prune(args: argparse.Namespace, config: Any) -> None:
         evaluation_samples=len(data.evaluation),
         dense_accuracy=dense_acc,
         sparse_accuracy=sparse_acc,
+        **extra,
     )
     out = write_outputs(result, args.out, report, args.overwrite)
     print(_summary(result, dense_acc, sparse_acc))
+    if "fidelity" in extra:
+        f = extra["fidelity"]
+        print(f"fidelity         mean cosine {f['mean_cosine']:.4f}, recall@1 {f['recall_at_1']:.2%}")
+    if args.random_weights:
+        print("note             random weights (--random-weights): no pretrained weights were loaded")
     print(f"wrote {out}/model.safetensors, report.json, allocation.png")
 
 

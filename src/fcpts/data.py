@@ -1,8 +1,10 @@
-"""Datasets for calibration and evaluation: the IDX reader, Fashion-MNIST, ``npz:`` and ``imagefolder:``.
+"""Datasets for calibration and evaluation: Fashion-MNIST, ``npz:``, ``imagefolder:`` and ``text:``.
 
 Every loader returns a :class:`Split` of float32 images in ``[0, 1]`` shaped ``(N, C, H, W)``
 and, where known, int64 labels ``(N,)``. Normalisation belongs to the model (the reference CNN
-carries its own), so one data spec serves any model.
+carries its own), so one data spec serves any model; ``imagefolder:`` can add a standard
+``--normalize imagenet`` for ecosystem models that expect it. ``text:FILE`` gives tokenizer
+outputs instead: ``x`` is a dict of ``(N, T)`` tensors (``input_ids``, ``attention_mask``, ...).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .calibration import rows
 from .errors import FcptsError
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the IDX files.
@@ -35,20 +38,20 @@ _IDX_DTYPES = {
 
 @dataclass
 class Split:
-    """Images ``x`` (N, C, H, W) float32 in [0, 1] and optional labels ``y`` (N,) int64."""
+    """Images ``x`` (N, C, H, W) float32 in [0, 1] (or a dict of token tensors) and optional labels ``y`` (N,)."""
 
-    x: torch.Tensor
+    x: torch.Tensor | dict[str, torch.Tensor]
     y: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(next(iter(self.x.values()))) if isinstance(self.x, dict) else len(self.x)
 
     def subset(self, n: int | None, seed: int) -> Split:
         """``n`` samples drawn without replacement by ``seed`` (all of them when ``n`` is None)."""
         if n is None or n >= len(self):
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        return Split(self.x[idx], None if self.y is None else self.y[idx])
+        return Split(rows(self.x, idx), None if self.y is None else self.y[idx])
 
 
 @dataclass
@@ -168,14 +171,54 @@ def load_npz(path: str | os.PathLike[str]) -> DataSource:
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
+#: ``--normalize`` choices: name → (per-channel mean, std) applied after scaling pixels to [0, 1].
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision and most timm models
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # e.g. timm's ViT-B/16 augreg weights
+}
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size``×``size`` window of images ``x`` (N, C, H, W).
+
+    >>> center_crop(torch.arange(16.0).view(1, 1, 4, 4), 2).flatten().tolist()
+    [5.0, 6.0, 9.0, 10.0]
+    """
+    h, w = x.shape[-2:]
+    if size > min(h, w):
+        raise FcptsError(f"crop {size} is larger than the images ({h}×{w})")
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+def normalize_images(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``(x - mean) / std`` per channel with a named normalisation (:data:`NORMALIZATIONS`).
+
+    >>> normalize_images(torch.full((1, 3, 1, 1), 0.5), "inception").flatten().tolist()
+    [0.0, 0.0, 0.0]
+    """
+    if name not in NORMALIZATIONS:
+        raise FcptsError(f"unknown normalization {name!r}; choose from {', '.join(NORMALIZATIONS)}")
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in NORMALIZATIONS[name])
+    if x.shape[1] != mean.shape[1]:
+        raise FcptsError(f"normalization {name!r} is for {mean.shape[1]} channels, the images have {x.shape[1]}")
+    return (x - mean) / std
+
+
 def load_imagefolder(
-    directory: str | os.PathLike[str], image_size: int | None = None, channels: int | None = None
+    directory: str | os.PathLike[str],
+    image_size: int | None = None,
+    channels: int | None = None,
+    crop: int | None = None,
+    normalize: str | None = None,
 ) -> DataSource:
     """``DIR/<class>/<image>`` as in torchvision's ImageFolder: classes are the sorted sub-folders.
 
     Images are converted to ``channels`` (1: grayscale, 3: RGB; default: the first image's) and
     resized to ``image_size``×``image_size`` (default: the first image's size; then all must match).
-    The same images serve calibration and evaluation.
+    Standard evaluation preprocessing: resize to ``image_size``, then ``crop`` (a central square),
+    then ``normalize`` (``imagenet``: torchvision's mean and std). The same images serve
+    calibration and evaluation.
     """
     from PIL import Image  # Pillow comes with matplotlib; imported here to keep import time low
 
@@ -207,19 +250,56 @@ def load_imagefolder(
                 im = im.resize(size, Image.BILINEAR)
             images.append(np.asarray(im, dtype=np.uint8).reshape(size[1], size[0], channels))
         labels.append(label)
-    split = Split(_images_to_tensor(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
+    x = _images_to_tensor(np.stack(images))
+    if crop is not None:
+        x = center_crop(x, crop)
+    if normalize is not None and normalize != "none":
+        x = normalize_images(x, normalize)
+    split = Split(x, torch.tensor(labels, dtype=torch.int64))
     return DataSource(f"imagefolder:{directory}", split, split)
 
 
+def load_text(path: str | os.PathLike[str], tokenizer: object, max_length: int = 128) -> DataSource:
+    """``FILE`` with one sample per line (blank lines skipped), tokenised by the model's tokenizer.
+
+    Padded to the longest sample (at most ``max_length`` tokens), so the rows stack into a dict of
+    ``(N, T)`` tensors; the attention mask marks the padding. The same lines serve calibration and
+    evaluation (give disjoint files to ``prune`` and ``eval`` to keep them apart).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FcptsError(f"text file not found: {path}")
+    if tokenizer is None:
+        raise FcptsError(f"text:{path} needs a model with a tokenizer (an hf:DIR model, or minilm)")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise FcptsError(f"text file {path} has no non-empty lines")
+    encoded = tokenizer(lines, padding=True, truncation=True, max_length=max_length, return_tensors="pt")  # type: ignore[operator]
+    split = Split({k: v for k, v in encoded.items()}, None)
+    return DataSource(f"text:{path}", split, split)
+
+
 def load_data(
-    spec: str, data_dir: str | None = None, image_size: int | None = None, channels: int | None = None
+    spec: str,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    crop: int | None = None,
+    normalize: str | None = None,
+    tokenizer: object = None,
+    max_length: int = 128,
 ) -> DataSource:
-    """Resolve a data spec: ``fashion-mnist``, ``npz:PATH`` or ``imagefolder:DIR``."""
+    """Resolve a data spec: ``fashion-mnist``, ``npz:PATH``, ``imagefolder:DIR`` or ``text:FILE``."""
     kind, _, arg = spec.partition(":")
     if spec == "fashion-mnist":
         return load_fashion_mnist(data_dir)
     if kind == "npz" and arg:
         return load_npz(arg)
     if kind == "imagefolder" and arg:
-        return load_imagefolder(arg, image_size=image_size, channels=channels)
-    raise FcptsError(f"unknown data spec {spec!r}: expected 'fashion-mnist', 'npz:PATH' or 'imagefolder:DIR'")
+        return load_imagefolder(arg, image_size=image_size, channels=channels, crop=crop, normalize=normalize)
+    if kind == "text" and arg:
+        return load_text(arg, tokenizer, max_length)
+    raise FcptsError(
+        f"unknown data spec {spec!r}: expected 'fashion-mnist', 'npz:PATH', 'imagefolder:DIR' or 'text:FILE'"
+    )

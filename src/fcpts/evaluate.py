@@ -2,34 +2,74 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
+from .calibration import call_model, rows, to_device
 from .layers import LayerFilter, default_layer_filter, prunable_layers
 
 
 def output_logits(output: object) -> torch.Tensor:
-    """The tensor a classifier's forward returned: itself, ``.logits``, ``["logits"]`` or the first item."""
+    """The tensor a forward returned: itself, ``.logits``, ``["logits"]``, or the first item or field.
+
+    Covers dicts, Hugging Face ``ModelOutput`` (a dict: ``last_hidden_state`` comes first),
+    dataclasses (e.g. :class:`fcpts.zoo.SentenceEmbeddingOutput`) and tuples.
+
+    >>> output_logits({"last_hidden_state": torch.ones(1, 2)}).shape
+    torch.Size([1, 2])
+    """
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, dict):
-        return output["logits"] if "logits" in output else next(iter(output.values()))
+        return output["logits"] if "logits" in output else output_logits(next(iter(output.values())))
     if hasattr(output, "logits"):
         return output.logits
     if isinstance(output, (tuple, list)):
         return output_logits(output[0])
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        values = [getattr(output, f.name) for f in dataclasses.fields(output)]
+        return output_logits(next(v for v in values if v is not None))
     raise TypeError(f"cannot find a logits tensor in a model output of type {type(output).__name__}")
 
 
+def is_logits_output(output: object) -> bool:
+    """True for a classifier's output (a bare tensor, or one with ``logits``); False for embeddings.
+
+    A dict, ``ModelOutput`` or dataclass without ``logits`` (``last_hidden_state``,
+    ``sentence_embedding``) holds embeddings, which a KL divergence over softmax does not fit.
+
+    >>> is_logits_output(torch.zeros(2, 3)), is_logits_output({"logits": 1}), is_logits_output({"x": 1})
+    (True, True, False)
+    """
+    if isinstance(output, torch.Tensor):
+        return True
+    if isinstance(output, dict):
+        return "logits" in output
+    if hasattr(output, "logits"):
+        return True
+    if isinstance(output, (tuple, list)) and output:
+        return is_logits_output(output[0])
+    return False
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` (N, ...) in batches, on the model's device; returned on CPU."""
+def predict(model: nn.Module, x: torch.Tensor | dict[str, torch.Tensor], batch_size: int = 1000) -> torch.Tensor:
+    """Logits (or embeddings) of ``model`` on ``x`` (N, ...) in batches, on the model's device; on CPU.
+
+    ``x`` may be a dict of tensors (N, ...) passed as keyword arguments (tokenizer outputs).
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
     try:
         return torch.cat(
-            [output_logits(model(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)]
+            [
+                output_logits(call_model(model, to_device(rows(x, slice(i, i + batch_size)), device))).cpu()
+                for i in range(0, n, batch_size)
+            ]
         )
     finally:
         model.train(was_training)

@@ -6,7 +6,10 @@
 * ``S(t) = Σ n_l s_l(t_l) / Σ n_l`` is exact in value, and differentiable through the KDE bridge
   ``ds_l/dt_l = p̂_l(t_l)`` (:mod:`fcpts.bridge`), so the control loss moves the thresholds;
 * ``L_rec``: KL divergence with temperature between the dense teacher's and the sparse student's
-  outputs, plus optional MSE on chosen intermediate modules (block-wise feature matching);
+  logits (``loss="kl"``), or, for a model whose output holds embeddings rather than logits (a
+  sentence encoder, ``last_hidden_state``), ``1 − cosine`` (``"cosine"``) or MSE (``"mse"``) on the
+  output vectors; ``"auto"`` chooses kl or cosine by the output kind. Plus optional MSE on chosen
+  intermediate modules (block-wise feature matching);
 * thresholds and the kept weights are optimised jointly (Adam); the reconstruction loss reaches
   the thresholds through a sigmoid surrogate of the mask (``threshold_grad``);
 * :func:`fcpts.sparsify.finalize` then makes the zero count exactly ``round(S* · N)``.
@@ -37,7 +40,7 @@ from .calibration import Calibration, batch_size_of, call_model, shard
 from .checkpoint import has_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
 from .checks import check_finite
 from .errors import FcptsError
-from .evaluate import output_logits
+from .evaluate import is_logits_output, output_logits
 from .importance import get_importance
 from .oneshot import layer_scores, prunable
 from .patterns import divides, nm_prune_flags, parse_pattern
@@ -60,6 +63,7 @@ class FCPTSConfig(PruneConfig):
     control_weight: float = 10.0  # λ
     control_loss: str = "abs"  # "abs": λ|S − S*|, "squared": λ(S − S*)²
     temperature: float = 1.0  # of the KL distillation on the outputs
+    loss: str = "auto"  # reconstruction loss on the outputs: auto (kl for logits, cosine otherwise), kl, mse, cosine
     feature_modules: tuple[str, ...] = ()  # names of modules whose outputs are matched by MSE
     feature_weight: float = 1.0
     init: str = "erk"  # initial allocation: erk, uniform, global, lamp
@@ -87,6 +91,8 @@ class FCPTSConfig(PruneConfig):
         for name in ("lr_threshold", "lr_weight", "control_weight", "feature_weight"):
             if not getattr(self, name) >= 0:
                 raise FcptsError(f"{name} must be ≥ 0, got {getattr(self, name)!r}")
+        if self.loss != "auto" and self.loss not in RECONSTRUCTION_LOSSES:
+            raise FcptsError(f"unknown loss {self.loss!r}; choose from auto, {', '.join(RECONSTRUCTION_LOSSES)}")
         if not self.temperature > 0:
             raise FcptsError(f"temperature must be > 0, got {self.temperature!r}")
         if self.kde_samples < 2:
@@ -123,6 +129,42 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
     return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * t * t
+
+
+def cosine_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``1 − cos(student, teacher)`` along the last dimension, averaged over the rest (B, [T,] D).
+
+    Scale-free like the KL on logits (0 when equal, at most 2), so the control weight λ keeps its
+    meaning; ``temperature`` is unused (one signature for every loss).
+
+    >>> cosine_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])).item()
+    1.0
+    """
+    return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+
+
+def mse_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Mean squared error between the output vectors (``temperature`` unused).
+
+    >>> mse_loss(torch.zeros(2, 2), torch.ones(2, 2)).item()
+    1.0
+    """
+    return F.mse_loss(student.float(), teacher.float())
+
+
+#: ``loss`` name → ``fn(student output, teacher output, temperature)``.
+RECONSTRUCTION_LOSSES = {"kl": distillation_loss, "cosine": cosine_loss, "mse": mse_loss}
+
+
+def resolve_loss(loss: str, output: Any) -> str:
+    """The loss for a model output: ``loss`` itself, or for ``"auto"`` kl on logits, cosine on embeddings.
+
+    >>> resolve_loss("auto", torch.zeros(1, 3)), resolve_loss("auto", {"last_hidden_state": 0}), resolve_loss("mse", 0)
+    ('kl', 'cosine', 'mse')
+    """
+    if loss != "auto":
+        return loss
+    return "kl" if is_logits_output(output) else "cosine"
 
 
 def control_loss(global_sparsity: torch.Tensor, target: float, kind: str = "abs") -> torch.Tensor:
@@ -256,6 +298,7 @@ def learn(
     # Without feature matching, the teacher's outputs on a tensor calibration set are computed
     # once (N, C) instead of once per step: a quarter of the step time on the reference CNN.
     # Only while they fit TEACHER_CACHE_BYTES; otherwise (and for streamed data) once per batch.
+    reconstruction = None  # chosen from the student's first output (logits or embeddings: the "auto" loss)
     cached = None
     if calibration.tensor is not None and not config.feature_modules:
         cached = cache_teacher_outputs(teacher, calibration, config.batch_size, TEACHER_CACHE_BYTES)
@@ -285,8 +328,10 @@ def learn(
                 with torch.no_grad():
                     target_logits = output_logits(call_model(teacher, inputs))
                 check_finite(target_logits, TEACHER_OUTPUTS)
-            logits = output_logits(call_model(student, inputs))
-            rec = distillation_loss(logits, target_logits, config.temperature)
+            output = call_model(student, inputs)
+            if reconstruction is None:
+                reconstruction = RECONSTRUCTION_LOSSES[resolve_loss(config.loss, output)]
+            rec = reconstruction(output_logits(output), target_logits, config.temperature)
             feat = sum(
                 (
                     F.mse_loss(student_tap.outputs[n].float(), teacher_tap.outputs[n].float())

