@@ -42,6 +42,7 @@ import torch
 import fcpts
 from fcpts.calibration import Calibration
 from fcpts.data import load_fashion_mnist
+from fcpts.method import prepare_from_config
 from fcpts.output import versions
 
 #: One-shot baselines (no reconstruction), for reference.
@@ -69,19 +70,10 @@ def run_fcpts(
 ) -> dict[str, Any]:
     """prepare → learn → (evaluate at the learned sparsity) → finalize, as ``fcpts.prune`` does."""
     start = time.perf_counter()
-    teacher = copy.deepcopy(model)
-    prepared = fcpts.prepare(
-        copy.deepcopy(model),
-        config.target_sparsity,
-        config.init,
-        config.layer_filter,
-        config.kde_samples,
-        config.bandwidth,
-        config.threshold_grad,
-        config.seed,
-        config.density,
-    )
-    fcpts.learn(prepared, teacher, Calibration(calibration, config.batch_size, config.seed), config)
+    teacher, student = copy.deepcopy(model), copy.deepcopy(model)
+    data = Calibration(calibration, config.batch_size, config.seed)
+    prepared, config = prepare_from_config(student, teacher, data, config)
+    fcpts.learn(prepared, teacher, data, config)
     elapsed = time.perf_counter() - start
     with torch.no_grad():
         learned_sparsity = prepared.global_sparsity().item()

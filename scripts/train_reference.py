@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch import nn
 
-from fcpts.data import load_fashion_mnist
+from fcpts.data import Split, load_fashion_mnist
 from fcpts.evaluate import accuracy
 from fcpts.models import ReferenceCNN, builtin_weights_path
 
@@ -33,23 +35,11 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", type=Path, default=builtin_weights_path("refcnn"))
-    args = parser.parse_args()
-
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    data = load_fashion_mnist(args.data_dir)
-    train, test = data.calibration, data.evaluation
-    model = ReferenceCNN()
+def fit(
+    model: nn.Module, opt: torch.optim.Optimizer, train: Split, test: Split, args: Any, gen: torch.Generator
+) -> None:
+    """Train with a one-cycle rate (``args.lr``, ``args.epochs``, ``args.batch_size``), write ``args.out``."""
     steps_per_epoch = len(train) // args.batch_size
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * steps_per_epoch)
     start = time.perf_counter()
     for epoch in range(args.epochs):
@@ -71,6 +61,25 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out))
     print(f"wrote {args.out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", type=Path, default=builtin_weights_path("refcnn"))
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    data = load_fashion_mnist(args.data_dir)
+    train, test = data.calibration, data.evaluation
+    model = ReferenceCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    fit(model, opt, train, test, args, gen)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,12 @@ augmentation as the reference CNN (scripts/train_reference.py). Prints the test 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
-from train_reference import augment  # this script's folder is on sys.path when run as a script
+from train_reference import fit  # this script's folder is on sys.path when run as a script
 
 from fcpts.data import load_fashion_mnist
-from fcpts.evaluate import accuracy
 from fcpts.models import builtin_weights_path
 from fcpts.vit import ReferenceViT
 
@@ -41,29 +37,8 @@ def main() -> None:
     data = load_fashion_mnist(args.data_dir)
     train, test = data.calibration, data.evaluation
     model = ReferenceViT()
-    steps_per_epoch = len(train) // args.batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.epochs * steps_per_epoch)
-    start = time.perf_counter()
-    for epoch in range(args.epochs):
-        model.train()
-        perm = torch.randperm(len(train), generator=gen)
-        for step in range(steps_per_epoch):
-            idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
-            loss = F.cross_entropy(model(augment(train.x[idx], gen)), train.y[idx], label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        acc = accuracy(model, test.x, test.y)
-        print(
-            f"epoch {epoch + 1}/{args.epochs}  loss {loss.item():.3f}  test top-1 {acc:.2%}  "
-            f"{time.perf_counter() - start:.0f} s",
-            flush=True,
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(args.out))
-    print(f"wrote {args.out}")
+    fit(model, opt, train, test, args, gen)
 
 
 if __name__ == "__main__":

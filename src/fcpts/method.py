@@ -373,14 +373,15 @@ def learn(
     return history
 
 
-@register_method("fcpts", FCPTSConfig, "learned per-layer thresholds under a global target, with reconstruction")
-def run_fcpts(model: nn.Module, calibration: Calibration, config: FCPTSConfig) -> list[dict[str, float]]:
-    """FCPTS: prepare thresholds (initial allocation), learn them with the kept weights, finalize exactly.
+def prepare_from_config(
+    model: nn.Module, teacher: nn.Module, calibration: Calibration, config: FCPTSConfig
+) -> tuple[Prepared, FCPTSConfig]:
+    """:func:`fcpts.prepare` ``model`` (in place) with every option of ``config``; the config :func:`learn` takes.
 
-    With ``config.pattern`` N:M the mask is fixed (N:M by ``config.importance`` on the dense
-    weights) and only the kept weights are learned: thresholds have no meaning there.
+    The importance score and an N:M pattern decide what the thresholds apply to; with a pattern
+    the mask is fixed (``learn_thresholds`` off in the returned config). ``refit_init`` fits the
+    kept weights to ``teacher`` (the dense model) layer by layer before learning.
     """
-    teacher = copy.deepcopy(model)
     score_fns, sparsities = layer_score_fns(model, calibration, config)
     if config.pattern is not None:
         config = dataclasses.replace(config, learn_thresholds=False)
@@ -407,6 +408,18 @@ def run_fcpts(model: nn.Module, calibration: Calibration, config: FCPTSConfig) -
                 for layer in prepared.layers
             }
         refit_layers(model, teacher, keeps, refit_calibration(calibration, config.refit_samples), config.refit_damp)
+    return prepared, config
+
+
+@register_method("fcpts", FCPTSConfig, "learned per-layer thresholds under a global target, with reconstruction")
+def run_fcpts(model: nn.Module, calibration: Calibration, config: FCPTSConfig) -> list[dict[str, float]]:
+    """FCPTS: prepare thresholds (initial allocation), learn them with the kept weights, finalize exactly.
+
+    With ``config.pattern`` N:M the mask is fixed (N:M by ``config.importance`` on the dense
+    weights) and only the kept weights are learned: thresholds have no meaning there.
+    """
+    teacher = copy.deepcopy(model)
+    prepared, config = prepare_from_config(model, teacher, calibration, config)
     history = learn(prepared, teacher, calibration, config)
     finalize(prepared)
     if config.recalibrate_bn:
