@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Sequence
@@ -69,13 +70,19 @@ def _add_model_data_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a model without weights: keep its random initialisation (the report says so)",
     )
-    p.add_argument("--data", required=True, help="fashion-mnist, npz:PATH, imagefolder:DIR or text:FILE")
+    p.add_argument(
+        "--data", required=True, help="fashion-mnist, npz:PATH, imagefolder:DIR, text:FILE or hf-dataset:DIR"
+    )
     p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files (default: the Debian package's)")
     p.add_argument("--image-size", type=int, help="imagefolder: resize images to this square size")
     p.add_argument("--channels", type=int, choices=(1, 3), help="imagefolder: 1 (grayscale) or 3 (RGB)")
     p.add_argument("--crop", type=int, help="imagefolder: central square crop after the resize")
     p.add_argument("--normalize", choices=("none", *NORMALIZATIONS), help="imagefolder: per-channel normalisation")
     p.add_argument("--max-length", type=int, default=128, help="text: longest token sequence (default: 128)")
+    p.add_argument("--split", help="hf-dataset: calibration split of a DatasetDict (default: train)")
+    p.add_argument("--eval-split", help="hf-dataset: evaluation split (default: test, else validation)")
+    for column in ("image", "text", "label"):
+        p.add_argument(f"--{column}-column", help=f"hf-dataset: the {column} column (default: detected)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
 
 
@@ -236,8 +243,11 @@ def _accuracy(model: torch.nn.Module, split: Split) -> float | None:
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, DataSource]:
     model = load_model(args.model, args.weights, device=resolve_device(args.device), random_weights=args.random_weights)
     specs = [args.data] + ([args.eval_data] if getattr(args, "eval_data", None) else [])
-    tokenizer = load_tokenizer(args.model) if any(s.startswith("text:") for s in specs) else None
-    options = {"crop": args.crop, "normalize": args.normalize, "tokenizer": tokenizer, "max_length": args.max_length}
+    options = {"crop": args.crop, "normalize": args.normalize, "max_length": args.max_length}
+    # The tokenizer is loaded only if the data holds text (an hf: image model may have none).
+    options["tokenizer_loader"] = functools.cache(lambda: load_tokenizer(args.model))
+    for key in ("split", "eval_split", "image_column", "text_column", "label_column"):
+        options[key] = getattr(args, key)
     data = load_data(args.data, args.data_dir, args.image_size, args.channels, **options)
     if len(specs) > 1:  # held-out evaluation data (e.g. text:eval.txt beside text:calib.txt)
         held_out = load_data(args.eval_data, args.data_dir, args.image_size, args.channels, **options)

@@ -1,10 +1,13 @@
-"""Datasets for calibration and evaluation: Fashion-MNIST, ``npz:``, ``imagefolder:`` and ``text:``.
+"""Datasets for calibration and evaluation: Fashion-MNIST, ``npz:``, ``imagefolder:``, ``text:`` (and ``hf-dataset:``).
 
 Every loader returns a :class:`Split` of float32 images in ``[0, 1]`` shaped ``(N, C, H, W)``
 and, where known, int64 labels ``(N,)``. Normalisation belongs to the model (the reference CNN
 carries its own), so one data spec serves any model; ``imagefolder:`` can add a standard
 ``--normalize imagenet`` for ecosystem models that expect it. ``text:FILE`` gives tokenizer
 outputs instead: ``x`` is a dict of ``(N, T)`` tensors (``input_ids``, ``attention_mask``, ...).
+
+Spec prefixes are registered with :func:`register_data_spec`; :mod:`fcpts.hfdata` registers
+``hf-dataset:DIR`` (a ``datasets`` ``save_to_disk`` directory).
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -205,6 +210,60 @@ def normalize_images(x: torch.Tensor, name: str) -> torch.Tensor:
     return (x - mean) / std
 
 
+def preprocess_images(
+    images: Iterable[tuple[str, Any]],
+    image_size: int | None = None,
+    channels: int | None = None,
+    crop: int | None = None,
+    normalize: str | None = None,
+) -> torch.Tensor:
+    """PIL images ``(where, image)`` → float32 ``(N, C, H, W)``: convert, resize, crop, normalise.
+
+    ``channels`` 1 (grayscale) or 3 (RGB), default: the first image's; ``image_size`` resizes to a
+    square (bilinear), default: the first image's size, and then all must match (``where`` names
+    the odd one in the error); then ``crop`` (central square) and ``normalize``
+    (:data:`NORMALIZATIONS`, or ``"none"``).
+
+    >>> from PIL import Image
+    >>> im = Image.fromarray(np.full((4, 6), 51, np.uint8))
+    >>> x = preprocess_images([("a", im)], channels=3, crop=2)
+    >>> tuple(x.shape), round(float(x.max()), 6)
+    ((1, 3, 2, 2), 0.2)
+    """
+    from PIL import Image  # Pillow comes with matplotlib; imported here to keep import time low
+
+    arrays = []
+    size = None if image_size is None else (image_size, image_size)
+    for where, im in images:
+        mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if im.mode in ("L", "1", "I;16") else "RGB")
+        im = im.convert(mode)
+        channels = 1 if mode == "L" else 3
+        size = size or im.size
+        if im.size != size:
+            if image_size is None:
+                raise FcptsError(
+                    f"{where} is {im.size[0]}×{im.size[1]}, others are {size[0]}×{size[1]}; pass --image-size"
+                )
+            im = im.resize(size, Image.BILINEAR)
+        arrays.append(np.asarray(im, dtype=np.uint8).reshape(size[1], size[0], channels))
+    if not arrays:
+        raise FcptsError("no images to preprocess")
+    return finish_images(_images_to_tensor(np.stack(arrays)), crop, normalize)
+
+
+def finish_images(x: torch.Tensor, crop: int | None = None, normalize: str | None = None) -> torch.Tensor:
+    """The tensor steps of the standard preprocessing: central ``crop``, then ``normalize`` (``"none"``: skip).
+
+    >>> finish_images(torch.full((1, 3, 4, 4), 0.5), crop=2, normalize="inception").abs().sum().item()
+    0.0
+    """
+    if crop is not None:
+        x = center_crop(x, crop)
+    if normalize is not None and normalize != "none":
+        x = normalize_images(x, normalize)
+    return x
+
+
 def load_imagefolder(
     directory: str | os.PathLike[str],
     image_size: int | None = None,
@@ -234,27 +293,14 @@ def load_imagefolder(
     ]
     if not files:
         raise FcptsError(f"no images found under {directory}/<class>/")
-    images, labels = [], []
-    size = None if image_size is None else (image_size, image_size)
-    for f, label in files:
-        with Image.open(f) as im:
-            mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if im.mode in ("L", "1", "I;16") else "RGB")
-            im = im.convert(mode)
-            channels = 1 if mode == "L" else 3
-            size = size or im.size
-            if im.size != size:
-                if image_size is None:
-                    raise FcptsError(
-                        f"{f} is {im.size[0]}×{im.size[1]}, others are {size[0]}×{size[1]}; pass --image-size"
-                    )
-                im = im.resize(size, Image.BILINEAR)
-            images.append(np.asarray(im, dtype=np.uint8).reshape(size[1], size[0], channels))
-        labels.append(label)
-    x = _images_to_tensor(np.stack(images))
-    if crop is not None:
-        x = center_crop(x, crop)
-    if normalize is not None and normalize != "none":
-        x = normalize_images(x, normalize)
+
+    def opened() -> Iterator[tuple[str, Image.Image]]:
+        for f, _ in files:
+            with Image.open(f) as im:
+                yield str(f), im
+
+    x = preprocess_images(opened(), image_size=image_size, channels=channels, crop=crop, normalize=normalize)
+    labels = [label for _, label in files]
     split = Split(x, torch.tensor(labels, dtype=torch.int64))
     return DataSource(f"imagefolder:{directory}", split, split)
 
@@ -275,9 +321,107 @@ def load_text(path: str | os.PathLike[str], tokenizer: object, max_length: int =
     lines = [line for line in lines if line]
     if not lines:
         raise FcptsError(f"text file {path} has no non-empty lines")
-    encoded = tokenizer(lines, padding=True, truncation=True, max_length=max_length, return_tensors="pt")  # type: ignore[operator]
-    split = Split({k: v for k, v in encoded.items()}, None)
+    split = Split(tokenize(lines, tokenizer, max_length), None)
     return DataSource(f"text:{path}", split, split)
+
+
+def tokenize(texts: list[str], tokenizer: Any, max_length: int = 128) -> dict[str, torch.Tensor]:
+    """Tokenise ``texts`` as ``text:FILE`` does: padded to the longest (at most ``max_length`` tokens).
+
+    Returns the tokenizer's outputs as a dict of ``(N, T)`` tensors (``input_ids``, ``attention_mask``, ...).
+
+    >>> def toy(texts, **kw):  # a stand-in tokenizer: one token per word
+    ...     n = max(len(t.split()) for t in texts)
+    ...     ids = [[len(w) for w in t.split()] + [0] * (n - len(t.split())) for t in texts]
+    ...     return {"input_ids": torch.tensor(ids), "attention_mask": (torch.tensor(ids) > 0).long()}
+    >>> tokenize(["a bb", "ccc"], toy)["attention_mask"].tolist()
+    [[1, 1], [1, 0]]
+    """
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {k: v for k, v in encoded.items()}
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Everything a data spec may use besides its argument; each loader reads the fields it needs."""
+
+    data_dir: str | None = None  # fashion-mnist: the IDX directory
+    image_size: int | None = None  # images: resize to a square
+    channels: int | None = None  # images: 1 (grayscale) or 3 (RGB)
+    crop: int | None = None  # images: central square crop after the resize
+    normalize: str | None = None  # images: a NORMALIZATIONS name, or "none"
+    tokenizer: Any = None  # text: the model's tokenizer ...
+    tokenizer_loader: Callable[[], Any] | None = None  # ... or a function that loads it when text is found
+    max_length: int = 128  # text: longest token sequence
+    split: str | None = None  # hf-dataset: calibration split of a DatasetDict (default "train")
+    eval_split: str | None = None  # hf-dataset: evaluation split (default "test", else "validation")
+    image_column: str | None = None  # hf-dataset: override the column detection
+    text_column: str | None = None
+    label_column: str | None = None
+
+    def get_tokenizer(self) -> Any:
+        """The tokenizer, loading it now if only a loader was given (None without either)."""
+        if self.tokenizer is None and self.tokenizer_loader is not None:
+            return self.tokenizer_loader()
+        return self.tokenizer
+
+
+#: ``load(arg, options) -> DataSource``; ``arg`` is the text after ``PREFIX:`` ("" for a spec without one).
+DataLoaderFn = Callable[[str, DataOptions], DataSource]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A registered data spec: ``PREFIX:ARG`` (or the bare ``PREFIX`` when ``takes_arg`` is False)."""
+
+    prefix: str
+    load: DataLoaderFn
+    usage: str
+    takes_arg: bool = True
+
+
+#: Spec prefix → loader. Filled by :func:`register_data_spec` (``fcpts.hfdata`` registers ``hf-dataset:``).
+DATA_SPECS: dict[str, DataSpec] = {}
+
+
+def register_data_spec(prefix: str, usage: str, takes_arg: bool = True) -> Callable[[DataLoaderFn], DataLoaderFn]:
+    """Decorator: load specs ``PREFIX:ARG`` with ``fn(arg, options) -> DataSource``.
+
+    >>> @register_data_spec("ones", "ones:N (N images of ones)")
+    ... def _ones(arg, options):
+    ...     split = Split(torch.ones(int(arg), 1, 2, 2))
+    ...     return DataSource(f"ones:{arg}", split, split)
+    >>> len(load_data("ones:3").calibration)
+    3
+    >>> del DATA_SPECS["ones"]
+    """
+
+    def decorate(fn: DataLoaderFn) -> DataLoaderFn:
+        DATA_SPECS[prefix] = DataSpec(prefix, fn, usage, takes_arg)
+        return fn
+
+    return decorate
+
+
+@register_data_spec("fashion-mnist", "fashion-mnist", takes_arg=False)
+def _fashion_mnist_spec(arg: str, options: DataOptions) -> DataSource:
+    return load_fashion_mnist(options.data_dir)
+
+
+@register_data_spec("npz", "npz:PATH")
+def _npz_spec(arg: str, options: DataOptions) -> DataSource:
+    return load_npz(arg)
+
+
+@register_data_spec("imagefolder", "imagefolder:DIR")
+def _imagefolder_spec(arg: str, options: DataOptions) -> DataSource:
+    o = options
+    return load_imagefolder(arg, image_size=o.image_size, channels=o.channels, crop=o.crop, normalize=o.normalize)
+
+
+@register_data_spec("text", "text:FILE")
+def _text_spec(arg: str, options: DataOptions) -> DataSource:
+    return load_text(arg, options.get_tokenizer(), options.max_length)
 
 
 def load_data(
@@ -289,17 +433,19 @@ def load_data(
     normalize: str | None = None,
     tokenizer: object = None,
     max_length: int = 128,
+    **options: Any,
 ) -> DataSource:
-    """Resolve a data spec: ``fashion-mnist``, ``npz:PATH``, ``imagefolder:DIR`` or ``text:FILE``."""
-    kind, _, arg = spec.partition(":")
-    if spec == "fashion-mnist":
-        return load_fashion_mnist(data_dir)
-    if kind == "npz" and arg:
-        return load_npz(arg)
-    if kind == "imagefolder" and arg:
-        return load_imagefolder(arg, image_size=image_size, channels=channels, crop=crop, normalize=normalize)
-    if kind == "text" and arg:
-        return load_text(arg, tokenizer, max_length)
-    raise FcptsError(
-        f"unknown data spec {spec!r}: expected 'fashion-mnist', 'npz:PATH', 'imagefolder:DIR' or 'text:FILE'"
-    )
+    """Resolve a data spec registered with :func:`register_data_spec`: ``fashion-mnist``, ``npz:PATH``,
+    ``imagefolder:DIR``, ``text:FILE``, ``hf-dataset:DIR``.
+
+    Keyword ``options`` are the other :class:`DataOptions` fields (``split``, ``text_column``, ...).
+    """
+    from . import hfdata as _hfdata  # noqa: F401  registers hf-dataset: (the datasets package is imported lazily)
+
+    opts = DataOptions(data_dir, image_size, channels, crop, normalize, tokenizer, max_length=max_length, **options)
+    prefix, colon, arg = spec.partition(":")
+    found = DATA_SPECS.get(prefix)
+    if found is not None and (bool(arg) if found.takes_arg else not colon):
+        return found.load(arg, opts)
+    usages = [f"'{d.usage}'" for d in DATA_SPECS.values()]
+    raise FcptsError(f"unknown data spec {spec!r}: expected {', '.join(usages[:-1])} or {usages[-1]}")
