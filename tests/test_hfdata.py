@@ -232,3 +232,18 @@ def test_prune_with_an_hf_dataset(run_cli, model_file, tmp_path):
         *args[:-1], f"hf-dataset:{tmp_path / 'text'}", "--sparsity", "0.6", "--out", tmp_path / "o2"
     )
     assert code == 2 and "holds text: it needs a model with a tokenizer" in stderr
+    # An embedding model (a dict without logits) gets fidelity, not a top-1 from the argmax of its embeddings.
+    (tmp_path / "embedder.py").write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Embed(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        torch.manual_seed(0)\n"
+        "        self.fc = nn.Linear(64, 10)\n\n"
+        "    def forward(self, x):\n        return {'sentence_embedding': self.fc(x.flatten(1))}\n"
+    )
+    embed = ["prune", "--model", f"{tmp_path / 'embedder.py'}:Embed", "--data", f"hf-dataset:{tmp_path / 'ds'}"]
+    code, stdout, stderr = run_cli(
+        *embed, "--sparsity", "0.5", "--out", tmp_path / "o3", "--iters", "2", "--no-progress"
+    )
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "o3" / "report.json").read_text())
+    assert report["dense_accuracy"] is None and report["sparse_accuracy"] is None and "top-1" not in stdout
+    assert report["fidelity"]["recall_at_1"] >= 0 and "fidelity" in stdout

@@ -237,7 +237,8 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _accuracy(model: torch.nn.Module, split: Split) -> float | None:
-    return None if split.y is None else accuracy(model, split.x, split.y)
+    # Labels are there for classifiers; an embedding model's argmax is no prediction (e.g. a labelled hf-dataset).
+    return None if split.y is None or _outputs_embeddings(model, split) else accuracy(model, split.x, split.y)
 
 
 def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, DataSource]:
