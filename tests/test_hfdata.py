@@ -98,12 +98,16 @@ def test_image_arrays_by_column_name(tmp_path):
 
 def test_text_dataset_is_tokenised_like_a_text_file(tmp_path):
     sentences = ["the cat sat", "  ", "a dog", "hello brave new world"]
-    rows = {"idx": ["0", "1", "2", "3"], "sentence": sentences, "label": [1, 0, 0, 1]}
+    rows = {"idx": ["0", "1", "2", "3", "4"], "sentence": [*sentences, None], "label": [1, 0, 0, 1, 0]}
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
     (tmp_path / "lines.txt").write_text("\n".join(sentences) + "\n")
     data = load_data(f"hf-dataset:{tmp_path / 'ds'}", tokenizer=toy_tokenizer, max_length=3)
     x = data.calibration.x
-    assert x["input_ids"].tolist() == [[3, 3, 3], [1, 3, 0], [5, 5, 3]]  # the blank row is skipped, 4 words cut to 3
+    assert x["input_ids"].tolist() == [
+        [3, 3, 3],
+        [1, 3, 0],
+        [5, 5, 3],
+    ]  # blank and missing rows skipped; 4 words cut to 3
     assert x["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0], [1, 1, 1]]
     assert data.calibration.y.tolist() == [1, 0, 1]  # labels stay with their rows
     from_file = load_text(tmp_path / "lines.txt", toy_tokenizer, max_length=3).calibration.x

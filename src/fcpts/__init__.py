@@ -12,6 +12,7 @@ from .allocation import ALLOCATIONS, allocate, register_allocation
 from .api import METHODS, LayerResult, PruneConfig, PruneResult, make_config, prune, register_method
 from .baselines import MagnitudeConfig
 from .batchnorm import recalibrate_batchnorm
+from .data import load_data, register_data_spec
 from .errors import FcptsError
 from .evaluate import accuracy, global_sparsity, layer_sparsity
 from .export import export, load
@@ -53,6 +54,7 @@ __all__ = [
     "layer_sparsity",
     "learn",
     "load",
+    "load_data",
     "load_model",
     "load_reference_model",
     "make_config",
@@ -61,6 +63,7 @@ __all__ = [
     "prune",
     "recalibrate_batchnorm",
     "register_allocation",
+    "register_data_spec",
     "register_importance",
     "register_method",
     "register_model_spec",

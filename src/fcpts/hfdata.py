@@ -143,11 +143,12 @@ def load_split(dataset: Any, options: DataOptions, where: str) -> Split:
         raise FcptsError(f"{where} has no rows")
     labels = None
     if columns.label is not None:
-        labels = torch.from_numpy(np.asarray(dataset[columns.label], dtype=np.int64))
-        if bool((labels < 0).any()):  # ClassLabel's -1: unlabelled rows (e.g. GLUE test splits)
-            labels = None
+        values = list(dataset[columns.label])
+        # ClassLabel's -1 (or a missing value) marks unlabelled rows, as in GLUE's test splits: no labels then.
+        if all(v is not None and v >= 0 for v in values):
+            labels = torch.tensor(values, dtype=torch.int64)
     if columns.kind == "text":
-        texts = [str(t).strip() for t in dataset[columns.input]]
+        texts = [t.strip() if isinstance(t, str) else "" for t in dataset[columns.input]]  # None: missing
         keep = [i for i, t in enumerate(texts) if t]  # blank samples are skipped, as text:FILE skips blank lines
         if not keep:
             raise FcptsError(f"{where}: text column {columns.input!r} has no non-empty samples")
