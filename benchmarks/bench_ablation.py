@@ -61,6 +61,7 @@ LEARNED = {
     "fcpts, no control loss": {"control_weight": 0.0},
     "fcpts, init=global": {"init": "global"},
     "fcpts, init=lamp": {"init": "lamp"},
+    "fcpts, refit init": {"refit_init": True},
 }
 VARIANTS = {**{b: None for b in BASELINES}, **FIXED, **LEARNED}
 
