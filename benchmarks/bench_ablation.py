@@ -139,7 +139,7 @@ def summarize(rows: list[dict[str, Any]], variants: list[str], sparsities: list[
 
 
 def markdown_table(summary: list[dict[str, Any]], sparsities: list[float]) -> str:
-    """One row per variant; per sparsity: top-1 mean ± sd over seeds, and time relative to fcpts."""
+    """One row per variant; per sparsity: top-1 mean ± sd over seeds (their number if under 3), time vs fcpts."""
     variants = list(dict.fromkeys(e["variant"] for e in summary))
     head = "| variant | " + " | ".join(f"top-1 @ {s:g}" for s in sparsities) + " | time vs fcpts |"
     lines = [head, "|---" * (len(sparsities) + 2) + "|"]
@@ -147,12 +147,37 @@ def markdown_table(summary: list[dict[str, Any]], sparsities: list[float]) -> st
         cells, ratios = [], []
         for s in sparsities:
             e = next((e for e in summary if e["variant"] == v and e["sparsity"] == s), None)
-            cells.append(f"{e['top1_mean']:.2f} ± {e['top1_sd']:.2f}" if e else "")
+            if e is None:
+                cells.append("")
+            elif e["seeds"] == 1:
+                cells.append(f"{e['top1_mean']:.2f} (1 seed)")
+            else:
+                few = f" ({e['seeds']} seeds)" if e["seeds"] < 3 else ""
+                cells.append(f"{e['top1_mean']:.2f} ± {e['top1_sd']:.2f}{few}")
             if e and e["time_ratio_mean"] is not None:
                 ratios.append(e["time_ratio_mean"])
         ratio = f"{statistics.fmean(ratios):.2f}×" if ratios else ""
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
+
+
+def combine(paths: list[Path]) -> None:
+    """One table (and the drift lines) from result files of runs with the same model and iterations."""
+    payloads = [json.loads(p.read_text()) for p in paths]
+    if len({(p["model"], p["iters"], p["calibration_samples"]) for p in payloads}) != 1:
+        raise SystemExit("the files come from runs with different models, iterations or calibration sizes")
+    rows = [r for p in payloads for r in p["rows"]]
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    sparsities = sorted({r["sparsity"] for r in rows})
+    summary = summarize(rows, variants, sparsities)
+    print(markdown_table(summary, sparsities))
+    for e in summary:
+        if "learned_sparsity_drift_mean" in e and e["variant"] in LEARNED:
+            drift, cost = e["learned_sparsity_drift_mean"], e["finalize_cost_points_mean"]
+            print(
+                f"{e['variant']} @ {e['sparsity']:g}: {e['seeds']} seeds, learned sparsity {drift:+.4f} from the"
+                f" target, the exact finalize {cost:+.2f} points"
+            )
 
 
 def main() -> None:
@@ -166,7 +191,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="seed 0, sparsity 0.9, 50 iterations")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out (same options)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ablation.json")
+    parser.add_argument(
+        "--combine", type=Path, nargs="+", metavar="JSON", help="print one table from these result files; run nothing"
+    )
     args = parser.parse_args()
+    if args.combine:
+        combine(args.combine)
+        return
     if args.quick:
         args.seeds, args.sparsities, args.iters = [0], [0.9], 50
 
