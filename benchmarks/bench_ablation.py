@@ -141,10 +141,10 @@ def summarize(rows: list[dict[str, Any]], variants: list[str], sparsities: list[
 def markdown_table(summary: list[dict[str, Any]], sparsities: list[float]) -> str:
     """One row per variant; per sparsity: top-1 mean ± sd over seeds (their number if under 3), time vs fcpts."""
     variants = list(dict.fromkeys(e["variant"] for e in summary))
-    head = "| variant | " + " | ".join(f"top-1 @ {s:g}" for s in sparsities) + " | time vs fcpts |"
-    lines = [head, "|---" * (len(sparsities) + 2) + "|"]
+    head = "| variant | " + " | ".join(f"top-1 @ {s:g}" for s in sparsities) + " | time (s) | time vs fcpts |"
+    lines = [head, "|---" * (len(sparsities) + 3) + "|"]
     for v in variants:
-        cells, ratios = [], []
+        cells, ratios, seconds = [], [], []
         for s in sparsities:
             e = next((e for e in summary if e["variant"] == v and e["sparsity"] == s), None)
             if e is None:
@@ -154,10 +154,12 @@ def markdown_table(summary: list[dict[str, Any]], sparsities: list[float]) -> st
             else:
                 few = f" ({e['seeds']} seeds)" if e["seeds"] < 3 else ""
                 cells.append(f"{e['top1_mean']:.2f} ± {e['top1_sd']:.2f}{few}")
+            if e:
+                seconds.append(e["time_s_mean"])
             if e and e["time_ratio_mean"] is not None:
                 ratios.append(e["time_ratio_mean"])
         ratio = f"{statistics.fmean(ratios):.2f}×" if ratios else ""
-        lines.append(f"| {v} | " + " | ".join(cells) + f" | {ratio} |")
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {statistics.fmean(seconds):.0f} | {ratio} |")
     return "\n".join(lines)
 
 
