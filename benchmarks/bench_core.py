@@ -68,6 +68,21 @@ def time_unit(model: torch.nn.Module, x: torch.Tensor, batch_size: int, steps: i
     return time.perf_counter() - start
 
 
+def result_row(result: fcpts.PruneResult, top1: float, unit: float) -> dict:
+    """A pruning run's measures for a benchmark row: top-1, exact counts, times, memory so far, config."""
+    return {
+        "top1": top1,
+        "achieved": result.global_sparsity,
+        "zeros": result.zeros,
+        "prunable": result.numel,
+        "time_s": result.wall_time_s,
+        "time_units": result.wall_time_s / unit,
+        "layer_sparsity": result.layer_sparsity,
+        "config": result.config,
+        "max_rss_mib": max_rss_mib(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
@@ -98,19 +113,7 @@ def main() -> None:
         for label, config in configs:
             result = fcpts.prune(model, calibration, config)
             top1 = fcpts.accuracy(result.model, test.x, test.y)
-            row = {
-                "sparsity": target,
-                "method": label,
-                "top1": top1,
-                "achieved": result.global_sparsity,
-                "zeros": result.zeros,
-                "prunable": result.numel,
-                "time_s": result.wall_time_s,
-                "time_units": result.wall_time_s / unit,
-                "layer_sparsity": result.layer_sparsity,
-                "config": result.config,
-                "max_rss_mib": max_rss_mib(),
-            }
+            row = {"sparsity": target, "method": label, **result_row(result, top1, unit)}
             rows.append(row)
             print(
                 f"  {target:<5g} {label:<20} top-1 {top1:.2%}  sparsity {result.global_sparsity:.6f}  "

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 import torch
-from bench_core import max_rss_mib, time_unit
+from bench_core import result_row, time_unit
 
 import fcpts
 import fcpts.patterns
@@ -89,21 +89,7 @@ def main() -> None:
             config = fcpts.make_config(method, target_sparsity=target, seed=args.seed, pattern=pattern, **options)
             result = fcpts.prune(model, calibration, config)
             top1 = fcpts.accuracy(result.model, test.x, test.y)
-            rows.append(
-                {
-                    "setting": setting,
-                    "method": label,
-                    "top1": top1,
-                    "achieved": result.global_sparsity,
-                    "zeros": result.zeros,
-                    "prunable": result.numel,
-                    "time_s": result.wall_time_s,
-                    "time_units": result.wall_time_s / unit,
-                    "layer_sparsity": result.layer_sparsity,
-                    "config": result.config,
-                    "max_rss_mib": max_rss_mib(),
-                }
-            )
+            rows.append({"setting": setting, "method": label, **result_row(result, top1, unit)})
             print(
                 f"  {setting:<5} {label:<18} top-1 {top1:.2%}  sparsity {result.global_sparsity:.6f}  "
                 f"{result.wall_time_s:.1f} s",
