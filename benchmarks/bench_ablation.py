@@ -34,6 +34,8 @@ import copy
 import json
 import statistics
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +64,82 @@ LEARNED = {
     "fcpts, init=global": {"init": "global"},
     "fcpts, init=lamp": {"init": "lamp"},
     "fcpts, refit init": {"refit_init": True},
+    "fcpts, refit init, rank dense": {"refit_init": True, "refit_rank": "dense"},
+    "fcpts, refit init on 128 samples": {"refit_init": True, "refit_samples": 128},  # MiniLM: the refit's cost
+    # Learn the allocation first, then reconstruct with the masks held (the issue's "allocation first").
+    "fcpts, masks frozen at 1/2": {"freeze_masks_at": 0.5},
+    # Candidates for the default: the refit makes shorter runs enough (issue: time vs SparseGPT).
+    "fcpts, refit init, 300 steps": {"refit_init": True, "iters": 300},
+    "fcpts, 300 steps": {"iters": 300},
 }
 VARIANTS = {**{b: None for b in BASELINES}, **FIXED, **LEARNED}
 
 
-def run_fcpts(
-    model: torch.nn.Module, calibration: torch.Tensor, test: Any, config: fcpts.FCPTSConfig
-) -> dict[str, Any]:
-    """prepare → learn → (evaluate at the learned sparsity) → finalize, as ``fcpts.prune`` does."""
+@dataclass
+class Task:
+    """What the ablation runs on: a model, a calibration set per seed and a score (higher is better)."""
+
+    name: str
+    model: torch.nn.Module
+    calibration: Callable[[int], Any]  # seed → calibration data (a tensor or a token dict)
+    score: Callable[[torch.nn.Module], float]
+    measure: str  # the rows' key for the score: "top1" or "mean_cosine"
+    scale: float  # the table shows score × scale (top-1 in %)
+    digits: int
+    data: str
+    batch_size: int
+
+
+def image_task(spec: str, calib_samples: int) -> Task:
+    """A Fashion-MNIST model (refcnn, refvit): top-1 on the 10k test images; seed → calibration subset."""
+    data = load_fashion_mnist()
+    test = data.evaluation
+    return Task(
+        spec,
+        fcpts.load_model(spec),
+        lambda seed: data.calibration.subset(calib_samples, seed).x,
+        lambda m: fcpts.accuracy(m, test.x, test.y),
+        "top1",
+        100.0,
+        2,
+        "fashion-mnist",
+        fcpts.FCPTSConfig.batch_size,
+    )
+
+
+def minilm_task(calib_samples: int, max_length: int, batch_size: int) -> Task:
+    """all-MiniLM-L6-v2: mean cosine to the dense embeddings on held-out fortunes; seed → calibration sentences."""
+    from fcpts.corpus import fortune_texts, split_texts
+    from fcpts.fidelity import model_fidelity
+    from fcpts.zoo import load_tokenizer
+
+    cal_text, eval_text = split_texts(fortune_texts())
+    tokenizer = load_tokenizer("minilm")
+
+    def tokens(lines: list[str]) -> dict[str, torch.Tensor]:
+        return dict(tokenizer(lines, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+
+    def calibration(seed: int) -> dict[str, torch.Tensor]:
+        order = torch.randperm(len(cal_text), generator=torch.Generator().manual_seed(seed))
+        return tokens([cal_text[i] for i in order[:calib_samples].tolist()])
+
+    held_out = tokens(eval_text)
+    dense = fcpts.load_model("minilm")
+    return Task(
+        "minilm",
+        dense,
+        calibration,
+        lambda m: model_fidelity(m, dense, held_out)["mean_cosine"],
+        "mean_cosine",
+        1.0,
+        3,
+        "fortunes-min",
+        batch_size,
+    )
+
+
+def run_fcpts(model: torch.nn.Module, calibration: Any, task: Task, config: fcpts.FCPTSConfig) -> dict[str, Any]:
+    """prepare → learn → (score at the learned sparsity) → finalize, as ``fcpts.prune`` does."""
     start = time.perf_counter()
     teacher, student = copy.deepcopy(model), copy.deepcopy(model)
     data = Calibration(calibration, config.batch_size, config.seed)
@@ -78,27 +148,27 @@ def run_fcpts(
     elapsed = time.perf_counter() - start
     with torch.no_grad():
         learned_sparsity = prepared.global_sparsity().item()
-    learned_top1 = fcpts.accuracy(prepared.model, test.x, test.y)
+    learned_score = task.score(prepared.model)
     start = time.perf_counter()
     plain = fcpts.finalize(prepared)
     elapsed += time.perf_counter() - start
     layers = fcpts.layer_sparsity(plain)
     return {
-        "top1": fcpts.accuracy(plain, test.x, test.y),
+        task.measure: task.score(plain),
         "achieved": fcpts.global_sparsity(plain),
         "zeros": sum(z for z, _ in layers.values()),
         "prunable": sum(n for _, n in layers.values()),
         "learned_sparsity": learned_sparsity,
-        "learned_top1": learned_top1,
+        f"learned_{task.measure}": learned_score,
         "time_s": elapsed,
         "layer_sparsity": {name: z / n for name, (z, n) in layers.items()},
     }
 
 
-def run_baseline(model: torch.nn.Module, calibration: torch.Tensor, test: Any, config: Any) -> dict[str, Any]:
+def run_baseline(model: torch.nn.Module, calibration: Any, task: Task, config: Any) -> dict[str, Any]:
     result = fcpts.prune(model, calibration, config)
     return {
-        "top1": fcpts.accuracy(result.model, test.x, test.y),
+        task.measure: task.score(result.model),
         "achieved": result.global_sparsity,
         "zeros": result.zeros,
         "prunable": result.numel,
@@ -107,23 +177,29 @@ def run_baseline(model: torch.nn.Module, calibration: torch.Tensor, test: Any, c
     }
 
 
-def summarize(rows: list[dict[str, Any]], variants: list[str], sparsities: list[float]) -> list[dict[str, Any]]:
-    """Mean, sample standard deviation, min and max over seeds per (sparsity, variant)."""
+def summarize(
+    rows: list[dict[str, Any]],
+    variants: list[str],
+    sparsities: list[float],
+    measure: str = "top1",
+    scale: float = 100.0,
+) -> list[dict[str, Any]]:
+    """Mean, sample standard deviation, min and max over seeds of ``scale × row[measure]`` per (sparsity, variant)."""
     out = []
     for s in sparsities:
         for v in variants:
             runs = [r for r in rows if r["sparsity"] == s and r["variant"] == v]
             if not runs:
                 continue
-            top1 = [100 * r["top1"] for r in runs]
+            scores = [scale * r[measure] for r in runs]
             entry = {
                 "sparsity": s,
                 "variant": v,
                 "seeds": len(runs),
-                "top1_mean": statistics.fmean(top1),
-                "top1_sd": statistics.stdev(top1) if len(top1) > 1 else 0.0,
-                "top1_min": min(top1),
-                "top1_max": max(top1),
+                "mean": statistics.fmean(scores),
+                "sd": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                "min": min(scores),
+                "max": max(scores),
                 "time_s_mean": statistics.fmean(r["time_s"] for r in runs),
             }
             ratios = [r["time_ratio"] for r in runs if r.get("time_ratio") is not None]
@@ -131,17 +207,19 @@ def summarize(rows: list[dict[str, Any]], variants: list[str], sparsities: list[
             drift = [r["learned_sparsity"] - s for r in runs if "learned_sparsity" in r]
             if drift:
                 entry["learned_sparsity_drift_mean"] = statistics.fmean(drift)
-                entry["finalize_cost_points_mean"] = statistics.fmean(
-                    100 * (r["learned_top1"] - r["top1"]) for r in runs
+                entry["finalize_cost_mean"] = statistics.fmean(
+                    scale * (r[f"learned_{measure}"] - r[measure]) for r in runs
                 )
             out.append(entry)
     return out
 
 
-def markdown_table(summary: list[dict[str, Any]], sparsities: list[float]) -> str:
-    """One row per variant; per sparsity: top-1 mean ± sd over seeds (their number if under 3), time vs fcpts."""
+def markdown_table(
+    summary: list[dict[str, Any]], sparsities: list[float], label: str = "top-1", digits: int = 2
+) -> str:
+    """One row per variant; per sparsity: the score's mean ± sd over seeds (their number if under 3), time vs fcpts."""
     variants = list(dict.fromkeys(e["variant"] for e in summary))
-    head = "| variant | " + " | ".join(f"top-1 @ {s:g}" for s in sparsities) + " | time (s) | time vs fcpts |"
+    head = "| variant | " + " | ".join(f"{label} @ {s:g}" for s in sparsities) + " | time (s) | time vs fcpts |"
     lines = [head, "|---" * (len(sparsities) + 3) + "|"]
     for v in variants:
         cells, ratios, seconds = [], [], []
@@ -150,10 +228,10 @@ def markdown_table(summary: list[dict[str, Any]], sparsities: list[float]) -> st
             if e is None:
                 cells.append("")
             elif e["seeds"] == 1:
-                cells.append(f"{e['top1_mean']:.2f} (1 seed)")
+                cells.append(f"{e['mean']:.{digits}f} (1 seed)")
             else:
                 few = f" ({e['seeds']} seeds)" if e["seeds"] < 3 else ""
-                cells.append(f"{e['top1_mean']:.2f} ± {e['top1_sd']:.2f}{few}")
+                cells.append(f"{e['mean']:.{digits}f} ± {e['sd']:.{digits}f}{few}")
             if e:
                 seconds.append(e["time_s_mean"])
             if e and e["time_ratio_mean"] is not None:
@@ -163,32 +241,94 @@ def markdown_table(summary: list[dict[str, Any]], sparsities: list[float]) -> st
     return "\n".join(lines)
 
 
-def combine(paths: list[Path]) -> None:
-    """One table (and the drift lines) from result files of runs with the same model and iterations."""
+def drift_lines(summary: list[dict[str, Any]], variants: Iterable[str]) -> list[str]:
+    """How far the learned sparsity ends from the target, and what the exact finalize costs, per variant."""
+    out = []
+    for e in summary:
+        if "learned_sparsity_drift_mean" in e and e["variant"] in variants:
+            drift, cost = e["learned_sparsity_drift_mean"], e["finalize_cost_mean"]
+            out.append(
+                f"{e['variant']} @ {e['sparsity']:g}: {e['seeds']} seeds, learned sparsity {drift:+.4f} from the"
+                f" target, the exact finalize {cost:+.3g}"
+            )
+    return out
+
+
+def tabulate(payload: dict[str, Any], rows: list[dict[str, Any]], variants: list[str], sparsities: list[float]) -> str:
+    """The summary and table of ``rows`` with the payload's measure (``top1`` for files without one)."""
+    measure = payload.get("measure", "top1")
+    scale, digits, label = MEASURES[measure]
+    payload["summary"] = summarize(rows, variants, sparsities, measure, scale)
+    return markdown_table(payload["summary"], sparsities, label, digits)
+
+
+#: measure → (scale, digits, column label) for the table.
+MEASURES = {"top1": (100.0, 2, "top-1"), "mean_cosine": (1.0, 3, "mean cosine")}
+
+
+def combine(paths: list[Path], plot: Path | None = None) -> None:
+    """One table (and the drift lines) from result files of runs with the same model and iterations.
+
+    With ``plot``, also draw the per-layer sparsity of the allocations there (:func:`plot_allocations`).
+    """
     payloads = [json.loads(p.read_text()) for p in paths]
     if len({(p["model"], p["iters"], p["calibration_samples"]) for p in payloads}) != 1:
         raise SystemExit("the files come from runs with different models, iterations or calibration sizes")
     rows = [r for p in payloads for r in p["rows"]]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     sparsities = sorted({r["sparsity"] for r in rows})
-    summary = summarize(rows, variants, sparsities)
-    print(markdown_table(summary, sparsities))
-    for e in summary:
-        if "learned_sparsity_drift_mean" in e and e["variant"] in LEARNED:
-            drift, cost = e["learned_sparsity_drift_mean"], e["finalize_cost_points_mean"]
-            print(
-                f"{e['variant']} @ {e['sparsity']:g}: {e['seeds']} seeds, learned sparsity {drift:+.4f} from the"
-                f" target, the exact finalize {cost:+.2f} points"
-            )
+    merged = dict(payloads[0])
+    print(tabulate(merged, rows, variants, sparsities))
+    print("\n".join(drift_lines(merged["summary"], LEARNED)))
+    if plot is not None:
+        plot_allocations(rows, merged["model"], plot)
+        print(f"wrote {plot}")
+
+
+#: The allocations drawn by ``--plot``: the ERK start, what fcpts learns from it, LAMP's rule.
+PLOTTED = ("erk fixed + rec", "fcpts", "lamp fixed + rec", "fcpts, refit init")
+
+
+def plot_allocations(rows: list[dict[str, Any]], model: str, path: Path) -> None:
+    """Per-layer sparsity (mean over seeds) of :data:`PLOTTED` variants, one panel per sparsity, to ``path``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sparsities = sorted({r["sparsity"] for r in rows})
+    variants = [v for v in PLOTTED if any(r["variant"] == v for r in rows)]
+    names = list(next(r["layer_sparsity"] for r in rows if r["variant"] in variants))
+    fig = Figure(figsize=(max(7.0, 0.45 * len(names) + 2), 3.2 * len(sparsities)), layout="constrained")
+    FigureCanvasAgg(fig)
+    width = 0.8 / len(variants)
+    for k, target in enumerate(sparsities):
+        ax = fig.add_subplot(len(sparsities), 1, k + 1)
+        for j, variant in enumerate(variants):
+            runs = [r for r in rows if r["variant"] == variant and r["sparsity"] == target]
+            if runs:
+                means = [statistics.fmean(r["layer_sparsity"][n] for r in runs) for n in names]
+                xs = [i + (j - (len(variants) - 1) / 2) * width for i in range(len(names))]
+                ax.bar(xs, means, width, label=f"{variant} ({len(runs)} seeds)")
+        ax.axhline(target, color="black", linestyle="--", linewidth=0.8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"layer sparsity @ {target:g}")
+        ax.set_xticks(range(len(names)), names if k == len(sparsities) - 1 else [], rotation=60, ha="right", fontsize=7)
+        ax.legend(fontsize=7, ncols=2, loc="upper left")
+        if k == 0:
+            ax.set_title(f"{model}: per-layer sparsity, learned (fcpts) vs fixed allocations")
+    fig.savefig(path, dpi=100)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="refcnn", help="a model spec for fcpts.load_model (Fashion-MNIST input)")
+    parser.add_argument("--model", default="refcnn", choices=["refcnn", "refvit", "minilm"])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--calib-samples", type=int, default=4096)
+    parser.add_argument(
+        "--calib-samples", type=int, default=None, help="calibration images (4096) or sentences (512 of the 591)"
+    )
     parser.add_argument("--iters", type=int, default=fcpts.FCPTSConfig.iters)
+    parser.add_argument("--batch-size", type=int, default=16, help="MiniLM only (the images use the default, 64)")
+    parser.add_argument("--max-length", type=int, default=64, help="MiniLM tokens per sentence")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="seed 0, sparsity 0.9, 50 iterations")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out (same options)")
@@ -196,18 +336,23 @@ def main() -> None:
     parser.add_argument(
         "--combine", type=Path, nargs="+", metavar="JSON", help="print one table from these result files; run nothing"
     )
+    parser.add_argument("--plot", type=Path, help="with --combine: draw the per-layer sparsities to this PNG")
     args = parser.parse_args()
     if args.combine:
-        combine(args.combine)
+        combine(args.combine, args.plot)
         return
     if args.quick:
         args.seeds, args.sparsities, args.iters = [0], [0.9], 50
 
-    data = load_fashion_mnist()
-    test = data.evaluation
-    model = fcpts.load_model(args.model)
-    dense = fcpts.accuracy(model, test.x, test.y)
-    print(f"{args.model}: dense top-1 {dense:.2%}", flush=True)
+    if args.model == "minilm":
+        args.calib_samples = args.calib_samples or 512
+        task = minilm_task(args.calib_samples, args.max_length, args.batch_size)
+    else:
+        args.calib_samples = args.calib_samples or 4096
+        task = image_task(args.model, args.calib_samples)
+    model = task.model
+    dense = task.score(model)
+    print(f"{args.model}: dense {task.measure} {dense:.4f}", flush=True)
     rows: list[dict[str, Any]] = []
     if args.resume and args.out.exists():
         previous = json.loads(args.out.read_text())
@@ -224,9 +369,11 @@ def main() -> None:
     payload: dict[str, Any] = {
         "benchmark": "ablation",
         "model": args.model,
-        "data": "fashion-mnist",
-        "dense_top1": dense,
+        "data": task.data,
+        "measure": task.measure,
+        f"dense_{task.measure}": dense,
         "calibration_samples": args.calib_samples,
+        "batch_size": task.batch_size,
         "iters": args.iters,
         "seeds": args.seeds,
         "variants": {v: VARIANTS[v] for v in args.variants},
@@ -235,7 +382,7 @@ def main() -> None:
     }
     for target in args.sparsities:
         for seed in args.seeds:
-            calibration = data.calibration.subset(args.calib_samples, seed).x
+            calibration = task.calibration(seed)
             reference_time = next(
                 (r["time_s"] for r in rows if (r["sparsity"], r["seed"], r["variant"]) == (target, seed, "fcpts")), None
             )
@@ -243,36 +390,29 @@ def main() -> None:
                 if (target, seed, variant) in done:
                     continue
                 overrides = VARIANTS[variant]
+                common = {"target_sparsity": target, "seed": seed, "batch_size": task.batch_size}
                 if overrides is None:
-                    config = fcpts.make_config(variant, target_sparsity=target, seed=seed)
-                    row = run_baseline(model, calibration, test, config)
+                    row = run_baseline(model, calibration, task, fcpts.make_config(variant, **common))
                 else:
-                    config = fcpts.FCPTSConfig(target_sparsity=target, seed=seed, iters=args.iters, **overrides)
-                    row = run_fcpts(model, calibration, test, config)
+                    options = {"iters": args.iters, **overrides}  # a variant may set its own iterations
+                    row = run_fcpts(model, calibration, task, fcpts.FCPTSConfig(**common, **options))
                 if variant == "fcpts":
                     reference_time = row["time_s"]
                 ratio = row["time_s"] / reference_time if reference_time else None
                 rows.append({"sparsity": target, "seed": seed, "variant": variant, **row, "time_ratio": ratio})
                 extra = ""
                 if "learned_sparsity" in row:
-                    extra = f"  learned S {row['learned_sparsity']:.4f} (top-1 there {row['learned_top1']:.2%})"
+                    extra = f"  learned S {row['learned_sparsity']:.4f} (there {row[f'learned_{task.measure}']:.4f})"
                 print(
-                    f"  {target:<5g} seed {seed}  {variant:<26} top-1 {row['top1']:.2%}  "
+                    f"  {target:<5g} seed {seed}  {variant:<30} {task.measure} {row[task.measure]:.4f}  "
                     f"S {row['achieved']:.6f}  {row['time_s']:.1f} s{extra}",
                     flush=True,
                 )
-                summary = summarize(rows, args.variants, args.sparsities)
-                payload.update(rows=rows, summary=summary, table=markdown_table(summary, args.sparsities))
+                payload.update(rows=rows, table=tabulate(payload, rows, args.variants, args.sparsities))
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print("\n" + payload["table"] + "\n")
-    for e in payload["summary"]:
-        if "learned_sparsity_drift_mean" in e and e["variant"] == "fcpts, no control loss":
-            drift, cost = e["learned_sparsity_drift_mean"], e["finalize_cost_points_mean"]
-            print(
-                f"no control loss @ {e['sparsity']:g}: the learned sparsity drifts by {drift:+.4f} from the target;"
-                f" the exact finalize then costs {cost:+.2f} points"
-            )
+    print("\n".join(drift_lines(payload["summary"], ["fcpts, no control loss"])))
     print(f"wrote {args.out}")
 
 

@@ -87,12 +87,16 @@ def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     monkeypatch.setattr(fcpts.method, "control_loss", control_loss)
 
 
-@pytest.mark.parametrize("data_kind", ["tensor", "dataset"])
-def test_resume_after_an_interruption_equals_an_uninterrupted_run(monkeypatch, tmp_path, calib_x, data_kind):
+@pytest.mark.parametrize(
+    ("data_kind", "extra"),
+    [("tensor", {}), ("dataset", {}), ("tensor", {"freeze_masks_at": 0.25})],  # frozen at step 6, saved at 10
+    ids=["tensor", "dataset", "masks-frozen-before-the-checkpoint"],
+)
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(monkeypatch, tmp_path, calib_x, data_kind, extra):
     data = calib_x if data_kind == "tensor" else TensorDataset(calib_x)
     torch.manual_seed(0)
     net = TinyNet()
-    options = {"target_sparsity": 0.7, "iters": 24, "batch_size": 16, "seed": 4}  # 4 batches per epoch
+    options = {"target_sparsity": 0.7, "iters": 24, "batch_size": 16, "seed": 4, **extra}  # 4 batches per epoch
     reference = fcpts.prune(net, data, fcpts.FCPTSConfig(**options))
 
     ckpt = tmp_path / "ckpt"
@@ -102,6 +106,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(monkeypatch, t
             fcpts.prune(net, data, fcpts.FCPTSConfig(**options, checkpoint_dir=ckpt, checkpoint_every=5))
     state = torch.load(ckpt / CHECKPOINT_NAME, weights_only=True)
     assert state["step"] == 10 and len(state["history"]) == 10
+    assert (state["frozen_masks"] is not None) == bool(extra)
 
     resumed = fcpts.prune(net, data, fcpts.FCPTSConfig(**options, checkpoint_dir=ckpt, checkpoint_every=5, resume=True))
     assert_same_model(resumed.model.state_dict(), reference.model.state_dict())

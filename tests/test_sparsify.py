@@ -295,3 +295,28 @@ def test_fixed_allocation_keeps_its_masks_while_the_weights_learn(calib_x):
     final = [plain[1].weight != 0, plain[3].weight != 0]
     assert all(torch.equal(a, b) for a, b in zip(initial, final, strict=True))
     assert sum(int((~m).sum()) for m in final) == target_zeros(0.75, 64 * 16 + 16 * 8)
+
+
+def test_masks_frozen_after_a_fraction_of_the_steps(calib_x):
+    """``freeze_masks_at=0.5``: thresholds learn for 10 steps, then the masks of step 10 hold to the end."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 8))
+    config = fcpts.FCPTSConfig(target_sparsity=0.75, iters=20, lr_weight=0.05, lr_threshold=0.1, freeze_masks_at=0.5)
+    prepared = fcpts.prepare(copy.deepcopy(net), 0.75)
+    history = fcpts.learn(prepared, net, Calibration(calib_x.flatten(1), 16), config)
+    before, after = [h["sparsity"] for h in history[:10]], [h["sparsity"] for h in history[10:]]
+    assert len(set(before)) > 1  # the allocation moved while it was learned
+    assert len(set(after)) == 1  # and not once the masks were frozen
+    frozen = [layer.mask.frozen_keep for layer in prepared.layers]
+    assert all(f is not None for f in frozen)
+    plain = fcpts.finalize(prepared)
+    zeros = target_zeros(0.75, 64 * 16 + 16 * 8)
+    assert sum(int((m.weight == 0).sum()) for m in (plain[1], plain[3])) == zeros
+    # finalize moves as few weights as the exact count needs: at most that many off the frozen masks
+    off = sum(int(((m.weight != 0) != f).sum()) for m, f in zip((plain[1], plain[3]), frozen, strict=True))
+    assert off == abs(sum(int((~f).sum()) for f in frozen) - zeros)
+
+
+def test_freeze_masks_at_must_be_a_fraction():
+    with pytest.raises(fcpts.FcptsError, match="freeze_masks_at"):
+        fcpts.FCPTSConfig(target_sparsity=0.5, freeze_masks_at=1.5)

@@ -70,8 +70,13 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     history: list[dict[str, float]],
     config: dict[str, Any],
+    frozen_masks: list[torch.Tensor] | None = None,
 ) -> Path:
-    """Write the training state after ``step`` completed steps to ``directory/checkpoint.pt``, atomically."""
+    """Write the training state after ``step`` completed steps to ``directory/checkpoint.pt``, atomically.
+
+    ``frozen_masks`` (one bool tensor per layer) are masks held fixed by then: they depend on the
+    weights at the moment they were frozen, so the state dict alone cannot give them back.
+    """
     directory = Path(directory)
     state = {
         "format": FORMAT,
@@ -82,6 +87,7 @@ def save_checkpoint(
         "rng": _rng_state(),
         "history": history,
         "config": config,
+        "frozen_masks": None if frozen_masks is None else [m.detach().cpu() for m in frozen_masks],
     }
     path = checkpoint_path(directory)
     tmp = None

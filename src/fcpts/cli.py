@@ -52,6 +52,8 @@ METHOD_OPTIONS = {
     "damp": "damp",
     "blocksize": "blocksize",
     "refit_init": "refit_init",
+    "refit_rank": "refit_rank",
+    "freeze_masks_at": "freeze_masks_at",
 }
 #: Steps between checkpoints when --checkpoint-dir or --resume is given without --checkpoint-every.
 DEFAULT_CHECKPOINT_EVERY = 100
@@ -158,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="fcpts: refit the kept weights layer by layer (POT's least squares) before learning (default: off)",
+    )
+    g.add_argument(
+        "--refit-rank",
+        choices=("refitted", "dense"),
+        help="with --refit-init: the thresholds rank the refitted weights (default) or the dense scores",
+    )
+    g.add_argument(
+        "--freeze-masks-at",
+        type=float,
+        metavar="FRACTION",
+        help="hold the learned masks fixed after this fraction of the iterations (default: 1, never)",
     )
     c = p.add_argument_group("checkpoints (fcpts)")
     where = c.add_mutually_exclusive_group()
