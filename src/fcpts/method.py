@@ -12,7 +12,10 @@
   intermediate modules (block-wise feature matching);
 * thresholds and the kept weights are optimised jointly (Adam); the reconstruction loss reaches
   the thresholds through a sigmoid surrogate of the mask (``threshold_grad``);
-* :func:`fcpts.sparsify.finalize` then makes the zero count exactly ``round(S* · N)``.
+* for the last 10% of the steps (``freeze_masks_at``) the masks are held at finalize's exact
+  global count, so the kept weights adapt to the final masks and :func:`fcpts.sparsify.finalize`
+  (zero count exactly ``round(S* · N)``) changes no mask; the ablation measured it against learning
+  the thresholds to the last step (README, Ablation).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from .importance import get_importance
 from .oneshot import layer_scores, prunable
 from .patterns import divides, nm_prune_flags, parse_pattern
 from .pot import refit_layers
-from .sparsify import THRESHOLD_GRADS, LayerScore, Prepared, finalize, prepare
+from .sparsify import THRESHOLD_GRADS, LayerScore, Prepared, exact_keep_masks, finalize, prepare
 
 
 @dataclass
@@ -60,7 +63,7 @@ class FCPTSConfig(PruneConfig):
     lr_threshold: float = 0.02  # Adam on log t: a relative step of ~2% per iteration at most
     lr_weight: float = 1e-3  # Adam on the kept weights (and biases, norms); 0 freezes them
     learn_thresholds: bool = True  # False: the initial masks stay fixed (reconstruction only)
-    freeze_masks_at: float = 1.0  # fraction of iters after which the learned masks are held fixed (1: never)
+    freeze_masks_at: float = 0.9  # after this fraction of iters, hold finalize's exact masks (1: learn t to the end)
     control_weight: float = 10.0  # λ
     control_loss: str = "abs"  # "abs": λ|S − S*|, "squared": λ(S − S*)²
     temperature: float = 1.0  # of the KL distillation on the outputs
@@ -388,12 +391,14 @@ def learn(
 
 
 def _hold_masks(prepared: Prepared, thresholds: list[nn.Parameter], masks: list[torch.Tensor] | None = None) -> None:
-    """Freeze every layer's mask, at its current value or at ``masks`` (a checkpoint's); t stops learning."""
-    for i, layer in enumerate(prepared.layers):
-        if masks is None:
-            layer.mask.freeze(layer.weight)
-        else:
-            layer.mask.frozen_keep = masks[i].to(layer.weight.device)
+    """Freeze every layer's mask at the exact target count, or at ``masks`` (a checkpoint's); t stops learning.
+
+    The exact count is finalize's (:func:`fcpts.sparsify.exact_keep_masks`): the remaining steps
+    reconstruct under the final masks, and finalize then changes no mask.
+    """
+    masks = exact_keep_masks(prepared) if masks is None else masks
+    for layer, keep in zip(prepared.layers, masks, strict=True):
+        layer.mask.frozen_keep = keep.to(layer.weight.device)
     for p in thresholds:
         p.requires_grad_(False)
         p.grad = None  # Adam skips a parameter without a gradient

@@ -235,6 +235,23 @@ def prepare(
     return Prepared(model, layers, target_sparsity)
 
 
+@torch.no_grad()
+def exact_keep_masks(prepared: Prepared) -> list[torch.Tensor]:
+    """Each layer's keep-mask (weight-shaped bool) with exactly ``round(S* · N)`` zeros in all.
+
+    The learned thresholds corrected by the smallest common factor: one global cut of the scores
+    ``|w| / t_l`` (:func:`fcpts.masks.exact_global_masks`; frozen masks rank their kept weights
+    first, :meth:`ThresholdMask.ranking_score`). :func:`finalize` applies them.
+    """
+    k = target_zeros(prepared.target_sparsity, prepared.total)
+    scores = [layer.mask.ranking_score(layer.weight).flatten().cpu() for layer in prepared.layers]
+    pruned = lowest_scores(scores, k)
+    return [
+        ~flags.view(layer.weight.shape).to(layer.weight.device)
+        for layer, flags in zip(prepared.layers, pruned, strict=True)
+    ]
+
+
 def finalize(prepared: Prepared) -> nn.Module:
     """Remove every threshold and return the plain model with exactly ``round(S* · N)`` zeros.
 
@@ -252,10 +269,8 @@ def finalize(prepared: Prepared) -> nn.Module:
     layers = prepared.layers
     with torch.no_grad():
         k = target_zeros(prepared.target_sparsity, prepared.total)
-        scores = [layer.mask.ranking_score(layer.weight).flatten().cpu() for layer in layers]
-        pruned = lowest_scores(scores, k)
-        for layer, flags in zip(layers, pruned, strict=True):
-            flags = flags.view(layer.weight.shape).to(layer.weight.device)
+        for layer, keep in zip(layers, exact_keep_masks(prepared), strict=True):
+            flags = ~keep
             module = layer.module
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
             # Removal re-registers ``weight`` last; put it back in place so parameters(),
