@@ -284,7 +284,8 @@ def combine(paths: list[Path], plot: Path | None = None) -> None:
     if len({(p["model"], p["iters"], p["calibration_samples"]) for p in payloads}) != 1:
         raise SystemExit("the files come from runs with different models, iterations or calibration sizes")
     rows = [r for p in payloads for r in p["rows"]]
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    present = set(r["variant"] for r in rows)
+    variants = [v for v in VARIANTS if v in present] + sorted(present - set(VARIANTS))
     sparsities = sorted({r["sparsity"] for r in rows})
     merged = dict(payloads[0])
     print(tabulate(merged, rows, variants, sparsities))

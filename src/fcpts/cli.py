@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--freeze-masks-at",
         type=float,
         metavar="FRACTION",
-        help="hold the learned masks fixed after this fraction of the iterations (default: 1, never)",
+        help="after this fraction of the iterations, hold finalize's exact masks and only reconstruct "
+        f"(default: {FCPTSConfig.freeze_masks_at}; 1 learns the thresholds to the last step, as the paper)",
     )
     c = p.add_argument_group("checkpoints (fcpts)")
     where = c.add_mutually_exclusive_group()
