@@ -315,6 +315,7 @@ def test_masks_frozen_after_a_fraction_of_the_steps(calib_x):
     assert all(torch.equal(m.weight != 0, f) for m, f in zip((plain[1], plain[3]), frozen, strict=True))
 
 
-def test_freeze_masks_at_must_be_a_fraction():
-    with pytest.raises(fcpts.FcptsError, match="freeze_masks_at"):
-        fcpts.FCPTSConfig(target_sparsity=0.5, freeze_masks_at=1.5)
+@pytest.mark.parametrize(("field", "value"), [("freeze_masks_at", 1.5), ("freeze_masks_at", -0.1), ("refit_rank", "x")])
+def test_new_fcpts_options_are_validated(field, value):
+    with pytest.raises(fcpts.FcptsError, match=field):
+        fcpts.FCPTSConfig(target_sparsity=0.5, **{field: value})
