@@ -119,20 +119,18 @@ def image_task(spec: str, calib_samples: int) -> Task:
 def minilm_task(calib_samples: int, max_length: int, batch_size: int) -> Task:
     """all-MiniLM-L6-v2: mean cosine to the dense embeddings on held-out fortunes; seed → calibration sentences."""
     from fcpts.corpus import fortune_texts, split_texts
+    from fcpts.data import tokenize
     from fcpts.fidelity import model_fidelity
     from fcpts.zoo import load_tokenizer
 
     cal_text, eval_text = split_texts(fortune_texts())
     tokenizer = load_tokenizer("minilm")
 
-    def tokens(lines: list[str]) -> dict[str, torch.Tensor]:
-        return dict(tokenizer(lines, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
-
     def calibration(seed: int) -> dict[str, torch.Tensor]:
         order = torch.randperm(len(cal_text), generator=torch.Generator().manual_seed(seed))
-        return tokens([cal_text[i] for i in order[:calib_samples].tolist()])
+        return tokenize([cal_text[i] for i in order[:calib_samples].tolist()], tokenizer, max_length)
 
-    held_out = tokens(eval_text)
+    held_out = tokenize(eval_text, tokenizer, max_length)
     dense = fcpts.load_model("minilm")
     return Task(
         "minilm",
@@ -263,12 +261,14 @@ def drift_lines(summary: list[dict[str, Any]], variants: Iterable[str]) -> list[
     return out
 
 
-def tabulate(payload: dict[str, Any], rows: list[dict[str, Any]], variants: list[str], sparsities: list[float]) -> str:
-    """The summary and table of ``rows`` with the payload's measure (``top1`` for files without one)."""
+def tabulate(
+    payload: dict[str, Any], rows: list[dict[str, Any]], variants: list[str], sparsities: list[float]
+) -> tuple[list[dict[str, Any]], str]:
+    """``(summary, table)`` of ``rows`` with the payload's measure (``top1`` for files without one)."""
     measure = payload.get("measure", "top1")
     scale, digits, label = MEASURES[measure]
-    payload["summary"] = summarize(rows, variants, sparsities, measure, scale)
-    return markdown_table(payload["summary"], sparsities, label, digits)
+    summary = summarize(rows, variants, sparsities, measure, scale)
+    return summary, markdown_table(summary, sparsities, label, digits)
 
 
 #: measure → (scale, digits, column label) for the table.
@@ -287,11 +287,11 @@ def combine(paths: list[Path], plot: Path | None = None) -> None:
     present = set(r["variant"] for r in rows)
     variants = [v for v in VARIANTS if v in present] + sorted(present - set(VARIANTS))
     sparsities = sorted({r["sparsity"] for r in rows})
-    merged = dict(payloads[0])
-    print(tabulate(merged, rows, variants, sparsities))
-    print("\n".join(drift_lines(merged["summary"], LEARNED)))
+    summary, table = tabulate(payloads[0], rows, variants, sparsities)
+    print(table)
+    print("\n".join(drift_lines(summary, LEARNED)))
     if plot is not None:
-        plot_allocations(rows, merged["model"], plot)
+        plot_allocations(rows, payloads[0]["model"], plot)
         print(f"wrote {plot}")
 
 
@@ -418,7 +418,8 @@ def main() -> None:
                     f"S {row['achieved']:.6f}  {row['time_s']:.1f} s{extra}",
                     flush=True,
                 )
-                payload.update(rows=rows, table=tabulate(payload, rows, args.variants, args.sparsities))
+                summary, table = tabulate(payload, rows, args.variants, args.sparsities)
+                payload.update(rows=rows, summary=summary, table=table)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print("\n" + payload["table"] + "\n")

@@ -32,7 +32,7 @@ import torch
 
 import fcpts
 from fcpts.corpus import fortune_texts, split_texts
-from fcpts.data import load_fashion_mnist
+from fcpts.data import load_fashion_mnist, tokenize
 from fcpts.fidelity import model_fidelity
 from fcpts.output import versions
 from fcpts.zoo import load_tokenizer
@@ -137,14 +137,16 @@ def main() -> None:
         cal_text = cal_text[: args.text_calib] if args.text_calib else cal_text
         tokenizer = load_tokenizer("minilm")
 
-        def tokens(lines: list[str]) -> dict[str, torch.Tensor]:
-            enc = tokenizer(lines, padding=True, truncation=True, max_length=args.max_length, return_tensors="pt")
-            return dict(enc)
-
-        held_out = tokens(eval_text)
+        held_out = tokenize(eval_text, tokenizer, args.max_length)
         model = fcpts.load_model("minilm")
         text = {"calibration_sentences": len(cal_text), "evaluation_sentences": len(eval_text)}
-        rows += run_rows("minilm", model, tokens(cal_text), lambda m: model_fidelity(m, model, held_out), args)
+        rows += run_rows(
+            "minilm",
+            model,
+            tokenize(cal_text, tokenizer, args.max_length),
+            lambda m: model_fidelity(m, model, held_out),
+            args,
+        )
     table = markdown_table(rows)
     print("\n" + table + "\n")
     payload = {

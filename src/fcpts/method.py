@@ -313,9 +313,8 @@ def learn(
         cached = cache_teacher_outputs(teacher, calibration, config.batch_size, TEACHER_CACHE_BYTES)
     history: list[dict[str, float]] = []
     start = 0
+    # The step that freezes the masks (none with fixed masks; at iters or beyond: never reached).
     freeze_step = math.ceil(config.freeze_masks_at * config.iters) if config.learn_thresholds else None
-    if freeze_step is not None and freeze_step >= config.iters:
-        freeze_step = None
     if config.resume:
         state = load_checkpoint(config.checkpoint_dir, config.to_dict())  # type: ignore[arg-type]
         start, history = restore_checkpoint(state, student, optimizer, scheduler)
