@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 import torch
-from bench_core import result_row, time_unit
+from bench_core import FAST, result_row, time_unit
 
 import fcpts
 import fcpts.patterns
@@ -46,10 +46,12 @@ ROWS = {
     "fcpts wanda": ("fcpts", {"importance": "wanda"}),
     "fcpts magnitude +refit": ("fcpts", {"importance": "magnitude", "refit_init": True}),
     "fcpts wanda +refit": ("fcpts", {"importance": "wanda", "refit_init": True}),
+    "fcpts fast": ("fcpts", {"importance": "magnitude", **FAST}),
+    "fcpts fast +refit": ("fcpts", {"importance": "magnitude", "refit_init": True, "refit_samples": 512, **FAST}),
 }
 #: Under N:M every allocation gives the same magnitude mask: one magnitude row.
 PATTERN_SKIP = {"global-magnitude", "erk-magnitude", "lamp-magnitude", "owl-wanda", "sparsegpt global"}
-FCPTS_ROWS = ("fcpts magnitude", "fcpts wanda", "fcpts magnitude +refit", "fcpts wanda +refit")
+FCPTS_ROWS = tuple(label for label, (method, _) in ROWS.items() if method == "fcpts")
 
 
 def main() -> None:
@@ -84,8 +86,8 @@ def main() -> None:
             if pattern is not None and label in PATTERN_SKIP:
                 continue
             method, options = ROWS[label]
-            if method == "fcpts":
-                options = {**options, "iters": args.iters}
+            if method == "fcpts":  # the command line's iterations, unless the row fixes its own (fast)
+                options = {"iters": args.iters, **options}
             config = fcpts.make_config(method, target_sparsity=target, seed=args.seed, pattern=pattern, **options)
             result = fcpts.prune(model, calibration, config)
             top1 = fcpts.accuracy(result.model, test.x, test.y)
@@ -97,7 +99,7 @@ def main() -> None:
             )
 
     table = markdown_table(rows)
-    targets = check_targets(rows, [s for s, _, _ in settings])
+    targets = check_targets(rows, [s for s, _, _ in settings], FCPTS_ROWS)
     print("\n" + table + "\n")
     for line in targets["lines"]:
         print(line)
@@ -121,37 +123,49 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def check_targets(rows: list[dict], settings: list[str]) -> dict:
-    """The issue's targets: fcpts (best importance) ≥ every other method at sparsity ≥ 0.8 (and N:M);
-    its wall time ≤ 2× SparseGPT's in the same run."""
+def check_targets(
+    rows: list[dict], settings: list[str], ours: tuple[str, ...], key: str = "setting", metric: str = "top1"
+) -> dict:
+    """The issue's targets per setting: fcpts (its best row, ``ours``) ≥ every other method at
+    sparsity ≥ 0.8 (and N:M), and a wall time ≤ 2× SparseGPT's in the same run.
+
+    Two fcpts rows are reported: the most accurate, and the fastest that still matches or beats
+    every other method (the 1000-step default and the fast recipe are different rows).
+    """
     out: dict = {"lines": []}
     for s in settings:
-        at = {r["method"]: r for r in rows if r["setting"] == s}
-        ours = [at[label] for label in FCPTS_ROWS if label in at]
-        others = [r for label, r in at.items() if label not in FCPTS_ROWS]
-        if not ours or not others:
+        at = {r["method"]: r for r in rows if str(r[key]) == s and metric in r}
+        mine = [at[label] for label in ours if label in at]
+        others = [r for label, r in at.items() if label not in ours and label != "dense"]
+        if not mine or not others:
             continue
-        best_ours = max(ours, key=lambda r: r["top1"])
-        best_other = max(others, key=lambda r: r["top1"])
+        best_ours = max(mine, key=lambda r: r[metric])
+        best_other = max(others, key=lambda r: r[metric])
         entry = {
             "fcpts_best": best_ours["method"],
-            "fcpts_top1": best_ours["top1"],
+            "fcpts_score": best_ours[metric],
             "best_other": best_other["method"],
-            "best_other_top1": best_other["top1"],
-            "margin_points": 100 * (best_ours["top1"] - best_other["top1"]),
+            "best_other_score": best_other[metric],
+            "margin": best_ours[metric] - best_other[metric],
         }
         line = (
-            f"{s}: best fcpts ({best_ours['method']}) {best_ours['top1']:.2%} vs best other ({best_other['method']}) "
-            f"{best_other['top1']:.2%}: {entry['margin_points']:+.2f} points"
+            f"{s}: best fcpts ({best_ours['method']}) {best_ours[metric]:.4f} vs best other "
+            f"({best_other['method']}) {best_other[metric]:.4f}: {entry['margin']:+.4f}"
         )
+        winners = [r for r in mine if r[metric] >= best_other[metric]]
         if "sparsegpt" in at:
-            ratio = best_ours["time_s"] / at["sparsegpt"]["time_s"]
-            entry["time_ratio_to_sparsegpt"] = ratio
-            line += f"; time {best_ours['time_s']:.1f} s = {ratio:.1f}× SparseGPT's — target ≤ 2×: " + (
-                "met" if ratio <= 2 else "NOT met"
-            )
-        if s not in ("0.5",):
-            entry["met"] = entry["margin_points"] >= 0
+            sparsegpt_s = at["sparsegpt"]["time_s"]
+            entry["time_ratio_to_sparsegpt"] = best_ours["time_s"] / sparsegpt_s
+            line += f"; its time {entry['time_ratio_to_sparsegpt']:.2f}× SparseGPT's"
+            if winners:
+                fastest = min(winners, key=lambda r: r["time_s"])
+                ratio = fastest["time_s"] / sparsegpt_s
+                entry.update(fastest_winner=fastest["method"], fastest_winner_ratio=ratio)
+                line += f"; fastest fcpts row ≥ every other: {fastest['method']}, {ratio:.2f}× SparseGPT's"
+                entry["time_met"] = ratio <= 2
+                line += f" — target ≤ 2×: {'met' if entry['time_met'] else 'NOT met'}"
+        if ":" in s or float(s) >= 0.8:  # the accuracy target: sparsity 0.8 and above, and N:M
+            entry["met"] = entry["margin"] >= 0
             line += f"; target ≥ every other method: {'met' if entry['met'] else 'NOT met'}"
         out[s] = entry
         out["lines"].append(line)

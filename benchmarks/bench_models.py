@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_core import FAST
+from bench_methods import check_targets
 
 import fcpts
 from fcpts.corpus import fortune_texts, split_texts
@@ -38,8 +40,11 @@ from fcpts.output import versions
 from fcpts.zoo import load_tokenizer
 
 
-def configs(sparsity: float, seed: int, iters: int, batch_size: int) -> list[tuple[str, Any]]:
-    """A config per registered method; ``iters`` and ``batch_size`` where the method takes them."""
+def configs(sparsity: float, seed: int, iters: int, batch_size: int, fast: bool) -> list[tuple[str, Any]]:
+    """A config per registered method; ``iters`` and ``batch_size`` where the method takes them.
+
+    ``fast`` adds the fast fcpts recipe (``bench_core.FAST``) as the row ``fcpts fast``.
+    """
     out = []
     for name, entry in sorted(fcpts.METHODS.items()):
         fields = {f.name for f in dataclasses.fields(entry.config_cls)}
@@ -47,6 +52,8 @@ def configs(sparsity: float, seed: int, iters: int, batch_size: int) -> list[tup
         if "iters" in fields:
             options["iters"] = iters
         out.append((name, fcpts.make_config(name, **options)))
+    if fast:
+        out.append(("fcpts fast", fcpts.make_config("fcpts", target_sparsity=sparsity, seed=seed, **FAST)))
     return out
 
 
@@ -55,7 +62,7 @@ def run_rows(label: str, model: torch.nn.Module, calibration: Any, score: Any, a
     rows = [{"model": label, "sparsity": 0.0, "method": "dense", **score(model), "achieved": 0.0, "time_s": 0.0}]
     print(f"{label} dense {rows[0]}", flush=True)
     for sparsity in args.sparsities:
-        for name, config in configs(sparsity, args.seed, args.iters, args.batch_size):
+        for name, config in configs(sparsity, args.seed, args.iters, args.batch_size, args.fast):
             row: dict[str, Any] = {"model": label, "sparsity": sparsity, "method": name}
             try:
                 result = fcpts.prune(model, calibration, config)
@@ -114,6 +121,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--fast", action="store_true", help="add the fast fcpts recipe (200 steps) as a row")
     parser.add_argument("--quick", action="store_true", help="smoke run: 0.5 only, 20 iters, small subsets")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -149,6 +157,14 @@ def main() -> None:
         )
     table = markdown_table(rows)
     print("\n" + table + "\n")
+    targets = {}
+    for label in dict.fromkeys(r["model"] for r in rows):
+        metric = "top1" if label == "refvit" else "mean_cosine"
+        at = [r for r in rows if r["model"] == label]
+        ours = tuple(dict.fromkeys(r["method"] for r in at if r["method"].startswith("fcpts")))
+        targets[label] = check_targets(at, [f"{s:g}" for s in args.sparsities], ours, "sparsity", metric)
+        for line in targets[label]["lines"]:
+            print(f"{label} {line}")
     payload = {
         "benchmark": "models",
         "quick": args.quick,
@@ -163,6 +179,7 @@ def main() -> None:
         "total_s": time.perf_counter() - start,
         "rows": rows,
         "table": table,
+        "targets": targets,
         "versions": versions(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+import fcpts
 from fcpts.bridge import (
     bandwidth,
     bridged_sparsity,
@@ -17,6 +19,7 @@ from fcpts.bridge import (
     scott_bandwidth,
     silverman_bandwidth,
 )
+from fcpts.masks import surrogate_masked
 from fcpts.sparsify import ThresholdMask
 
 
@@ -172,3 +175,94 @@ def test_kde_index_is_seeded():
     a = ThresholdMask(w, 0.5, kde_samples=100, generator=torch.Generator().manual_seed(5))
     b = ThresholdMask(w, 0.5, kde_samples=100, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a.kde_index, b.kde_index)
+
+
+# --- the batched bridge and the fused mask: the same values and gradients as the per-layer ops ---
+
+
+def _composite_surrogate(weight, score, t, h):
+    """The surrogate as plain autograd ops: the reference the fused :func:`surrogate_masked` must match."""
+    keep = (score > t.detach()).to(weight.dtype)
+    soft = torch.sigmoid((score.float() - t) / h).to(weight.dtype)
+    return weight * (keep + (soft - soft.detach()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_surrogate_mask_matches_the_composite_ops(dtype):
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 5, 3, generator=gen, dtype=dtype)
+    upstream = torch.randn(6, 5, 3, generator=gen, dtype=dtype)
+    h = torch.tensor(0.2)
+    grads = []
+    for fn in (surrogate_masked, _composite_surrogate):
+        weight = w.clone().requires_grad_(True)
+        log_t = torch.tensor(math.log(0.7), requires_grad=True)
+        out = fn(weight, weight.detach().abs(), log_t.exp(), h)
+        (out * upstream).sum().backward()
+        grads.append((out.detach(), weight.grad, log_t.grad))
+    (out_a, gw_a, gt_a), (out_b, gw_b, gt_b) = grads
+    assert torch.equal(out_a, out_b)  # the hard mask, bit for bit
+    assert torch.equal(gw_a, gw_b)  # the masked upstream gradient
+    assert torch.equal(gw_a == 0, w.abs() <= 0.7)
+    assert gt_a.item() == pytest.approx(gt_b.item(), rel=1e-5)
+    assert gt_a.item() != 0.0
+
+
+def test_fused_surrogate_mask_without_threshold_gradient():
+    w = torch.tensor([0.1, -0.5, 0.3], requires_grad=True)
+    out = surrogate_masked(w, w.detach().abs(), torch.tensor(0.2), torch.tensor(0.1))
+    out.sum().backward()
+    assert w.grad.tolist() == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("density", ["kde", "histogram"])
+def test_batched_global_sparsity_equals_the_sum_of_the_layer_bridges(density):
+    gen = torch.Generator().manual_seed(5)
+    net = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 20), nn.ReLU(), nn.Linear(20, 3))
+    prepared = fcpts.prepare(net, 0.7, kde_samples=500, density=density)
+    for layer in prepared.layers:  # thresholds off the initial cut, so the gradients differ per layer
+        layer.mask.log_threshold.data += 0.3 * torch.randn((), generator=gen)
+    batched = prepared.global_sparsity()
+    batched.backward()
+    grads = [p.grad.clone() for p in prepared.threshold_parameters()]
+    for p in prepared.threshold_parameters():
+        p.grad = None
+    total = prepared.total
+    pairs = zip(prepared.layer_sparsities(), prepared.layers, strict=True)
+    summed = sum(s * (layer.numel / total) for s, layer in pairs)
+    summed.backward()
+    assert batched.item() == pytest.approx(summed.item(), abs=1e-7)
+    for g, p in zip(grads, prepared.threshold_parameters(), strict=True):
+        assert g.item() == pytest.approx(p.grad.item(), rel=1e-5, abs=1e-9)
+    assert any(g.item() != 0 for g in grads)
+
+
+def test_batched_global_sparsity_with_a_frozen_layer():
+    net = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 3))
+    prepared = fcpts.prepare(net, 0.6)
+    first = prepared.layers[0]
+    first.mask.freeze(first.weight)
+    with torch.no_grad():
+        first.weight.mul_(0.0)  # the frozen mask holds whatever the weights become
+    s = prepared.global_sparsity()
+    s.backward()
+    assert first.mask.log_threshold.grad is None  # a frozen layer's threshold no longer decides
+    assert prepared.layers[1].mask.log_threshold.grad is not None
+    pairs = zip(prepared.layer_sparsities(), prepared.layers, strict=True)
+    expected = sum(ls.item() * layer.numel for ls, layer in pairs)
+    assert s.item() == pytest.approx(expected / prepared.total, abs=1e-7)
+
+
+@pytest.mark.parametrize("rule", ["silverman", "scott", 0.05])
+def test_refresh_bandwidths_matches_each_layer_alone(rule):
+    net = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 5), nn.Linear(5, 2))
+    prepared = fcpts.prepare(net, 0.5, kde_samples=1000, bandwidth_rule=rule)
+    prepared.refresh_bandwidths()
+    for layer in prepared.layers:
+        assert layer.mask.bandwidth_current(layer.weight)
+        alone = bandwidth(layer.mask.kde_values(layer.weight.detach().abs()), rule)
+        assert layer.mask.bandwidth_of(layer.weight).item() == pytest.approx(alone.item(), rel=1e-6)
+    with torch.no_grad():
+        prepared.layers[0].weight.mul_(2.0)  # an in-place step makes that layer's bandwidth stale
+    assert not prepared.layers[0].mask.bandwidth_current(prepared.layers[0].weight)
+    assert prepared.layers[1].mask.bandwidth_current(prepared.layers[1].weight)

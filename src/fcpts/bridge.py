@@ -14,6 +14,11 @@ represented by a fixed random subsample of ``m`` weights.
 
 A histogram density (:func:`histogram_cdf`, bins of the same variance as the kernel) is the
 ablation's alternative: :data:`SMOOTH_CDFS` names both.
+
+Every smoothed CDF is the mean of a per-sample term (:data:`CDF_TERMS`), so the bridge of all
+layers at once (:func:`bridged_global_sparsity`) is one vectorised pass over every layer's samples
+concatenated, with per-layer means by ``index_add``: a handful of tensor ops per training step
+instead of a handful per layer (a model has tens to hundreds of layers; the ops are tiny).
 """
 
 from __future__ import annotations
@@ -27,30 +32,32 @@ _SQRT2 = math.sqrt(2.0)
 
 
 def _std(samples: torch.Tensor) -> torch.Tensor:
-    """Sample standard deviation; 0 for a single sample (a 1-weight layer), not NaN and a warning."""
-    return samples.std() if samples.numel() > 1 else torch.zeros((), dtype=samples.dtype, device=samples.device)
+    """Sample standard deviation over the last dim; 0 for a single sample (a 1-weight layer), not NaN."""
+    if samples.shape[-1] > 1:
+        return samples.std(dim=-1)
+    return torch.zeros(samples.shape[:-1], dtype=samples.dtype, device=samples.device)
 
 
 def silverman_bandwidth(samples: torch.Tensor) -> torch.Tensor:
-    """Silverman's rule of thumb: ``0.9 · min(σ, IQR / 1.34) · m^(-1/5)``.
+    """Silverman's rule of thumb: ``0.9 · min(σ, IQR / 1.34) · m^(-1/5)``, over the last dim of (..., m).
 
     >>> round(silverman_bandwidth(torch.linspace(0, 1, 101)).item(), 4)
     0.1048
     """
-    q = torch.quantile(samples, torch.tensor([0.25, 0.75], dtype=samples.dtype, device=samples.device))
+    q = torch.quantile(samples, torch.tensor([0.25, 0.75], dtype=samples.dtype, device=samples.device), dim=-1)
     std = _std(samples)
     spread = torch.minimum(std, (q[1] - q[0]) / 1.34)
     spread = torch.where(spread > 0, spread, std)  # IQR of 0 with a spread-out tail
-    return 0.9 * spread * samples.numel() ** -0.2
+    return 0.9 * spread * samples.shape[-1] ** -0.2
 
 
 def scott_bandwidth(samples: torch.Tensor) -> torch.Tensor:
-    """Scott's rule: ``1.06 · σ · m^(-1/5)``.
+    """Scott's rule: ``1.06 · σ · m^(-1/5)``, over the last dim of (..., m).
 
     >>> round(scott_bandwidth(torch.linspace(0, 1, 101)).item(), 4)
     0.1234
     """
-    return 1.06 * _std(samples) * samples.numel() ** -0.2
+    return 1.06 * _std(samples) * samples.shape[-1] ** -0.2
 
 
 BANDWIDTH_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -60,22 +67,33 @@ BANDWIDTH_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def bandwidth(samples: torch.Tensor, rule: str | float) -> torch.Tensor:
-    """The KDE bandwidth for ``samples`` (m,): a rule name from :data:`BANDWIDTH_RULES` or a number.
+    """The KDE bandwidth for ``samples`` (m,), or for each row of (..., m): a rule name from
+    :data:`BANDWIDTH_RULES` or a number.
 
     Never zero: a degenerate sample (all equal) falls back to a small fraction of its magnitude.
+
+    >>> x = torch.linspace(0, 1, 101)
+    >>> rows = bandwidth(torch.stack([x, 2 * x]), "silverman")  # (2,): one per row
+    >>> torch.allclose(rows, torch.stack([bandwidth(x, "silverman"), bandwidth(2 * x, "silverman")]))
+    True
     """
     if isinstance(rule, str):
         if rule not in BANDWIDTH_RULES:
             raise ValueError(f"unknown bandwidth rule {rule!r}; choose from {sorted(BANDWIDTH_RULES)} or a number")
         h = BANDWIDTH_RULES[rule](samples)
     else:
-        h = torch.as_tensor(float(rule), dtype=samples.dtype, device=samples.device)
-    floor = 1e-3 * samples.abs().mean() + torch.finfo(samples.dtype).tiny
+        h = torch.full(samples.shape[:-1], float(rule), dtype=samples.dtype, device=samples.device)
+    floor = 1e-3 * samples.abs().mean(dim=-1) + torch.finfo(samples.dtype).tiny
     return torch.maximum(h, floor)
 
 
 def _normal_cdf(z: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(z / _SQRT2))
+
+
+def kde_terms(t: torch.Tensor, samples: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Each sample's share of the reflected KDE's CDF: ``Φ((t − x)/h) − Φ((−t − x)/h)`` (broadcast)."""
+    return _normal_cdf((t - samples) / h) - _normal_cdf((-t - samples) / h)
 
 
 def kde_cdf(t: torch.Tensor, samples: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -86,7 +104,7 @@ def kde_cdf(t: torch.Tensor, samples: torch.Tensor, h: torch.Tensor) -> torch.Te
     >>> kde_cdf(torch.tensor(0.0), x, h).item(), round(kde_cdf(torch.tensor(2.0), x, h).item(), 3)
     (0.0, 0.5)
     """
-    return (_normal_cdf((t - samples) / h) - _normal_cdf((-t - samples) / h)).mean()
+    return kde_terms(t, samples, h).mean()
 
 
 def kde_density(t: torch.Tensor, samples: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -107,17 +125,27 @@ def histogram_cdf(t: torch.Tensor, samples: torch.Tensor, h: torch.Tensor) -> to
     >>> [round(histogram_cdf(torch.tensor(t), x, h).item(), 3) for t in (0.25, 0.5, 0.75)]
     [0.375, 0.75, 0.875]
     """
+    return histogram_terms(t, samples, h).mean()
+
+
+def histogram_terms(t: torch.Tensor, samples: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Each sample's share of :func:`histogram_cdf`: 1 below ``t``'s bin, ``(t − lo)/w`` inside it (broadcast)."""
     width = h * math.sqrt(12.0)
     lo = torch.floor(t.detach() / width) * width  # left edge of t's bin (no gradient: a step)
-    below = (samples < lo).float().mean()
-    inside = ((samples >= lo) & (samples < lo + width)).float().mean()
-    return below + inside * (t - lo) / width
+    inside = (samples >= lo) & (samples < lo + width)
+    return (samples < lo).to(samples.dtype) + inside.to(samples.dtype) * (t - lo) / width
 
 
 #: Smoothed CDFs of the magnitudes, ``cdf(t, samples, h)``: their slope is the bridge's ds/dt.
 SMOOTH_CDFS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "kde": kde_cdf,
     "histogram": histogram_cdf,
+}
+
+#: The per-sample terms whose mean is each of :data:`SMOOTH_CDFS` (same names), for the batched bridge.
+CDF_TERMS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "kde": kde_terms,
+    "histogram": histogram_terms,
 }
 
 
@@ -143,3 +171,33 @@ def bridged_sparsity(
     exact = (weight.detach().abs() <= threshold.detach()).float().mean()
     smooth = cdf(threshold, samples.detach(), h.detach())
     return exact + (smooth - smooth.detach())
+
+
+def bridged_global_sparsity(
+    exact: torch.Tensor,
+    thresholds: torch.Tensor,
+    samples: torch.Tensor,
+    index: torch.Tensor,
+    h: torch.Tensor,
+    shares: torch.Tensor,
+    terms: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = kde_terms,
+) -> torch.Tensor:
+    """``Σ_l shares_l · s_l``: the exact value, and for each layer the gradient of :func:`bridged_sparsity`.
+
+    All layers in one pass. ``exact`` (L,) are the layers' exact sparsities, ``thresholds`` and
+    ``h`` (L,) their thresholds and bandwidths, ``samples`` (M,) every layer's KDE samples
+    concatenated, ``index`` (M,) the layer of each sample, ``shares`` (L,) the weights of the sum
+    (``n_l / N``: the global sparsity); ``terms`` the smoothed CDF's per-sample terms (:data:`CDF_TERMS`).
+
+    >>> x = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    >>> t = torch.tensor([0.25, 0.25], requires_grad=True)
+    >>> index = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])  # two layers of the same 4 magnitudes
+    >>> exact, h, shares = torch.tensor([0.5, 0.5]), torch.tensor([0.1, 0.1]), torch.tensor([0.25, 0.75])
+    >>> s = bridged_global_sparsity(exact, t, torch.cat([x, x]), index, h, shares)
+    >>> s.item(), s.backward(), [round(g, 3) for g in t.grad.tolist()]
+    (0.5, None, [0.603, 1.808])
+    """
+    per_sample = terms(thresholds[index], samples.detach(), h.detach()[index])  # (M,)
+    counts = torch.bincount(index, minlength=exact.numel()).to(per_sample.dtype)  # (L,) samples per layer
+    smooth = torch.zeros_like(exact).index_add(0, index, per_sample) / counts  # (L,) each layer's smoothed CDF
+    return (shares * (exact + (smooth - smooth.detach()))).sum()

@@ -20,11 +20,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .allocation import allocate
-from .bridge import SMOOTH_CDFS, bandwidth, bridged_sparsity
+from .bridge import CDF_TERMS, SMOOTH_CDFS, bandwidth, bridged_global_sparsity, bridged_sparsity
 from .checks import check_finite
 from .errors import FcptsError
 from .layers import LayerFilter, default_layer_filter, prunable_layers
-from .masks import lowest_scores, target_zeros, threshold_for_sparsity
+from .masks import lowest_scores, surrogate_masked, target_zeros, threshold_for_sparsity
 
 #: How the reconstruction loss reaches the thresholds: not at all, or through a sigmoid surrogate.
 THRESHOLD_GRADS = ("none", "surrogate")
@@ -92,15 +92,31 @@ class ThresholdMask(nn.Module):
         """What the threshold applies to: ``|W|``, or ``score_fn(W)`` (weight-shaped, detached)."""
         return weight.detach().abs() if self.score_fn is None else self.score_fn(weight.detach())
 
+    def kde_values(self, score: torch.Tensor) -> torch.Tensor:
+        """The KDE subsample (m,) of a weight-shaped ``score``, as float32 magnitudes."""
+        return score.flatten()[self.kde_index].abs().float()
+
     def _samples(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        samples = self.score(weight).flatten()[self.kde_index].abs().float()  # (m,)
-        # The bandwidth (a quantile: a sort of m values) is needed twice per step, by the surrogate
-        # and by the bridge; recompute it only when the weights changed (in-place optimizer steps
-        # bump the tensor's version counter).
-        key = (weight.data_ptr(), weight._version)
-        if self._bandwidth_key != key:
-            self._bandwidth, self._bandwidth_key = bandwidth(samples, self.bandwidth_rule), key
-        return samples, self._bandwidth
+        return self.kde_values(self.score(weight)), self.bandwidth_of(weight)  # (m,), scalar
+
+    def bandwidth_of(self, weight: torch.Tensor) -> torch.Tensor:
+        """The KDE bandwidth of ``weight``'s scores (scalar), cached until the weights change.
+
+        It (a quantile: a sort of m values) is needed twice per step, by the surrogate and by the
+        bridge; in-place optimizer steps bump the tensor's version counter, which invalidates it.
+        :meth:`Prepared.refresh_bandwidths` fills it for all layers at once.
+        """
+        if not self.bandwidth_current(weight):
+            self.set_bandwidth(weight, bandwidth(self.kde_values(self.score(weight)), self.bandwidth_rule))
+        return self._bandwidth
+
+    def bandwidth_current(self, weight: torch.Tensor) -> bool:
+        """Whether the cached bandwidth belongs to ``weight`` as it is now."""
+        return self._bandwidth_key == (weight.data_ptr(), weight._version)
+
+    def set_bandwidth(self, weight: torch.Tensor, h: torch.Tensor) -> None:
+        """Cache ``h`` (scalar) as the bandwidth of ``weight`` at its current version."""
+        self._bandwidth, self._bandwidth_key = h, (weight.data_ptr(), weight._version)
 
     @torch.no_grad()
     def freeze(self, weight: torch.Tensor) -> None:
@@ -124,12 +140,10 @@ class ThresholdMask(nn.Module):
         if self.frozen_keep is not None:
             return weight * self.frozen_keep.to(weight.dtype)
         score = self.score(weight)
-        keep = (score > t.detach()).to(weight.dtype)
         if self.threshold_grad == "surrogate" and torch.is_grad_enabled() and t.requires_grad:
             _, h = self._samples(weight)
-            soft = torch.sigmoid((score.float() - t) / h).to(weight.dtype)
-            keep = keep + (soft - soft.detach())  # value: hard mask; gradient: d soft / d t
-        return weight * keep
+            return surrogate_masked(weight, score, t, h)  # value: hard mask; t's gradient: σ((score − t)/h)
+        return weight * (score > t.detach()).to(weight.dtype)
 
     def sparsity(self, weight: torch.Tensor) -> torch.Tensor:
         """This layer's exact sparsity at ``t``, differentiable in ``log_threshold`` via the density."""
@@ -181,9 +195,49 @@ class Prepared:
         return [layer.mask.sparsity(layer.weight) for layer in self.layers]
 
     def global_sparsity(self) -> torch.Tensor:
-        """``S(t) = Σ n_l s_l / Σ n_l``: exact value, differentiable in the thresholds."""
-        sparsities = self.layer_sparsities()
-        return sum(s * (layer.numel / self.total) for s, layer in zip(sparsities, self.layers, strict=True))
+        """``S(t) = Σ n_l s_l / Σ n_l``: exact value, differentiable in the thresholds.
+
+        The same value and gradients as summing :meth:`layer_sparsities`, in one vectorised bridge
+        for all layers that still learn (:func:`fcpts.bridge.bridged_global_sparsity`); a frozen
+        layer adds a constant.
+        """
+        total = self.total
+        value = torch.zeros((), device=self.layers[0].weight.device)
+        learning: dict[str, list[PreparedLayer]] = {}  # density → the layers whose threshold decides
+        for layer in self.layers:
+            if layer.mask.frozen_keep is None:
+                learning.setdefault(layer.mask.density, []).append(layer)
+            else:
+                value = value + layer.mask.sparsity(layer.weight).to(value.device) * (layer.numel / total)
+        for density, layers in learning.items():
+            self.refresh_bandwidths(layers)  # one batched quantile instead of one per layer
+            scores = [layer.mask.score(layer.weight) for layer in layers]
+            t = torch.stack([layer.mask.log_threshold for layer in layers]).exp()  # (L,)
+            exact = torch.stack([(s <= tl).float().mean() for s, tl in zip(scores, t.detach(), strict=True)])
+            samples = [layer.mask.kde_values(s) for layer, s in zip(layers, scores, strict=True)]
+            lengths = torch.tensor([len(x) for x in samples], device=t.device)
+            index = torch.repeat_interleave(torch.arange(len(layers), device=t.device), lengths)  # (M,) sample → layer
+            h = torch.stack([layer.mask.bandwidth_of(layer.weight) for layer in layers]).float()  # (L,)
+            shares = torch.tensor([layer.numel / total for layer in layers], device=t.device)
+            value = value + bridged_global_sparsity(exact, t, torch.cat(samples), index, h, shares, CDF_TERMS[density])
+        return value
+
+    @torch.no_grad()
+    def refresh_bandwidths(self, layers: Sequence[PreparedLayer] | None = None) -> None:
+        """Recompute the stale KDE bandwidths of ``layers`` (default: all), batched by sample size and rule.
+
+        The same bandwidths each layer would compute for itself (up to float rounding), with one
+        quantile over a (layers, m) stack instead of one per layer.
+        """
+        groups: dict[tuple[int, str | float], list[PreparedLayer]] = {}
+        for layer in self.layers if layers is None else layers:
+            if not layer.mask.bandwidth_current(layer.weight):
+                key = (layer.mask.kde_index.numel(), layer.mask.bandwidth_rule)
+                groups.setdefault(key, []).append(layer)
+        for (_, rule), group in groups.items():
+            stacked = torch.stack([layer.mask.kde_values(layer.mask.score(layer.weight)) for layer in group])  # (G, m)
+            for layer, h in zip(group, bandwidth(stacked, rule), strict=True):
+                layer.mask.set_bandwidth(layer.weight, h)
 
 
 def prepare(
