@@ -12,6 +12,7 @@ later appear automatically), all on the same calibration data and seed.
   rest calibrate (:mod:`fcpts.corpus`): disjoint.
 
     python benchmarks/bench_models.py                 # full: 0.5, 0.7, 0.8; long on 2 CPU cores
+    python benchmarks/bench_models.py --models refvit --sparsities 0.5 0.7 0.8 0.9 0.95 --patterns 2:4 --fast
     python benchmarks/bench_models.py --quick         # smoke: 0.5 only, few iterations, subsets
 
 Prints a Markdown table and writes JSON (default: benchmarks/results/models.json, or
@@ -30,9 +31,10 @@ from typing import Any
 
 import torch
 from bench_core import FAST
-from bench_methods import check_targets
+from bench_methods import PATTERN_SKIP, check_targets
 
 import fcpts
+import fcpts.patterns
 from fcpts.corpus import fortune_texts, split_texts
 from fcpts.data import load_fashion_mnist, tokenize
 from fcpts.fidelity import model_fidelity
@@ -40,30 +42,47 @@ from fcpts.output import versions
 from fcpts.zoo import load_tokenizer
 
 
-def configs(sparsity: float, seed: int, iters: int, batch_size: int, fast: bool) -> list[tuple[str, Any]]:
+def configs(
+    sparsity: float, pattern: str | None, seed: int, iters: int, batch_size: int, fast: bool
+) -> list[tuple[str, Any]]:
     """A config per registered method; ``iters`` and ``batch_size`` where the method takes them.
 
-    ``fast`` adds the fast fcpts recipe (``bench_core.FAST``) as the row ``fcpts fast``.
+    With an N:M ``pattern``, the methods that only differ by allocation are left out (every
+    allocation gives the same N:M mask). ``fast`` adds the fast fcpts recipe (``bench_core.FAST``,
+    at the library's default batch size) as the row ``fcpts fast``.
     """
     out = []
+    common: dict[str, Any] = {"target_sparsity": sparsity, "seed": seed, "pattern": pattern}
     for name, entry in sorted(fcpts.METHODS.items()):
+        if pattern is not None and name in PATTERN_SKIP:
+            continue
         fields = {f.name for f in dataclasses.fields(entry.config_cls)}
-        options: dict[str, Any] = {"target_sparsity": sparsity, "seed": seed, "batch_size": batch_size}
+        options: dict[str, Any] = {**common, "batch_size": batch_size}
         if "iters" in fields:
             options["iters"] = iters
         out.append((name, fcpts.make_config(name, **options)))
     if fast:
-        out.append(("fcpts fast", fcpts.make_config("fcpts", target_sparsity=sparsity, seed=seed, **FAST)))
+        out.append(("fcpts fast", fcpts.make_config("fcpts", **common, **FAST)))
+    return out
+
+
+def settings(args: argparse.Namespace) -> list[tuple[str, float, str | None]]:
+    """``(label, target sparsity, pattern)`` for every ``--sparsities`` and ``--patterns`` entry."""
+    out: list[tuple[str, float, str | None]] = [(f"{s:g}", s, None) for s in args.sparsities]
+    for p in args.patterns:
+        n, m = fcpts.patterns.parse_pattern(p)
+        out.append((p, n / m, p))
     return out
 
 
 def run_rows(label: str, model: torch.nn.Module, calibration: Any, score: Any, args: argparse.Namespace) -> list[dict]:
     """Prune ``model`` with every method at every sparsity; ``score(model) -> dict`` of the measures."""
-    rows = [{"model": label, "sparsity": 0.0, "method": "dense", **score(model), "achieved": 0.0, "time_s": 0.0}]
+    dense = {"model": label, "setting": "dense", "sparsity": 0.0, "method": "dense", **score(model)}
+    rows = [{**dense, "achieved": 0.0, "time_s": 0.0}]
     print(f"{label} dense {rows[0]}", flush=True)
-    for sparsity in args.sparsities:
-        for name, config in configs(sparsity, args.seed, args.iters, args.batch_size, args.fast):
-            row: dict[str, Any] = {"model": label, "sparsity": sparsity, "method": name}
+    for setting, sparsity, pattern in settings(args):
+        for name, config in configs(sparsity, pattern, args.seed, args.iters, args.batch_size, args.fast):
+            row: dict[str, Any] = {"model": label, "setting": setting, "sparsity": sparsity, "method": name}
             try:
                 result = fcpts.prune(model, calibration, config)
             except Exception as exc:  # a method that fails on a model is a row saying so, not a lost run
@@ -79,7 +98,7 @@ def run_rows(label: str, model: torch.nn.Module, calibration: Any, score: Any, a
                     config=result.config,
                 )
             rows.append(row)
-            print(f"  {label} {sparsity:g} {name:<20} {_measures(row)}", flush=True)
+            print(f"  {label} {setting} {name:<20} {_measures(row)}", flush=True)
     return rows
 
 
@@ -90,21 +109,25 @@ def _measures(row: dict) -> str:
     return ", ".join(parts) + f", sparsity {row['achieved']:.6f}, {row['time_s']:.1f} s"
 
 
+def _setting(row: dict) -> str:
+    """A row's setting label: the sparsity, or the N:M pattern (results written before patterns: sparsity)."""
+    return row.get("setting", f"{row['sparsity']:g}")
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| model | sparsity | method | top-1 | mean cosine | recall@1 | achieved | time (s) |",
+        "| model | setting | method | top-1 | mean cosine | recall@1 | achieved | time (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['sparsity']:g} | {r['method']} | error: {r['error'][:60]} |||||")
+            lines.append(f"| {r['model']} | {_setting(r)} | {r['method']} | error: {r['error'][:60]} |||||")
             continue
         cells = [f"{100 * r['top1']:.2f}" if "top1" in r else ""]
         cells += [f"{r[k]:.4f}" if k in r else "" for k in ("mean_cosine", "recall_at_1")]
         time_s = f"{r['time_s']:.1f}" if r["method"] != "dense" else ""
         lines.append(
-            f"| {r['model']} | {r['sparsity']:g} | {r['method']} | {' | '.join(cells)} | {r['achieved']:.6f} "
-            f"| {time_s} |"
+            f"| {r['model']} | {_setting(r)} | {r['method']} | {' | '.join(cells)} | {r['achieved']:.6f} | {time_s} |"
         )
     return "\n".join(lines)
 
@@ -112,6 +135,7 @@ def markdown_table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8])
+    parser.add_argument("--patterns", nargs="*", default=[], help="N:M patterns, e.g. 2:4 (default: none)")
     parser.add_argument("--models", nargs="+", default=["refvit", "minilm"], choices=["refvit", "minilm"])
     parser.add_argument("--iters", type=int, default=fcpts.FCPTSConfig.iters)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -162,13 +186,14 @@ def main() -> None:
         metric = "top1" if label == "refvit" else "mean_cosine"
         at = [r for r in rows if r["model"] == label]
         ours = tuple(dict.fromkeys(r["method"] for r in at if r["method"].startswith("fcpts")))
-        targets[label] = check_targets(at, [f"{s:g}" for s in args.sparsities], ours, "sparsity", metric)
+        targets[label] = check_targets(at, [name for name, _, _ in settings(args)], ours, "setting", metric)
         for line in targets[label]["lines"]:
             print(f"{label} {line}")
     payload = {
         "benchmark": "models",
         "quick": args.quick,
         "sparsities": args.sparsities,
+        "patterns": args.patterns,
         "iters": args.iters,
         "batch_size": args.batch_size,
         "vit_calibration_images": args.vit_calib,

@@ -469,10 +469,11 @@ def test_histogram_density_through_the_cli(run_cli, tmp_path, model_file, npz_fi
 
 def test_refit_rank_and_mask_freeze_through_the_cli(run_cli, tmp_path, model_file, npz_file):
     out = tmp_path / "out"
-    flags = ("--refit-init", "--refit-rank", "dense", "--freeze-masks-at", "0.5")
+    flags = ("--refit-init", "--refit-rank", "dense", "--refit-samples", "16", "--freeze-masks-at", "0.5")
     code, _, stderr = run_cli(*tiny_args(model_file, npz_file, out, *flags))
     assert code == 0, stderr
     report = json.loads((out / "report.json").read_text())
     config = report["config"]
     assert (config["refit_init"], config["refit_rank"], config["freeze_masks_at"]) == (True, "dense", 0.5)
+    assert config["refit_samples"] == 16
     assert report["zeros"] == round(0.6 * report["prunable_weights"])

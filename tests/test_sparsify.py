@@ -315,7 +315,10 @@ def test_masks_frozen_after_a_fraction_of_the_steps(calib_x):
     assert all(torch.equal(m.weight != 0, f) for m, f in zip((plain[1], plain[3]), frozen, strict=True))
 
 
-@pytest.mark.parametrize(("field", "value"), [("freeze_masks_at", 1.5), ("freeze_masks_at", -0.1), ("refit_rank", "x")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("freeze_masks_at", 1.5), ("freeze_masks_at", -0.1), ("refit_rank", "x"), ("refit_samples", -1)],
+)
 def test_new_fcpts_options_are_validated(field, value):
     with pytest.raises(fcpts.FcptsError, match=field):
         fcpts.FCPTSConfig(target_sparsity=0.5, **{field: value})

@@ -53,6 +53,7 @@ METHOD_OPTIONS = {
     "blocksize": "blocksize",
     "refit_init": "refit_init",
     "refit_rank": "refit_rank",
+    "refit_samples": "refit_samples",
     "freeze_masks_at": "freeze_masks_at",
 }
 #: Steps between checkpoints when --checkpoint-dir or --resume is given without --checkpoint-every.
@@ -165,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--refit-rank",
         choices=("refitted", "dense"),
         help="with --refit-init: the thresholds rank the refitted weights (default) or the dense scores",
+    )
+    g.add_argument(
+        "--refit-samples",
+        type=int,
+        metavar="N",
+        help=f"with --refit-init: calibration samples the refit reads, 0 all (default: {FCPTSConfig.refit_samples})",
     )
     g.add_argument(
         "--freeze-masks-at",

@@ -104,6 +104,8 @@ class FCPTSConfig(PruneConfig):
             raise FcptsError(f"freeze_masks_at must be in [0, 1], got {self.freeze_masks_at!r}")
         if self.refit_rank not in ("dense", "refitted"):
             raise FcptsError(f"refit_rank must be 'dense' or 'refitted', got {self.refit_rank!r}")
+        if self.refit_samples < 0:
+            raise FcptsError(f"refit_samples must be ≥ 0 (0: all), got {self.refit_samples}")
         if self.kde_samples < 2:
             raise FcptsError(f"kde_samples must be ≥ 2, got {self.kde_samples}")
         get_importance(self.importance)
