@@ -6,13 +6,14 @@ the paper, and under the global-magnitude allocation: much stronger on a CNN who
 cannot lose 80% of its weights), POT-style layer-wise calibration (magnitude, per-layer
 least-squares refit), and fcpts thresholding ``|W|`` (the paper) and the Wanda score
 (``importance="wanda"``), each also started from POT's refit of the kept weights
-(``refit_init=True``, on 1024 of the calibration images). Each at global sparsity 0.5, 0.8, 0.9,
-0.95 and with the 2:4 pattern
+(``refit_init=True``, on 1024 of the calibration images), and the fast recipe (``bench_core.FAST``:
+200 steps at ``lr_weight`` 2e-3; plain, and with the refit on 512 images). Each at global sparsity
+0.5, 0.8, 0.9, 0.95 and with the 2:4 pattern
 (magnitude there: uniform only, as every allocation gives the same N:M mask). Top-1 on the 10k
 test set, prune wall time, and the time in units of 100 dense training steps measured in the run.
 
     python benchmarks/bench_methods.py            # the full run
-    python benchmarks/bench_methods.py --quick    # fcpts at 100 iterations, sparsity 0.8 and 2:4 only
+    python benchmarks/bench_methods.py --quick    # fcpts at 100 iterations (fast rows: 200), 0.8 and 2:4 only
 
 Prints a Markdown table and the issue's targets; writes JSON (default: benchmarks/results/methods.json).
 """
