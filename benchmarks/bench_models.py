@@ -134,7 +134,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8])
+    parser.add_argument("--sparsities", type=float, nargs="*", default=[0.5, 0.7, 0.8])
     parser.add_argument("--patterns", nargs="*", default=[], help="N:M patterns, e.g. 2:4 (default: none)")
     parser.add_argument("--models", nargs="+", default=["refvit", "minilm"], choices=["refvit", "minilm"])
     parser.add_argument("--iters", type=int, default=fcpts.FCPTSConfig.iters)
