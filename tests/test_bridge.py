@@ -266,3 +266,16 @@ def test_refresh_bandwidths_matches_each_layer_alone(rule):
         prepared.layers[0].weight.mul_(2.0)  # an in-place step makes that layer's bandwidth stale
     assert not prepared.layers[0].mask.bandwidth_current(prepared.layers[0].weight)
     assert prepared.layers[1].mask.bandwidth_current(prepared.layers[1].weight)
+
+
+def test_refresh_bandwidths_skips_frozen_masks():
+    net = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4))
+    prepared = fcpts.prepare(net, 0.5)
+    frozen, learning = prepared.layers
+    frozen.mask.freeze(frozen.weight)
+    with torch.no_grad():  # an optimizer step: every cached bandwidth is stale
+        for layer in prepared.layers:
+            layer.weight.mul_(2.0)
+    prepared.refresh_bandwidths()
+    assert not frozen.mask.bandwidth_current(frozen.weight)  # a frozen mask reads no bandwidth
+    assert learning.mask.bandwidth_current(learning.weight)

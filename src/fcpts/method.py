@@ -332,8 +332,8 @@ def learn(
         for step in tqdm(steps, desc="fcpts", initial=start, total=config.iters, disable=disable, leave=False):
             if step == freeze_step:  # allocation learned: the remaining steps only reconstruct
                 _hold_masks(prepared, thresholds)
-            # The weights changed in the last step: every layer's KDE bandwidth at once, before the
-            # forward pass's surrogate masks and the bridge read them.
+            # The weights changed in the last step: every learning layer's KDE bandwidth at once,
+            # before the forward pass's surrogate masks and the bridge read them.
             prepared.refresh_bandwidths()
             inputs, index = next(stream)
             total = batch_size_of(inputs)

@@ -224,13 +224,17 @@ class Prepared:
 
     @torch.no_grad()
     def refresh_bandwidths(self, layers: Sequence[PreparedLayer] | None = None) -> None:
-        """Recompute the stale KDE bandwidths of ``layers`` (default: all), batched by sample size and rule.
+        """Recompute the stale KDE bandwidths of ``layers``, batched by sample size and rule.
 
-        The same bandwidths each layer would compute for itself (up to float rounding), with one
-        quantile over a (layers, m) stack instead of one per layer.
+        Default: every layer whose threshold still decides its mask; a frozen mask reads no
+        bandwidth, so after the freeze (or with fixed masks) a step recomputes none. The same
+        bandwidths each layer would compute for itself (up to float rounding), with one quantile
+        over a (layers, m) stack instead of one per layer.
         """
+        if layers is None:
+            layers = [layer for layer in self.layers if layer.mask.frozen_keep is None]
         groups: dict[tuple[int, str | float], list[PreparedLayer]] = {}
-        for layer in self.layers if layers is None else layers:
+        for layer in layers:
             if not layer.mask.bandwidth_current(layer.weight):
                 key = (layer.mask.kde_index.numel(), layer.mask.bandwidth_rule)
                 groups.setdefault(key, []).append(layer)
