@@ -50,10 +50,10 @@ from typing import Any
 import torch
 
 import fcpts
-from fcpts.calibration import Calibration
-from fcpts.data import load_fashion_mnist
-from fcpts.method import prepare_from_config
-from fcpts.output import versions
+from fcpts.core.calibration import Calibration
+from fcpts.data.fashion_mnist import load_fashion_mnist
+from fcpts.method.fcpts import prepare_from_config
+from fcpts.report import versions
 
 #: One-shot baselines (no reconstruction), for reference.
 BASELINES = ("global-magnitude", "erk-magnitude")
@@ -118,10 +118,10 @@ def image_task(spec: str, calib_samples: int) -> Task:
 
 def minilm_task(calib_samples: int, max_length: int, batch_size: int) -> Task:
     """all-MiniLM-L6-v2: mean cosine to the dense embeddings on held-out fortunes; seed → calibration sentences."""
-    from fcpts.corpus import fortune_texts, split_texts
-    from fcpts.data import tokenize
-    from fcpts.fidelity import model_fidelity
-    from fcpts.zoo import load_tokenizer
+    from fcpts.core.fidelity import model_fidelity
+    from fcpts.data.corpus import fortune_texts, split_texts
+    from fcpts.data.text import tokenize
+    from fcpts.models.zoo import load_tokenizer
 
     cal_text, eval_text = split_texts(fortune_texts())
     tokenizer = load_tokenizer("minilm")

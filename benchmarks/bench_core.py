@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 import fcpts
-from fcpts.data import load_fashion_mnist
-from fcpts.output import versions
+from fcpts.data.fashion_mnist import load_fashion_mnist
+from fcpts.report import versions
 
 BASELINES = ("uniform-magnitude", "global-magnitude", "erk-magnitude")
 #: The fast recipe (README, "Fast"): 200 steps at twice the kept weights' learning rate, for a run

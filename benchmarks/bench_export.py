@@ -36,10 +36,10 @@ import torch
 from torch import nn
 
 import fcpts
-from fcpts.evaluate import output_logits
-from fcpts.export import export
-from fcpts.output import versions
-from fcpts.sparse_inference import ConvertConfig, apply, plan
+from fcpts.core.evaluate import output_logits
+from fcpts.deploy.export import export
+from fcpts.deploy.sparse_inference import ConvertConfig, apply, plan
+from fcpts.report import versions
 
 RESULTS = Path(__file__).parent / "results" / "export.json"
 

@@ -24,13 +24,13 @@ import argparse
 import json
 from pathlib import Path
 
+import fcpts.patterns
 import torch
 from bench_core import FAST, result_row, time_unit
 
 import fcpts
-import fcpts.patterns
-from fcpts.data import load_fashion_mnist
-from fcpts.output import versions
+from fcpts.data.fashion_mnist import load_fashion_mnist
+from fcpts.report import versions
 
 #: label → (method, options). ``fcpts`` rows get ``iters`` from the command line.
 ROWS = {

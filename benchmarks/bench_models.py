@@ -29,17 +29,18 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import fcpts.patterns
 import torch
 from bench_core import FAST
 from bench_methods import PATTERN_SKIP, check_targets
 
 import fcpts
-import fcpts.patterns
-from fcpts.corpus import fortune_texts, split_texts
-from fcpts.data import load_fashion_mnist, tokenize
-from fcpts.fidelity import model_fidelity
-from fcpts.output import versions
-from fcpts.zoo import load_tokenizer
+from fcpts.core.fidelity import model_fidelity
+from fcpts.data.corpus import fortune_texts, split_texts
+from fcpts.data.fashion_mnist import load_fashion_mnist
+from fcpts.data.text import tokenize
+from fcpts.models.zoo import load_tokenizer
+from fcpts.report import versions
 
 
 def configs(

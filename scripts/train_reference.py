@@ -19,9 +19,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from fcpts.data import Split, load_fashion_mnist
-from fcpts.evaluate import accuracy
-from fcpts.models import ReferenceCNN, builtin_weights_path
+from fcpts.core.evaluate import accuracy
+from fcpts.data.fashion_mnist import load_fashion_mnist
+from fcpts.data.specs import Split
+from fcpts.models import BUILTIN_MODELS
+from fcpts.models.reference import ReferenceCNN
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -70,7 +72,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", type=Path, default=builtin_weights_path("refcnn"))
+    parser.add_argument("--out", type=Path, default=BUILTIN_MODELS["refcnn"].weights_path())
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)

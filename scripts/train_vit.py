@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from train_reference import fit  # this script's folder is on sys.path when run as a script
 
-from fcpts.data import load_fashion_mnist
-from fcpts.models import builtin_weights_path
-from fcpts.vit import ReferenceViT
+from fcpts.data.fashion_mnist import load_fashion_mnist
+from fcpts.models import BUILTIN_MODELS
+from fcpts.models.vit import ReferenceViT
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", type=Path, default=builtin_weights_path("refvit"))
+    parser.add_argument("--out", type=Path, default=BUILTIN_MODELS["refvit"].weights_path())
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

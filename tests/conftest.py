@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from fcpts.data import DEFAULT_FASHION_MNIST_DIR, read_idx
+from fcpts.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, read_idx
 
 # The test machine has 2 cores shared with other work: two intra-op threads oversubscribe them and
 # make a ResNet backward pass ~25x slower. One thread keeps the suite fast; subprocesses inherit it.
@@ -121,7 +121,7 @@ def model_file(tmp_path: Path) -> Path:
 
 
 def load_factory(path: Path, name: str = "factory") -> nn.Module:
-    from fcpts.models import load_model
+    from fcpts.models.specs import load_model
 
     return load_model(f"{path}:{name}")
 
@@ -143,7 +143,7 @@ def npz_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
     """``run_cli(*args)`` → (exit code, stdout, stderr) of ``fcpts.cli.main``."""
-    from fcpts.cli import main
+    from fcpts.cli.commands import main
 
     def run(*args: object) -> tuple[int, str, str]:
         capsys.readouterr()

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import fcpts
-from fcpts.batchnorm import recalibrate_batchnorm
+from fcpts.core.batchnorm import recalibrate_batchnorm
 
 
 def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:

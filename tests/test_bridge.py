@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import fcpts
-from fcpts.bridge import (
+from fcpts.method.bridge import (
     bandwidth,
     bridged_sparsity,
     histogram_cdf,
@@ -19,8 +19,7 @@ from fcpts.bridge import (
     scott_bandwidth,
     silverman_bandwidth,
 )
-from fcpts.masks import surrogate_masked
-from fcpts.sparsify import ThresholdMask
+from fcpts.method.threshold_mask import ThresholdMask, surrogate_masked
 
 
 @pytest.fixture

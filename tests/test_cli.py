@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fcpts.output
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 import fcpts
-import fcpts.output
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OUTPUT_FILES = {"model.safetensors", "report.json", "allocation.png"}

@@ -11,8 +11,11 @@ from conftest import FACTORY_TOTAL, idx_bytes, load_factory, write_idx
 from torch import nn
 
 import fcpts
-from fcpts.data import Split, load_data, load_fashion_mnist, load_imagefolder, load_npz, read_idx
-from fcpts.models import load_model, load_state_dict
+from fcpts.data.fashion_mnist import load_fashion_mnist, read_idx
+from fcpts.data.images import load_imagefolder
+from fcpts.data.npz import load_npz
+from fcpts.data.specs import Split, load_data
+from fcpts.models.specs import load_model, load_state_dict
 
 # --- IDX -------------------------------------------------------------------------------------------
 

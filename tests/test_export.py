@@ -13,17 +13,10 @@ from conftest import write_npz
 from torch import nn
 
 import fcpts
+from fcpts.deploy.compressed import compress_state_dict, decompress_state_dict, load_compressed, save_compressed
+from fcpts.deploy.export import COMPRESSED_NAME, export, load
+from fcpts.deploy.onnx import OnnxModule
 from fcpts.errors import FcptsError
-from fcpts.export import (
-    COMPRESSED_NAME,
-    OnnxModule,
-    compress_state_dict,
-    decompress_state_dict,
-    export,
-    load,
-    load_compressed,
-    save_compressed,
-)
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

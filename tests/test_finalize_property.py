@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import fcpts
-from fcpts.masks import target_zeros
+from fcpts.core.masks import target_zeros
 
 LINEAR = st.tuples(st.just("linear"), st.integers(1, 12), st.integers(1, 12))
 CONV = st.tuples(st.just("conv"), st.integers(1, 6), st.integers(1, 4), st.integers(1, 3))

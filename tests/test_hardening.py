@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fcpts
 import fcpts.method
-from fcpts.calibration import Calibration
-from fcpts.checks import check_finite_inputs
-from fcpts.output import check_output_dir
+from fcpts.core.calibration import Calibration
+from fcpts.core.checks import check_finite_inputs
+from fcpts.files import check_output_dir
 
 
 def prune_args(model_file: Path, npz_file: Path, out: Path, *extra: object) -> list[object]:

@@ -14,7 +14,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import fcpts
-from fcpts.data import DATA_SPECS, load_data, load_imagefolder, load_text
+from fcpts.data.images import load_imagefolder
+from fcpts.data.specs import DATA_SPECS, load_data
+from fcpts.data.text import load_text
 
 IMAGE_FEATURES = datasets.Features(
     {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"]), "name": datasets.Value("string")}

@@ -8,8 +8,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import fcpts
-from fcpts.masks import exact_global_masks, hard_mask, target_zeros, threshold_for_sparsity
-from fcpts.sparsify import ThresholdMask
+from fcpts.core.masks import exact_global_masks, hard_mask, target_zeros, threshold_for_sparsity
+from fcpts.method.threshold_mask import ThresholdMask
 
 # |w| = 0.1 ... 0.8, shuffled and with mixed signs.
 W8 = torch.tensor([[0.5, -0.1, 0.8, -0.3, 0.2, -0.7, 0.4, -0.6]])

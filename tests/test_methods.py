@@ -11,13 +11,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 import fcpts
-from fcpts.activations import input_columns, input_norms
-from fcpts.allocation import achieved, owl
-from fcpts.calibration import Calibration
-from fcpts.masks import layer_counts
-from fcpts.method import prepare_from_config
-from fcpts.pot import refit_rows
-from fcpts.sparsegpt import sparsegpt_prune
+from fcpts.baselines.sparsegpt import sparsegpt_prune
+from fcpts.core.activations import input_columns, input_norms
+from fcpts.core.allocation import achieved, owl
+from fcpts.core.calibration import Calibration
+from fcpts.core.masks import layer_counts
+from fcpts.core.refit import refit_rows
+from fcpts.method.fcpts import prepare_from_config
 
 #: Every registered method with the extra options that keep it fast on the tiny net.
 FAST = {"fcpts": {"iters": 3, "batch_size": 16}}

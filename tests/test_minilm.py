@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import fcpts
-from fcpts.corpus import fortune_texts, split_texts
-from fcpts.fidelity import model_fidelity
-from fcpts.models import load_model
-from fcpts.zoo import SentenceEmbedder, load_tokenizer, minilm_dir
+from fcpts.core.fidelity import model_fidelity
+from fcpts.data.corpus import fortune_texts, split_texts
+from fcpts.models.specs import load_model
+from fcpts.models.zoo import SentenceEmbedder, load_tokenizer, minilm_dir
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import fcpts.checkpoint
 import pytest
 import torch
 from conftest import TinyNet
@@ -18,10 +19,9 @@ from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 import fcpts
-import fcpts.checkpoint
 import fcpts.method
-from fcpts.calibration import Calibration
-from fcpts.checkpoint import CHECKPOINT_NAME
+from fcpts.core.calibration import Calibration
+from fcpts.method.checkpoint import CHECKPOINT_NAME
 
 
 def assert_same_model(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

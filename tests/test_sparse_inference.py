@@ -10,15 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from fcpts.sparse_inference import (
-    KERNELS,
-    ConvertConfig,
-    CSRConv2d,
-    CSRLinear,
-    convert,
-    is_2_of_4,
-    plan,
-)
+from fcpts.deploy.sparse_inference import KERNELS, ConvertConfig, CSRConv2d, CSRLinear, convert, is_2_of_4, plan
 
 ALWAYS = ConvertConfig(min_speedup=0.0, repeats=1, warmup=0)  # take the sparse kernel whenever it applies
 NEVER = ConvertConfig(min_speedup=math.inf, repeats=1, warmup=0)
@@ -146,7 +138,7 @@ def test_converted_model_saves_copies_and_reloads(conv_mlp: ConvMLP) -> None:
 
 
 def test_fully_converted_model_keeps_parameters_for_device_lookups() -> None:
-    from fcpts.evaluate import predict
+    from fcpts.core.evaluate import predict
 
     torch.manual_seed(0)
     net = nn.Sequential(sparsify_(nn.Linear(12, 9), 0.7), nn.ReLU(), sparsify_(nn.Linear(9, 4, bias=False), 0.5))

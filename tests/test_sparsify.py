@@ -13,9 +13,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import fcpts
-from fcpts.allocation import achieved, allocate, erk, global_magnitude
-from fcpts.calibration import Calibration
-from fcpts.masks import target_zeros
+from fcpts.core.allocation import achieved, allocate, erk, global_magnitude
+from fcpts.core.calibration import Calibration
+from fcpts.core.masks import target_zeros
 
 TARGETS = [0.1, 0.5, 0.77, 0.9, 0.99]
 MAGNITUDE_METHODS = ["uniform-magnitude", "erk-magnitude", "global-magnitude", "lamp-magnitude"]

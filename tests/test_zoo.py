@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 import fcpts
-from fcpts.batchnorm import batchnorm_layers
+from fcpts.core.batchnorm import batchnorm_layers
+from fcpts.core.evaluate import output_logits
 from fcpts.errors import FcptsError
-from fcpts.evaluate import output_logits
-from fcpts.method import resolve_loss
-from fcpts.models import load_model
+from fcpts.method.losses import resolve_loss
+from fcpts.models.specs import load_model
 
 
 def rgb_npz(path: Path, n: int = 12, size: int = 32) -> Path:
@@ -178,7 +178,7 @@ def test_dataclass_and_dict_outputs():
 
 
 def test_layernorm_only_model_finalizes_without_batchnorm_recalibration():
-    from fcpts.vit import ReferenceViT
+    from fcpts.models.vit import ReferenceViT
 
     torch.manual_seed(0)
     model = ReferenceViT()
@@ -196,7 +196,7 @@ def test_layernorm_only_model_finalizes_without_batchnorm_recalibration():
 
 
 def test_refvit_packaged_weights(fashion_subset):
-    from fcpts.data import load_fashion_mnist
+    from fcpts.data.fashion_mnist import load_fashion_mnist
 
     test = load_fashion_mnist(fashion_subset).evaluation  # the first 1000 test images
     model = load_model("refvit")
@@ -208,7 +208,7 @@ def test_refvit_packaged_weights(fashion_subset):
 def test_imagefolder_crop_and_normalize(tmp_path):
     from PIL import Image
 
-    from fcpts.data import load_imagefolder
+    from fcpts.data.images import load_imagefolder
 
     for c in ("a", "b"):
         (tmp_path / c).mkdir()

@@ -7,25 +7,23 @@
 True
 """
 
-from . import baselines as _baselines  # noqa: F401  (registers the magnitude methods)
-from .allocation import ALLOCATIONS, allocate, register_allocation
-from .api import METHODS, LayerResult, PruneConfig, PruneResult, make_config, prune, register_method
-from .baselines import MagnitudeConfig
-from .batchnorm import recalibrate_batchnorm
+# The plug-in packages register their methods and specs when imported.
+from . import baselines, data, method, models
+from .api import METHODS, LayerResult, PruneConfig, PruneResult, RunOptions, make_config, prune, register_method
+from .baselines import MagnitudeConfig, POTConfig, ScoreConfig, SparseGPTConfig
+from .core.allocation import ALLOCATIONS, allocate, register_allocation
+from .core.batchnorm import recalibrate_batchnorm
+from .core.evaluate import accuracy, global_sparsity, layer_sparsity
+from .core.importance import IMPORTANCES, register_importance
+from .core.layers import default_layer_filter, exclude, prunable_layers
 from .data import load_data, register_data_spec
+from .deploy import export, load
 from .errors import FcptsError
-from .evaluate import accuracy, global_sparsity, layer_sparsity
-from .export import export, load
-from .importance import IMPORTANCES, register_importance
-from .layers import default_layer_filter, exclude, prunable_layers
-from .method import FCPTSConfig, learn
-from .models import ReferenceCNN, load_model, load_reference_model, register_model_spec
-from .oneshot import ScoreConfig
-from .pot import POTConfig
-from .sparsegpt import SparseGPTConfig
-from .sparsify import Prepared, ThresholdMask, finalize, prepare
-
-__version__ = "0.1.0"
+from .method import FCPTSConfig, Prepared, ThresholdMask, finalize, learn, prepare
+from .models import load_model, register_model_spec
+from .models.reference import ReferenceCNN, load_reference_model
+from .registry import Registry
+from .version import __version__
 
 __all__ = [
     "ALLOCATIONS",
@@ -40,12 +38,16 @@ __all__ = [
     "PruneConfig",
     "PruneResult",
     "ReferenceCNN",
+    "Registry",
+    "RunOptions",
     "ScoreConfig",
     "SparseGPTConfig",
     "ThresholdMask",
     "__version__",
     "accuracy",
     "allocate",
+    "baselines",
+    "data",
     "default_layer_filter",
     "exclude",
     "export",
@@ -58,6 +60,8 @@ __all__ = [
     "load_model",
     "load_reference_model",
     "make_config",
+    "method",
+    "models",
     "prepare",
     "prunable_layers",
     "prune",

@@ -1,13 +1,18 @@
-"""The one-call API: :func:`prune`, its result, the shared config and the method registry.
+"""The one-call API: :func:`prune`, its result, the shared method settings, the run options and
+the method registry.
 
-Methods register themselves with :func:`register_method`; :func:`prune` dispatches on the
-config's ``method`` name. ``prune`` never modifies the model it is given: it prunes a copy.
+A method's settings (:class:`PruneConfig` and its subclasses) decide the result; the
+:class:`RunOptions` (device, progress bar, checkpoints) decide how the run executes, not what it
+computes. Methods register themselves with :func:`register_method` in their own modules
+(:mod:`fcpts.method`, :mod:`fcpts.baselines`); :func:`prune` dispatches on the config's ``method``
+name and never modifies the model it is given: it prunes a copy.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,13 +21,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from . import distributed
-from .calibration import Calibration, CalibrationData, check_fits
+from .core import distributed
+from .core.calibration import Calibration, CalibrationData, check_fits
+from .core.checks import validate_target
+from .core.evaluate import layer_sparsity
+from .core.layers import LayerFilter, default_layer_filter
+from .core.patterns import parse_pattern
 from .errors import FcptsError
-from .evaluate import layer_sparsity
-from .layers import LayerFilter, default_layer_filter
-from .patterns import parse_pattern
-from .sparsify import validate_target
+from .registry import Registry
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -45,7 +51,8 @@ class PruneConfig:
     """Options every method shares.
 
     ``layer_filter(name, module)`` chooses the prunable layers (default: Conv1d/2d/3d, Linear).
-    ``seed`` fixes every random choice: same seed and inputs give identical masks.
+    ``seed`` fixes every random choice: same seed and inputs give identical masks. Where and how
+    the run executes (device, progress, checkpoints) is :class:`RunOptions`, not part of the config.
     ``pattern`` ``"N:M"``: semi-structured sparsity, N zeros in every M consecutive input weights
     (:mod:`fcpts.patterns`); ``target_sparsity`` must then be N/M. Layers whose input size does not
     divide by M stay dense, so the global sparsity is N/M of the layers that divide.
@@ -55,8 +62,6 @@ class PruneConfig:
     layer_filter: LayerFilter = default_layer_filter
     batch_size: int = 64
     seed: int = 0
-    device: str | torch.device = "cpu"
-    progress: bool = False
     pattern: str | None = None
 
     method: ClassVar[str] = ""
@@ -69,7 +74,6 @@ class PruneConfig:
                 raise FcptsError(f"pattern {self.pattern} means sparsity {n / m:g}, not {self.target_sparsity:g}")
         if self.batch_size < 1:
             raise FcptsError(f"batch_size must be ≥ 1, got {self.batch_size}")
-        self.device = resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view of the config (callables by name), for reports."""
@@ -84,6 +88,35 @@ class PruneConfig:
                 value = list(value)
             out[f.name] = value
         return out
+
+
+@dataclass
+class RunOptions:
+    """How a run executes, apart from what it computes (the method's config).
+
+    ``device``: where the model and the calibration batches live (``"cpu"``, ``"cuda"``, ``"cuda:1"``);
+    ``progress``: a progress bar while learning; ``checkpoint_dir`` / ``checkpoint_every`` /
+    ``resume``: fcpts saves its training state every N steps and continues from it, bit for bit
+    (:mod:`fcpts.method.checkpoint`). A checkpoint can be resumed with other run options.
+
+    >>> RunOptions().device
+    device(type='cpu')
+    """
+
+    device: str | torch.device = "cpu"
+    progress: bool = False
+    checkpoint_dir: str | None = None  # where learn() keeps checkpoint.pt (replaced atomically)
+    checkpoint_every: int = 0  # save the training state every N steps; 0: never
+    resume: bool = False  # continue from the checkpoint in checkpoint_dir: same config, same result
+
+    def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
+        if self.checkpoint_every < 0:
+            raise FcptsError(f"checkpoint_every must be ≥ 0, got {self.checkpoint_every}")
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir = os.fspath(self.checkpoint_dir)
+        elif self.checkpoint_every or self.resume:
+            raise FcptsError("checkpoint_every and resume need a checkpoint_dir")
 
 
 @dataclass
@@ -126,33 +159,40 @@ class PruneResult:
         return {layer.name: layer.sparsity for layer in self.layers}
 
 
-MethodFn = Callable[[nn.Module, Calibration, Any], list[dict[str, float]]]
+MethodFn = Callable[[nn.Module, Calibration, Any, RunOptions], list[dict[str, float]]]
 
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method: prunes ``model`` in place from a config, returns its loss history."""
+    """A registered method: ``run(model, calibration, config, options)`` prunes ``model`` in place.
+
+    ``run`` returns the loss history (empty for one-shot methods).
+    """
 
     name: str
     config_cls: type[PruneConfig]
     run: MethodFn
     defaults: dict[str, Any]
     description: str
+    checkpoints: bool = False  # run() honours RunOptions' checkpoints (saves and resumes)
 
 
-METHODS: dict[str, Method] = {}
+#: Method name → :class:`Method` (:func:`register_method`).
+METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(
-    name: str, config_cls: type[PruneConfig], description: str = "", **defaults: Any
+    name: str, config_cls: type[PruneConfig], description: str = "", *, checkpoints: bool = False, **defaults: Any
 ) -> Callable[[MethodFn], MethodFn]:
-    """Decorator: register ``fn(model, calibration, config) -> history`` as method ``name``.
+    """Decorator: register ``fn(model, calibration, config, options) -> history`` as method ``name``.
 
-    ``defaults`` are the config fields that define this method (e.g. ``allocation="erk"``).
+    ``defaults`` are the config fields that define this method (e.g. ``allocation="erk"``);
+    ``checkpoints``: the method saves and resumes its state through :class:`RunOptions`.
     """
 
     def decorate(fn: MethodFn) -> MethodFn:
-        METHODS[name] = Method(name, config_cls, fn, defaults, description or (fn.__doc__ or "").split("\n")[0])
+        summary = description or (fn.__doc__ or "").split("\n")[0]
+        METHODS.register(name, Method(name, config_cls, fn, defaults, summary, checkpoints))
         return fn
 
     return decorate
@@ -165,16 +205,17 @@ def make_config(method: str, **options: Any) -> PruneConfig:
     >>> make_config("erk-magnitude", target_sparsity=0.8).allocation
     'erk'
     """
-    if method not in METHODS:
-        raise FcptsError(f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
-    entry = METHODS[method]
+    entry = METHODS.get(method)
     return entry.config_cls(**{**entry.defaults, **options})
 
 
-def prune(model: nn.Module, calibration_data: CalibrationData, config: PruneConfig) -> PruneResult:
+def prune(
+    model: nn.Module, calibration_data: CalibrationData, config: PruneConfig, options: RunOptions | None = None
+) -> PruneResult:
     """Prune a copy of ``model`` to exactly ``config.target_sparsity`` with the config's method.
 
-    ``calibration_data``: a tensor ``(N, ...)`` of unlabeled inputs, a Dataset or a DataLoader.
+    ``calibration_data``: a tensor ``(N, ...)`` of unlabeled inputs, a Dataset or a DataLoader;
+    ``options``: device, progress and checkpoints (default: CPU, quiet, no checkpoints).
     Called on every rank of an initialised process group (same model and data everywhere), the
     learning is data-parallel and every rank returns the same result (see :func:`fcpts.learn`).
 
@@ -184,16 +225,15 @@ def prune(model: nn.Module, calibration_data: CalibrationData, config: PruneConf
     >>> result.zeros, result.numel, result.global_sparsity
     (144, 192, 0.75)
     """
-    if config.method not in METHODS:
-        raise FcptsError(f"no method registered as {config.method!r}")
-    entry = METHODS[config.method]
+    options = RunOptions() if options is None else options
+    entry = METHODS.get(config.method)
     start = time.perf_counter()
-    student = copy.deepcopy(model).to(config.device)
+    student = copy.deepcopy(model).to(options.device)
     # In a process group every rank prunes rank 0's model, so all ranks return the same result.
     distributed.broadcast_module(student)
-    calibration = Calibration(calibration_data, config.batch_size, config.seed, config.device)
+    calibration = Calibration(calibration_data, config.batch_size, config.seed, options.device)
     check_fits(student.eval(), calibration.first())
-    history = entry.run(student, calibration, config)
+    history = entry.run(student, calibration, config, options)
     student.eval()
     wall = time.perf_counter() - start
     layers = [LayerResult(n, numel, z) for n, (z, numel) in layer_sparsity(student, config.layer_filter).items()]

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .api import PruneConfig, register_method
-from .batchnorm import recalibrate_batchnorm
-from .calibration import Calibration
-from .oneshot import apply_flags, pattern_flags, pattern_of, prunable
-from .sparsify import finalize, prepare
+from ..api import PruneConfig, RunOptions, register_method
+from ..core.batchnorm import recalibrate_batchnorm
+from ..core.calibration import Calibration
+from ..core.scoring import apply_flags, pattern_flags, pattern_of, prunable
+from ..method.prepare import finalize, prepare
 
 
 @dataclass
@@ -36,7 +36,9 @@ class MagnitudeConfig(PruneConfig):
 @register_method(
     "lamp-magnitude", MagnitudeConfig, "LAMP scores (|W|² over the layer's remaining norm)", allocation="lamp"
 )
-def run_magnitude(model: nn.Module, calibration: Calibration, config: MagnitudeConfig) -> list[dict[str, float]]:
+def run_magnitude(
+    model: nn.Module, calibration: Calibration, config: MagnitudeConfig, options: RunOptions
+) -> list[dict[str, float]]:
     """Prune by magnitude under a fixed allocation, finalize exactly, recalibrate BatchNorm.
 
     With ``config.pattern`` N:M: the N smallest ``|w|`` of every M consecutive input weights (any allocation).

@@ -17,16 +17,15 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from .activations import gram
-from .api import PruneConfig, register_method
-from .batchnorm import recalibrate_batchnorm
-from .calibration import Calibration
-from .errors import FcptsError
-from .importance import get_importance
-from .oneshot import apply_flags, prunable, prune_flags
+from ..api import PruneConfig, RunOptions, register_method
+from ..core.batchnorm import recalibrate_batchnorm
+from ..core.calibration import Calibration
+from ..core.importance import get_importance
+from ..core.refit import refit_layers
+from ..core.scoring import apply_flags, prunable, prune_flags
+from ..errors import FcptsError
 
 
 @dataclass
@@ -52,58 +51,10 @@ class POTConfig(PruneConfig):
             raise FcptsError(f"damp must be > 0, got {self.damp!r}")
 
 
-def refit_rows(weight: torch.Tensor, keep: torch.Tensor, g: torch.Tensor, c: torch.Tensor, damp: float) -> torch.Tensor:
-    """Kept weights refitted per output row: ``(G_KK + λI) w_K = C_K· w_r``; pruned ones 0 (weight's shape).
-
-    ``weight`` (out, ...) is the dense weight, ``keep`` its bool keep-mask, ``g``/``c`` (cols, cols).
-
-    >>> g = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
-    >>> refit_rows(torch.tensor([[1.0, 1.0]]), torch.tensor([[True, False]]), g, g, 1e-9).tolist()
-    [[1.5, 0.0]]
-    """
-    w = weight.detach().reshape(weight.shape[0], -1).double()  # (out, cols)
-    k = keep.reshape(w.shape)
-    g, c = g.double(), c.double()
-    lam = damp * torch.diagonal(g).mean()
-    rhs = w @ c.T  # (out, cols): row r is C w_r
-    out = torch.zeros_like(w)
-    for r in range(w.shape[0]):
-        idx = k[r].nonzero().squeeze(1)
-        if idx.numel() == 0:
-            continue
-        a = g[idx][:, idx] + lam * torch.eye(idx.numel(), dtype=g.dtype, device=g.device)
-        out[r, idx] = torch.linalg.solve(a, rhs[r, idx])
-    return out.to(weight.dtype).reshape(weight.shape)
-
-
-@torch.no_grad()
-def refit_layers(
-    model: nn.Module,
-    dense: nn.Module,
-    layers: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    calibration: Calibration,
-    damp: float,
-) -> None:
-    """Refit, in forward order, the kept weights of every ``name: (stored weight, keep-mask)`` in ``layers``.
-
-    ``model`` must already compute with the masks (pruned weights zero, or masked by a
-    parametrization: then ``stored weight`` is its dense ``original`` and only its kept entries
-    are overwritten). ``dense`` is the unpruned model the outputs are matched to.
-    """
-    dense_layers = dict(dense.named_modules())
-    for name, (weight, keep) in layers.items():
-        g, c, _ = gram(model, name, calibration.epoch(), reference=dense)
-        assert c is not None
-        refit = refit_rows(dense_layers[name].weight, keep, g, c, damp)
-        # A refitted weight landing on exactly 0 would add a zero: keep it at the smallest normal value.
-        tiny = torch.finfo(refit.dtype).tiny
-        keep = keep.to(refit.device)
-        refit = torch.where((refit == 0) & keep, torch.full_like(refit, tiny), refit)
-        weight.copy_(torch.where(keep, refit, weight))
-
-
 @register_method("pot", POTConfig, "POT-style: prune by score, refit kept weights to the dense layer outputs")
-def run_pot(model: nn.Module, calibration: Calibration, config: POTConfig) -> list[dict[str, float]]:
+def run_pot(
+    model: nn.Module, calibration: Calibration, config: POTConfig, options: RunOptions
+) -> list[dict[str, float]]:
     """Prune all layers by score, then refit each layer's kept weights in forward order."""
     dense = copy.deepcopy(model).eval()
     layers = prunable(model, config)

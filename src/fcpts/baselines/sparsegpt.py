@@ -21,14 +21,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .activations import gram
-from .api import PruneConfig, register_method
-from .batchnorm import recalibrate_batchnorm
-from .calibration import Calibration
-from .errors import FcptsError
-from .masks import layer_counts
-from .oneshot import allocation_counts, pattern_of, prunable
-from .patterns import divides
+from ..api import PruneConfig, RunOptions, register_method
+from ..core.activations import gram
+from ..core.batchnorm import recalibrate_batchnorm
+from ..core.calibration import Calibration
+from ..core.masks import layer_counts
+from ..core.patterns import divides
+from ..core.scoring import allocation_counts, pattern_of, prunable
+from ..errors import FcptsError
 
 
 @dataclass
@@ -129,7 +129,9 @@ def sparsegpt_prune(
 
 
 @register_method("sparsegpt", SparseGPTConfig, "SparseGPT: OBS mask selection and weight update, layer by layer")
-def run_sparsegpt(model: nn.Module, calibration: Calibration, config: SparseGPTConfig) -> list[dict[str, float]]:
+def run_sparsegpt(
+    model: nn.Module, calibration: Calibration, config: SparseGPTConfig, options: RunOptions
+) -> list[dict[str, float]]:
     """Prune every layer in forward order with :func:`sparsegpt_prune` on the already-pruned model's inputs."""
     layers = prunable(model, config)
     pattern = pattern_of(config)

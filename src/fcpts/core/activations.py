@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import FcptsError
 from .calibration import call_model
-from .errors import FcptsError
 
 
 def input_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -13,21 +13,19 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..registry import Registry
 from .masks import lowest_scores, target_zeros
 
 AllocationRule = Callable[[Sequence[torch.Tensor], float], list[float]]
 
-ALLOCATIONS: dict[str, AllocationRule] = {}
+#: Allocation rule name → ``rule(weights or scores, target) -> per-layer sparsities``.
+ALLOCATIONS: Registry[AllocationRule] = Registry("allocation")
 
 
 def register_allocation(name: str) -> Callable[[AllocationRule], AllocationRule]:
     """Decorator: make an allocation rule available by ``name`` (e.g. ``--init NAME``)."""
 
-    def decorate(rule: AllocationRule) -> AllocationRule:
-        ALLOCATIONS[name] = rule
-        return rule
-
-    return decorate
+    return ALLOCATIONS.register(name)
 
 
 def allocate(name: str, weights: Sequence[torch.Tensor], target: float) -> list[float]:
@@ -36,9 +34,7 @@ def allocate(name: str, weights: Sequence[torch.Tensor], target: float) -> list[
     >>> allocate("uniform", [torch.ones(4), torch.ones(8)], 0.5)
     [0.5, 0.5]
     """
-    if name not in ALLOCATIONS:
-        raise ValueError(f"unknown allocation {name!r}; choose from {sorted(ALLOCATIONS)}")
-    return ALLOCATIONS[name](weights, target)
+    return ALLOCATIONS.get(name)(weights, target)
 
 
 @register_allocation("uniform")

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from ..errors import FcptsError
 from .checks import check_finite, check_finite_inputs
-from .errors import FcptsError
 
 CalibrationData = torch.Tensor | Dataset | Iterable[Any]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .errors import FcptsError
+from ..errors import FcptsError
 
 
 def nonfinite_summary(x: torch.Tensor) -> str | None:
@@ -60,3 +60,8 @@ def check_finite_inputs(inputs: Any, what: str) -> None:
     elif isinstance(inputs, (tuple, list)):
         for i, value in enumerate(inputs):
             check_finite_inputs(value, f"{what} (item {i})")
+
+
+def validate_target(target_sparsity: float) -> None:
+    if not (isinstance(target_sparsity, (int, float)) and 0.0 < target_sparsity < 1.0):
+        raise FcptsError(f"target sparsity must be in the open interval (0, 1), got {target_sparsity!r}")

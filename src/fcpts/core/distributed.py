@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import FcptsError
+from ..errors import FcptsError
 
 
 def is_initialized() -> bool:

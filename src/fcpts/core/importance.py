@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import FcptsError
+from ..errors import FcptsError
+from ..registry import Registry
 
 ScoreFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -26,14 +27,15 @@ class Importance:
     needs_inputs: bool  # True: needs the calibration inputs' column norms (collected by fcpts.activations)
 
 
-IMPORTANCES: dict[str, Importance] = {}
+#: Importance name → :class:`Importance`.
+IMPORTANCES: Registry[Importance] = Registry("importance")
 
 
 def register_importance(name: str, needs_inputs: bool = False) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator: make ``score(weight, input_norms) -> scores`` available as importance ``name``."""
 
     def decorate(fn: ScoreFn) -> ScoreFn:
-        IMPORTANCES[name] = Importance(name, fn, needs_inputs)
+        IMPORTANCES.register(name, Importance(name, fn, needs_inputs))
         return fn
 
     return decorate
@@ -45,9 +47,7 @@ def get_importance(name: str) -> Importance:
     >>> get_importance("wanda").needs_inputs
     True
     """
-    if name not in IMPORTANCES:
-        raise FcptsError(f"unknown importance {name!r}; choose from {', '.join(sorted(IMPORTANCES))}")
-    return IMPORTANCES[name]
+    return IMPORTANCES.get(name)
 
 
 @register_importance("magnitude")

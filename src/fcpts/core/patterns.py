@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import FcptsError
+from ..errors import FcptsError
 
 
 def parse_pattern(pattern: str) -> tuple[int, int]:

@@ -8,18 +8,16 @@ N:M every group of M consecutive input weights loses its N lowest-scoring weight
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..api import PruneConfig
+from ..errors import FcptsError
 from .activations import input_norms
 from .allocation import allocate
-from .api import PruneConfig, register_method
-from .batchnorm import recalibrate_batchnorm
 from .calibration import Calibration
-from .errors import FcptsError
 from .importance import get_importance
 from .layers import prunable_layers
 from .masks import layer_counts, row_balanced_flags, target_zeros
@@ -96,38 +94,3 @@ def apply_flags(layers: dict[str, nn.Module], flags: list[torch.Tensor]) -> None
     """Zero the flagged weights of every layer (in place)."""
     for module, f in zip(layers.values(), flags, strict=True):
         module.weight.masked_fill_(f.to(module.weight.device), 0.0)
-
-
-@dataclass
-class ScoreConfig(PruneConfig):
-    """One-shot pruning by an importance score under an allocation (``wanda``: Wanda scores, uniform).
-
-    The method is ``owl-wanda`` under the OWL allocation, else ``wanda`` (whatever ``importance``).
-
-    >>> ScoreConfig(target_sparsity=0.5).method, ScoreConfig(target_sparsity=0.5, allocation="owl").method
-    ('wanda', 'owl-wanda')
-    """
-
-    importance: str = "wanda"
-    allocation: str = "uniform"
-    per_row: bool = True  # compare weights within each output row (Wanda) or within the whole layer
-    recalibrate_bn: bool = True  # like the magnitude baselines: BatchNorm statistics of the pruned model
-
-    @property  # type: ignore[override]
-    def method(self) -> str:
-        return "owl-wanda" if self.allocation == "owl" else "wanda"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        get_importance(self.importance)
-
-
-@register_method("wanda", ScoreConfig, "Wanda: |W|·‖X‖ per output row, every layer at the target")
-@register_method("owl-wanda", ScoreConfig, "Wanda scores under the OWL allocation", allocation="owl")
-def run_score(model: nn.Module, calibration: Calibration, config: ScoreConfig) -> list[dict[str, float]]:
-    """Prune the lowest scores (exact global count, or N:M), then recalibrate BatchNorm."""
-    layers = prunable(model, config)
-    apply_flags(layers, prune_flags(model, layers, calibration, config, config.per_row))
-    if config.recalibrate_bn:
-        recalibrate_batchnorm(model, calibration.epoch())
-    return []

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import FcptsError
+from ..errors import FcptsError
 
 #: Where ``fortunes-min`` installs its files; ``$FCPTS_FORTUNES_DIR`` overrides it.
 DEFAULT_FORTUNES_DIR = Path("/usr/share/games/fortunes")

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import DataOptions, DataSource, Split, _images_to_tensor, finish_images, preprocess_images, tokenize
-from .data import register_data_spec as _register
-from .errors import FcptsError
+from ..errors import FcptsError
+from .images import _images_to_tensor, finish_images, preprocess_images
+from .specs import DataOptions, DataSource, Split, register_data_spec
+from .text import tokenize
 
 #: Column names taken as images / text / labels when the features do not say.
 IMAGE_NAMES = ("image", "img", "pixel_values")
@@ -180,7 +181,7 @@ def pick_splits(names: list[str], options: DataOptions, where: str) -> tuple[str
     return calibration, evaluation
 
 
-@_register("hf-dataset", "hf-dataset:DIR")
+@register_data_spec("hf-dataset", "hf-dataset:DIR")
 def load_hf_dataset(arg: str, options: DataOptions) -> DataSource:
     """Load a ``save_to_disk`` directory (a ``Dataset`` or ``DatasetDict``) as calibration and evaluation splits."""
     directory = Path(arg)

@@ -44,200 +44,33 @@ True
 from __future__ import annotations
 
 import json
-import logging
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from .errors import FcptsError
-from .models import check_state_dict_fits, load_model, load_state_dict
-from .output import MODEL_NAME, REPORT_NAME, atomic_directory, check_output_dir, save_weights
+from ..errors import FcptsError
+from ..files import MODEL_NAME, REPORT_NAME, atomic_directory, check_output_dir, save_weights
+from ..models.specs import check_state_dict_fits, load_model, load_state_dict
+from ..registry import Registry
+from .compressed import COMPRESSED_FORMAT, COMPRESSED_VERSION, dense_safetensors_bytes, load_compressed, save_compressed
+from .onnx import ONNX_ATOL, OnnxModule, export_onnx
 
 MANIFEST_NAME = "export.json"
 COMPRESSED_NAME = "model.compressed.safetensors"
 ONNX_NAME = "model.onnx"
-COMPRESSED_FORMAT, COMPRESSED_VERSION = "fcpts-bitmask", "1"
 #: Input shape (without the batch dimension) of built-in models, for the ONNX export's example input.
 DEFAULT_INPUT_SHAPES: dict[str, tuple[int, ...]] = {"refcnn": (1, 28, 28)}
-#: Largest |ONNX - PyTorch| accepted when an ONNX export is checked (float32 graphs reorder sums).
-ONNX_ATOL = 1e-4
 
 
 # --- the compressed format ------------------------------------------------------------------------
 
 
-def _kept(tensor: torch.Tensor) -> torch.Tensor:
-    """Bool mask (same shape): entries that are not ``+0.0`` bit for bit (``-0.0`` is kept)."""
-    return (tensor != 0) | torch.signbit(tensor)
-
-
-def compress_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """``(tensors, metadata)`` of the fcpts-bitmask v1 format for ``state`` (see the module docstring).
-
-    >>> w = torch.tensor([[0.0, 1.5, 0.0], [-0.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
-    >>> tensors, meta = compress_state_dict({"w": w})
-    >>> tensors["w.values"].tolist(), tensors["w.bitmask"].tolist()  # bits 010 101 000 -> 01010100 0(0000000)
-    ([1.5, -0.0, 2.0], [84, 0])
-    >>> json.loads(meta["sparse"])
-    {'w': {'shape': [3, 3], 'dtype': 'float32'}}
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    sparse: dict[str, dict[str, Any]] = {}
-    for name, tensor in state.items():
-        tensor = tensor.detach().cpu().contiguous()
-        if tensor.is_floating_point() and tensor.numel() > 0:
-            keep = _kept(tensor).flatten()  # (numel,)
-            kept = int(keep.sum())
-            if kept * tensor.element_size() + (tensor.numel() + 7) // 8 < tensor.numel() * tensor.element_size():
-                tensors[f"{name}.values"] = tensor.flatten()[keep].clone()
-                tensors[f"{name}.bitmask"] = torch.from_numpy(np.packbits(keep.numpy()))
-                sparse[name] = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
-                continue
-        tensors[name] = tensor.clone()
-    clashes = [k for k in sparse if f"{k}.values" in state or f"{k}.bitmask" in state]
-    if clashes:  # "a" compressed beside a tensor named "a.values": the file could not tell them apart
-        raise FcptsError(f"cannot compress {clashes[0]!r}: the state dict also holds {clashes[0]}.values or .bitmask")
-    meta = {"format": COMPRESSED_FORMAT, "version": COMPRESSED_VERSION, "sparse": json.dumps(sparse)}
-    return tensors, meta
-
-
-def decompress_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, torch.Tensor]:
-    """The state dict that :func:`compress_state_dict` stored, bit for bit.
-
-    >>> w = torch.tensor([[0.0, 1.5, 0.0], [-0.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
-    >>> back = decompress_state_dict(*compress_state_dict({"w": w}))["w"]
-    >>> torch.equal(back.view(torch.int32), w.view(torch.int32))
-    True
-    """
-    if metadata.get("format") != COMPRESSED_FORMAT or metadata.get("version") != COMPRESSED_VERSION:
-        raise FcptsError(
-            f"not an {COMPRESSED_FORMAT} v{COMPRESSED_VERSION} file (metadata {metadata.get('format')!r} "
-            f"v{metadata.get('version')!r})"
-        )
-    sparse: dict[str, dict[str, Any]] = json.loads(metadata["sparse"])
-    state = dict(tensors)
-    consumed: set[str] = set()
-    for name, info in sparse.items():
-        values, bitmask = tensors[f"{name}.values"], tensors[f"{name}.bitmask"]
-        numel = int(np.prod(info["shape"], dtype=np.int64))
-        keep = torch.from_numpy(np.unpackbits(bitmask.numpy(), count=numel).astype(bool))  # (numel,)
-        if bitmask.numel() != (numel + 7) // 8 or int(keep.sum()) != values.numel():
-            raise FcptsError(f"corrupt compressed tensor {name!r}: its bitmask does not match its values")
-        dtype = getattr(torch, str(info["dtype"]), None)
-        if not isinstance(dtype, torch.dtype) or values.dtype != dtype:
-            raise FcptsError(f"corrupt compressed tensor {name!r}: dtype {info['dtype']!r}, values {values.dtype}")
-        dense = torch.zeros(numel, dtype=dtype)
-        dense[keep] = values
-        state[name] = dense.view(info["shape"])
-        consumed.update((f"{name}.values", f"{name}.bitmask"))
-    return {k: v for k, v in state.items() if k not in consumed}
-
-
-def save_compressed(state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
-    """Write ``state`` to ``path`` in the fcpts-bitmask v1 format."""
-    from safetensors.torch import save_file
-
-    tensors, meta = compress_state_dict(state)
-    save_file(tensors, str(path), metadata=meta)
-
-
-def load_compressed(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read an fcpts-bitmask v1 file back into the dense state dict, bit for bit."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except Exception as exc:  # safetensors raises several types for a truncated or corrupt file
-        raise FcptsError(f"cannot read compressed weights {path}: {str(exc).splitlines()[0]}") from exc
-    try:
-        return decompress_state_dict(tensors, metadata)
-    except (KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise FcptsError(f"corrupt compressed weights {path}: {exc}") from exc
-
-
-def dense_safetensors_bytes(state: dict[str, torch.Tensor]) -> int:
-    """Size in bytes of ``state`` written as a dense safetensors file (header included)."""
-    from safetensors.torch import save
-
-    return len(save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
-
-
 # --- ONNX -------------------------------------------------------------------------------------------
-
-
-class OnnxModule(nn.Module):
-    """An ``nn.Module`` whose forward runs an ONNX file with onnxruntime (CPU): tensors in, tensors out.
-
-    It holds no parameters (the weights are in the graph); inputs are moved to CPU and float32 numpy.
-    One output comes back as a tensor, several as a tuple.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
-        super().__init__()
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # as many threads as torch would use
-        self.path = str(path)
-        self.session = onnxruntime.InferenceSession(self.path, options, providers=list(providers))
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        feeds = {name: x.detach().cpu().numpy() for name, x in zip(self.input_names, inputs, strict=True)}
-        outputs = [torch.from_numpy(o) for o in self.session.run(None, feeds)]
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
-
-
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike[str]) -> float:
-    """Write ``model`` as ONNX (dynamic batch) to ``path``; return max |onnxruntime - PyTorch| on the example.
-
-    Raises :class:`FcptsError` when the difference exceeds :data:`ONNX_ATOL` or the export fails.
-    """
-    try:
-        import onnxruntime  # noqa: F401  (fail before exporting when the checker is missing)
-        import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
-    except ImportError as exc:
-        raise FcptsError(
-            f"ONNX export needs onnx, onnxscript and onnxruntime: pip install 'fcpts[export]' ({exc})"
-        ) from exc
-    model = model.eval()
-    # A batch of at least 2: torch.export specialises a dimension of size 1 and would not keep it dynamic.
-    example = example_input if len(example_input) >= 2 else torch.cat([example_input, example_input])
-    # The exporter logs a line per torchvision op it cannot register and torch warns about its own
-    # internals: noise for the user, silenced for the call and restored afterwards.
-    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration_log.level
-    try:
-        registration_log.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            program = torch.onnx.export(
-                model, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False
-            )
-        program.save(str(path))
-    except Exception as exc:  # the exporter raises many types for an unsupported model
-        raise FcptsError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
-    finally:
-        registration_log.setLevel(level)
-    from .evaluate import output_logits
-
-    with torch.no_grad():
-        expected = output_logits(model(example_input))
-    got = OnnxModule(path)(example_input)
-    got = got[0] if isinstance(got, tuple) else got
-    diff = float((got - expected).abs().max())
-    if not diff <= ONNX_ATOL:
-        raise FcptsError(f"ONNX export differs from PyTorch by {diff:.3g} (> {ONNX_ATOL:g}) on the example input")
-    return diff
 
 
 # --- export and load --------------------------------------------------------------------------------
@@ -278,14 +111,14 @@ class ExportFormat:
 
 
 #: Format name → its writer and reader (``--format`` choices, :func:`load`'s dispatch).
-FORMATS: dict[str, ExportFormat] = {}
+FORMATS: Registry[ExportFormat] = Registry("export format")
 
 
 def register_format(name: str, read: Reader) -> Callable[[Writer], Writer]:
     """Register an export format under ``name``: the decorated function writes it, ``read`` loads it."""
 
     def deco(write: Writer) -> Writer:
-        FORMATS[name] = ExportFormat(write, read)
+        FORMATS.register(name, ExportFormat(write, read))
         return write
 
     return deco
@@ -355,8 +188,7 @@ def export(
     ONNX export its example input (default for built-in models), or pass ``example_input`` itself
     (batch of at least 2, e.g. token ids for a text model). ``out`` is written atomically.
     """
-    if format not in FORMATS:
-        raise FcptsError(f"unknown export format {format!r}: expected one of {', '.join(sorted(FORMATS))}")
+    FORMATS.get(format)  # an unknown format: one error naming the choices
     check_output_dir(Path(out), overwrite)
     if isinstance(source, nn.Module):
         model = source

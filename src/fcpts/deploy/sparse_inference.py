@@ -41,8 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .evaluate import output_logits
-from .layers import LayerFilter, default_layer_filter, prunable_layers
+from ..core.evaluate import output_logits
+from ..core.layers import LayerFilter, default_layer_filter, prunable_layers
+from ..registry import Registry
 
 
 def _csr_arrays(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -145,17 +146,13 @@ class SemiStructuredLinear(nn.Module):
 #: ``builder(module) -> replacement or None`` (None: the kernel does not apply to this layer).
 KernelBuilder = Callable[[nn.Module], "nn.Module | None"]
 #: Kernel name → builder; :func:`plan` tries every registered kernel on every layer.
-KERNELS: dict[str, KernelBuilder] = {}
+KERNELS: Registry[KernelBuilder] = Registry("sparse kernel")
 
 
 def register_kernel(name: str) -> Callable[[KernelBuilder], KernelBuilder]:
     """Register a sparse kernel: a builder returning the replacement module, or None if it does not apply."""
 
-    def deco(fn: KernelBuilder) -> KernelBuilder:
-        KERNELS[name] = fn
-        return fn
-
-    return deco
+    return KERNELS.register(name)
 
 
 def _csr_conv_applies(conv: nn.Conv2d) -> bool:

@@ -13,9 +13,9 @@ boundary bias of a plain Gaussian KDE near ``t = 0``. ``h`` comes from a standar
 represented by a fixed random subsample of ``m`` weights.
 
 A histogram density (:func:`histogram_cdf`, bins of the same variance as the kernel) is the
-ablation's alternative: :data:`SMOOTH_CDFS` names both.
+ablation's alternative: :data:`DENSITIES` names both.
 
-Every smoothed CDF is the mean of a per-sample term (:data:`CDF_TERMS`), so the bridge of all
+Every smoothed CDF is the mean of a per-sample term (:attr:`Density.terms`), so the bridge of all
 layers at once (:func:`bridged_global_sparsity`) is one vectorised pass over every layer's samples
 concatenated, with per-layer means by ``index_add``: a handful of tensor ops per training step
 instead of a handful per layer (a model has tens to hundreds of layers; the ops are tiny).
@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+from ..registry import Registry
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -60,10 +63,10 @@ def scott_bandwidth(samples: torch.Tensor) -> torch.Tensor:
     return 1.06 * _std(samples) * samples.shape[-1] ** -0.2
 
 
-BANDWIDTH_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "silverman": silverman_bandwidth,
-    "scott": scott_bandwidth,
-}
+#: Bandwidth rule name → ``rule(samples (..., m)) -> h (...)``.
+BANDWIDTH_RULES: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("bandwidth rule")
+BANDWIDTH_RULES.register("silverman", silverman_bandwidth)
+BANDWIDTH_RULES.register("scott", scott_bandwidth)
 
 
 def bandwidth(samples: torch.Tensor, rule: str | float) -> torch.Tensor:
@@ -78,9 +81,7 @@ def bandwidth(samples: torch.Tensor, rule: str | float) -> torch.Tensor:
     True
     """
     if isinstance(rule, str):
-        if rule not in BANDWIDTH_RULES:
-            raise ValueError(f"unknown bandwidth rule {rule!r}; choose from {sorted(BANDWIDTH_RULES)} or a number")
-        h = BANDWIDTH_RULES[rule](samples)
+        h = BANDWIDTH_RULES.get(rule)(samples)
     else:
         h = torch.full(samples.shape[:-1], float(rule), dtype=samples.dtype, device=samples.device)
     floor = 1e-3 * samples.abs().mean(dim=-1) + torch.finfo(samples.dtype).tiny
@@ -136,17 +137,22 @@ def histogram_terms(t: torch.Tensor, samples: torch.Tensor, h: torch.Tensor) -> 
     return (samples < lo).to(samples.dtype) + inside.to(samples.dtype) * (t - lo) / width
 
 
-#: Smoothed CDFs of the magnitudes, ``cdf(t, samples, h)``: their slope is the bridge's ds/dt.
-SMOOTH_CDFS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "kde": kde_cdf,
-    "histogram": histogram_cdf,
-}
+CdfFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: The per-sample terms whose mean is each of :data:`SMOOTH_CDFS` (same names), for the batched bridge.
-CDF_TERMS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "kde": kde_terms,
-    "histogram": histogram_terms,
-}
+
+@dataclass(frozen=True)
+class Density:
+    """A smoothed CDF of the magnitudes, ``cdf(t, samples, h)`` (its slope is the bridge's ds/dt), and
+    the per-sample ``terms(t, samples, h)`` whose mean it is (for the batched bridge)."""
+
+    cdf: CdfFn
+    terms: CdfFn
+
+
+#: Density name → :class:`Density`: ``kde`` (the paper) and ``histogram`` (the ablation's).
+DENSITIES: Registry[Density] = Registry("density")
+DENSITIES.register("kde", Density(kde_cdf, kde_terms))
+DENSITIES.register("histogram", Density(histogram_cdf, histogram_terms))
 
 
 def bridged_sparsity(
@@ -187,7 +193,7 @@ def bridged_global_sparsity(
     All layers in one pass. ``exact`` (L,) are the layers' exact sparsities, ``thresholds`` and
     ``h`` (L,) their thresholds and bandwidths, ``samples`` (M,) every layer's KDE samples
     concatenated, ``index`` (M,) the layer of each sample, ``shares`` (L,) the weights of the sum
-    (``n_l / N``: the global sparsity); ``terms`` the smoothed CDF's per-sample terms (:data:`CDF_TERMS`).
+    (``n_l / N``: the global sparsity); ``terms`` the smoothed CDF's per-sample terms (:attr:`Density.terms`).
 
     >>> x = torch.tensor([0.1, 0.2, 0.3, 0.4])
     >>> t = torch.tensor([0.25, 0.25], requires_grad=True)

@@ -30,13 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import FcptsError
+from ..errors import FcptsError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 1
-#: Config fields a resumed run may change: where and how often it saves, where it runs, its progress
-#: bar. Every other field must match the checkpoint's (another value would make another run).
-RESUMABLE_CHANGES = frozenset({"progress", "device", "checkpoint_dir", "checkpoint_every", "resume"})
 
 
 def checkpoint_path(directory: str | os.PathLike[str]) -> Path:
@@ -110,8 +107,9 @@ def save_checkpoint(
 def load_checkpoint(directory: str | os.PathLike[str], config: dict[str, Any]) -> dict[str, Any]:
     """The state saved in ``directory``, after checking that it was made with the same ``config``.
 
-    ``config`` is :meth:`fcpts.api.PruneConfig.to_dict` of the run that resumes; fields outside
-    :data:`RESUMABLE_CHANGES` must equal the checkpoint's.
+    ``config`` is :meth:`fcpts.api.PruneConfig.to_dict` of the run that resumes: every field must
+    equal the checkpoint's (another value would make another run). The run options (device,
+    progress, checkpoint interval) are not part of it and may change.
     """
     path = checkpoint_path(directory)
     if not path.is_file():
@@ -123,9 +121,7 @@ def load_checkpoint(directory: str | os.PathLike[str], config: dict[str, Any]) -
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FcptsError(f"{path} is not an fcpts checkpoint (format {FORMAT})")
     saved = state["config"]
-    changed = sorted(
-        k for k in set(saved) | set(config) if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k)
-    )
+    changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} → {config.get(k)!r}" for k in changed)
         raise FcptsError(

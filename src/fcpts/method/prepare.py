@@ -10,147 +10,21 @@ and writes the masked weights into the plain ``weight`` parameter.
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .allocation import allocate
-from .bridge import CDF_TERMS, SMOOTH_CDFS, bandwidth, bridged_global_sparsity, bridged_sparsity
-from .checks import check_finite
-from .errors import FcptsError
-from .layers import LayerFilter, default_layer_filter, prunable_layers
-from .masks import lowest_scores, surrogate_masked, target_zeros, threshold_for_sparsity
-
-#: How the reconstruction loss reaches the thresholds: not at all, or through a sigmoid surrogate.
-THRESHOLD_GRADS = ("none", "surrogate")
-
-#: ``score_fn(weight) -> scores`` (weight-shaped, ≥ 0, no gradient): what a threshold applies to.
-LayerScore = Callable[[torch.Tensor], torch.Tensor]
-
-
-class ThresholdMask(nn.Module):
-    """Parametrization ``W ↦ W ⊙ 1[|W| > t]`` with a learnable threshold ``t = exp(log_threshold)``.
-
-    The threshold is stored as its logarithm, so it is always positive and one learning rate
-    moves layers of very different weight scales by the same relative amount.
-
-    ``threshold_grad="surrogate"`` lets the reconstruction loss reach ``t``: the forward value is
-    the hard mask, the backward pass uses ``σ((|W| - t) / h)`` (``h``: the layer's KDE bandwidth).
-    With ``"none"`` the mask is a constant to autograd, as in the paper's published code, and only
-    the control loss moves ``t``. The weights' gradient is masked either way: a pruned weight
-    keeps its value and comes back only if the threshold drops below it.
-
-    :meth:`freeze` holds the current mask fixed (a fixed allocation with reconstruction): the
-    threshold no longer decides, and kept weights stay kept even where learning shrinks them.
-
-    ``score_fn`` replaces ``|W|`` by another importance score of the current weights (e.g. Wanda's
-    ``|W|·‖X‖``): the mask is then ``score > t`` and the KDE bridge runs on the scores.
-
-    >>> m = ThresholdMask(torch.tensor([[0.1, -0.5, 0.3, -0.05]]), threshold=0.2)
-    >>> m(torch.tensor([[0.1, -0.5, 0.3, -0.05]])).tolist()
-    [[0.0, -0.5, 0.30000001192092896, -0.0]]
-    """
-
-    def __init__(
-        self,
-        weight: torch.Tensor,
-        threshold: float,
-        kde_samples: int = 4096,
-        bandwidth_rule: str | float = "silverman",
-        threshold_grad: str = "surrogate",
-        generator: torch.Generator | None = None,
-        density: str = "kde",
-        score_fn: LayerScore | None = None,
-    ) -> None:
-        super().__init__()
-        self.score_fn = score_fn
-        if threshold_grad not in THRESHOLD_GRADS:
-            raise ValueError(f"threshold_grad must be one of {THRESHOLD_GRADS}, got {threshold_grad!r}")
-        if density not in SMOOTH_CDFS:
-            raise ValueError(f"density must be one of {sorted(SMOOTH_CDFS)}, got {density!r}")
-        self.density = density
-        self.log_threshold = nn.Parameter(torch.tensor(math.log(threshold), device=weight.device))
-        n = weight.numel()
-        index = torch.randperm(n, generator=generator)[: min(n, kde_samples)]  # (m,) fixed KDE subsample
-        self.register_buffer("kde_index", index.to(weight.device), persistent=False)
-        self.bandwidth_rule = bandwidth_rule
-        self.threshold_grad = threshold_grad
-        self._bandwidth_key: tuple[int, int] | None = None
-        self._bandwidth = torch.ones(())
-        self.frozen_keep: torch.Tensor | None = None  # weight-shaped bool, set by freeze()
-
-    @property
-    def threshold(self) -> torch.Tensor:
-        return self.log_threshold.exp()
-
-    def score(self, weight: torch.Tensor) -> torch.Tensor:
-        """What the threshold applies to: ``|W|``, or ``score_fn(W)`` (weight-shaped, detached)."""
-        return weight.detach().abs() if self.score_fn is None else self.score_fn(weight.detach())
-
-    def kde_values(self, score: torch.Tensor) -> torch.Tensor:
-        """The KDE subsample (m,) of a weight-shaped ``score``, as float32 magnitudes."""
-        return score.flatten()[self.kde_index].abs().float()
-
-    def _samples(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.kde_values(self.score(weight)), self.bandwidth_of(weight)  # (m,), scalar
-
-    def bandwidth_of(self, weight: torch.Tensor) -> torch.Tensor:
-        """The KDE bandwidth of ``weight``'s scores (scalar), cached until the weights change.
-
-        It (a quantile: a sort of m values) is needed twice per step, by the surrogate and by the
-        bridge; in-place optimizer steps bump the tensor's version counter, which invalidates it.
-        :meth:`Prepared.refresh_bandwidths` fills it for all layers at once.
-        """
-        if not self.bandwidth_current(weight):
-            self.set_bandwidth(weight, bandwidth(self.kde_values(self.score(weight)), self.bandwidth_rule))
-        return self._bandwidth
-
-    def bandwidth_current(self, weight: torch.Tensor) -> bool:
-        """Whether the cached bandwidth belongs to ``weight`` as it is now."""
-        return self._bandwidth_key == (weight.data_ptr(), weight._version)
-
-    def set_bandwidth(self, weight: torch.Tensor, h: torch.Tensor) -> None:
-        """Cache ``h`` (scalar) as the bandwidth of ``weight`` at its current version."""
-        self._bandwidth, self._bandwidth_key = h, (weight.data_ptr(), weight._version)
-
-    @torch.no_grad()
-    def freeze(self, weight: torch.Tensor) -> None:
-        """From now on the mask is ``score > t`` for the current ``weight``, whatever the weights become."""
-        self.frozen_keep = self.score(weight) > self.threshold
-
-    def ranking_score(self, weight: torch.Tensor) -> torch.Tensor:
-        """``score / t`` (weight-shaped, float32): above 1 exactly where the mask keeps a weight.
-
-        :func:`finalize` cuts all layers' scores at one global rank. A frozen mask's kept weights
-        score above 1 and its pruned ones at most 1 even where learning moved them across ``t``.
-        """
-        score = self.score(weight).float() / self.threshold.detach().float()
-        if self.frozen_keep is None:
-            return score
-        above_one = torch.nextafter(torch.ones(()), torch.full((), 2.0))
-        return torch.where(self.frozen_keep, score.clamp(min=above_one), score.clamp(max=1.0))
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        t = self.threshold
-        if self.frozen_keep is not None:
-            return weight * self.frozen_keep.to(weight.dtype)
-        score = self.score(weight)
-        if self.threshold_grad == "surrogate" and torch.is_grad_enabled() and t.requires_grad:
-            _, h = self._samples(weight)
-            return surrogate_masked(weight, score, t, h)  # value: hard mask; t's gradient: σ((score − t)/h)
-        return weight * (score > t.detach()).to(weight.dtype)
-
-    def sparsity(self, weight: torch.Tensor) -> torch.Tensor:
-        """This layer's exact sparsity at ``t``, differentiable in ``log_threshold`` via the density."""
-        if self.frozen_keep is not None:  # a constant: the threshold no longer decides
-            return 1.0 - self.frozen_keep.float().mean()
-        samples, h = self._samples(weight)
-        return bridged_sparsity(self.score(weight), self.threshold, samples, h, SMOOTH_CDFS[self.density])
+from ..core.allocation import allocate
+from ..core.checks import check_finite, validate_target
+from ..core.layers import LayerFilter, default_layer_filter, prunable_layers
+from ..core.masks import lowest_scores, target_zeros, threshold_for_sparsity
+from ..errors import FcptsError
+from .bridge import DENSITIES, bandwidth, bridged_global_sparsity
+from .threshold_mask import LayerScore, ThresholdMask
 
 
 @dataclass
@@ -219,7 +93,9 @@ class Prepared:
             index = torch.repeat_interleave(torch.arange(len(layers), device=t.device), lengths)  # (M,) sample → layer
             h = torch.stack([layer.mask.bandwidth_of(layer.weight) for layer in layers]).float()  # (L,)
             shares = torch.tensor([layer.numel / total for layer in layers], device=t.device)
-            value = value + bridged_global_sparsity(exact, t, torch.cat(samples), index, h, shares, CDF_TERMS[density])
+            value = value + bridged_global_sparsity(
+                exact, t, torch.cat(samples), index, h, shares, DENSITIES[density].terms
+            )
         return value
 
     @torch.no_grad()
@@ -346,8 +222,3 @@ def finalize(prepared: Prepared) -> nn.Module:
             stacklevel=2,
         )
     return prepared.model
-
-
-def validate_target(target_sparsity: float) -> None:
-    if not (isinstance(target_sparsity, (int, float)) and 0.0 < target_sparsity < 1.0):
-        raise FcptsError(f"target sparsity must be in the open interval (0, 1), got {target_sparsity!r}")

@@ -1,6 +1,7 @@
 """Model specs: built-in models, ecosystem prefixes (``torchvision:``, ``timm:``, ``hf:``), and factories.
 
-Spec prefixes are registered with :func:`register_model_spec` (see :mod:`fcpts.zoo` for the
+Built-in names live in :data:`BUILTIN_MODELS` (:mod:`.reference` registers ``refcnn`` and ``refvit``)
+and :data:`ALIASES` (:mod:`.zoo`: ``minilm``); spec prefixes in :data:`MODEL_SPECS` (:mod:`.zoo`: the
 ecosystem ones); a spec ``PREFIX:ARG`` whose prefix is not registered is a ``file.py:factory`` or
 ``package.module:factory``.
 
@@ -24,79 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import FcptsError
-
-#: Fashion-MNIST pixel mean and standard deviation (training split, pixels in [0, 1]).
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` with fixed buffers, so the model takes images in ``[0, 1]``."""
-
-    def __init__(self, mean: float, std: float) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("std", torch.tensor(std))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block: two 3×3 convs with BatchNorm and a (projected) identity shortcut."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class ReferenceCNN(nn.Module):
-    """The reference model: a small ResNet for 1×28×28 images (304k parameters, 10 classes).
-
-    stem 3×3 conv (16) at 28×28 → blocks of 32 @14×14, 64 @7×7, 128 @4×4 → global pool → Linear.
-    Prunable layers: 10 convs and the classifier, 303k weights.
-
-    >>> ReferenceCNN()(torch.zeros(2, 1, 28, 28)).shape
-    torch.Size([2, 10])
-    """
-
-    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
-        super().__init__()
-        self.normalize = Normalize(FASHION_MNIST_MEAN, FASHION_MNIST_STD)
-        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
-        self.layer1 = BasicBlock(widths[0], widths[1], 2)
-        self.layer2 = BasicBlock(widths[1], widths[2], 2)
-        self.layer3 = BasicBlock(widths[2], widths[3], 2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[3], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(self.normalize(x))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-
-def _reference_vit() -> nn.Module:
-    from .vit import ReferenceViT  # vit imports this module (Normalize)
-
-    return ReferenceViT()
-
-
-#: Built-in model names → (factory, packaged weights file or None).
-BUILTIN_MODELS: dict[str, tuple[Callable[[], nn.Module], str | None]] = {
-    "refcnn": (ReferenceCNN, "refcnn_fashion_mnist.safetensors"),
-    "refvit": (_reference_vit, "refvit_fashion_mnist.safetensors"),
-}
+from ..errors import FcptsError
+from ..registry import Registry
 
 #: ``build(arg, weights, random_weights) -> model``: ``weights`` is the user's file or None; a
 #: builder that returns weights already loaded (its own local source) returns ``(model, True)``.
@@ -112,8 +42,29 @@ class ModelSpec:
     usage: str
 
 
-#: Spec prefix → builder. Filled by :func:`register_model_spec` (``fcpts.zoo`` registers the ecosystem ones).
-MODEL_SPECS: dict[str, ModelSpec] = {}
+#: Spec prefix → builder (:func:`register_model_spec`).
+MODEL_SPECS: Registry[ModelSpec] = Registry("model spec prefix")
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A built-in model name: ``factory()`` builds it; ``weights`` is its file in ``fcpts/models/weights/``."""
+
+    factory: Callable[[], nn.Module]
+    weights: str | None = None
+
+    def weights_path(self) -> Path | None:
+        """Path of the packaged weights file (None for a model without one)."""
+        if self.weights is None:
+            return None
+        return Path(str(importlib.resources.files("fcpts.models") / "weights" / self.weights))
+
+
+#: Built-in model name → factory and packaged weights.
+BUILTIN_MODELS: Registry[BuiltinModel] = Registry("built-in model")
+
+#: Built-in names that stand for a spec found at run time (e.g. a package's model directory).
+ALIASES: Registry[Callable[[], str]] = Registry("model alias")
 
 
 def register_model_spec(prefix: str, usage: str) -> Callable[[SpecBuilder], SpecBuilder]:
@@ -124,31 +75,14 @@ def register_model_spec(prefix: str, usage: str) -> Callable[[SpecBuilder], Spec
     ...     return nn.Linear(2, int(arg)), random_weights
     >>> load_model("toy:3", random_weights=True).out_features
     3
-    >>> del MODEL_SPECS["toy"]
+    >>> MODEL_SPECS.unregister("toy")
     """
 
     def decorate(fn: SpecBuilder) -> SpecBuilder:
-        MODEL_SPECS[prefix] = ModelSpec(prefix, fn, usage)
+        MODEL_SPECS.register(prefix, ModelSpec(prefix, fn, usage))
         return fn
 
     return decorate
-
-
-def builtin_weights_path(name: str) -> Path:
-    """Path of a built-in model's packaged weights file."""
-    filename = BUILTIN_MODELS[name][1]
-    assert filename is not None
-    return Path(str(importlib.resources.files("fcpts") / "weights" / filename))
-
-
-def load_reference_model(device: str | torch.device = "cpu") -> nn.Module:
-    """The reference CNN with its committed Fashion-MNIST weights, in eval mode.
-
-    >>> model = load_reference_model()
-    >>> sum(p.numel() for p in model.parameters()) > 300_000
-    True
-    """
-    return load_model("refcnn", device=device)
 
 
 def _import_factory(spec: str) -> Callable[[], nn.Module]:
@@ -279,16 +213,14 @@ def load_model(
     >>> load_model("refcnn").fc.out_features
     10
     """
-    from . import zoo as _zoo  # registers the torchvision:, timm:, hf: prefixes (their imports are lazy)
-
     prefix, _, arg = spec.partition(":")
     if spec in BUILTIN_MODELS:
-        factory, packaged = BUILTIN_MODELS[spec]
-        model = factory()
-        if weights is None and packaged is not None and not random_weights:
-            weights = builtin_weights_path(spec)
-    elif spec in _zoo.ALIASES:
-        return load_model(_zoo.ALIASES[spec](), weights, device, random_weights)
+        builtin = BUILTIN_MODELS[spec]
+        model = builtin.factory()
+        if weights is None and not random_weights:
+            weights = builtin.weights_path()
+    elif spec in ALIASES:
+        return load_model(ALIASES[spec](), weights, device, random_weights)
     elif prefix in MODEL_SPECS:
         if not arg:
             raise FcptsError(f"model spec {spec!r} is incomplete: expected {MODEL_SPECS[prefix].usage}")
@@ -300,7 +232,7 @@ def load_model(
         if not isinstance(model, nn.Module):
             raise FcptsError(f"model spec {spec!r} returned {type(model).__name__}, not an nn.Module")
     else:
-        known = ", ".join(sorted([*BUILTIN_MODELS, *_zoo.ALIASES]))
+        known = ", ".join(sorted([*BUILTIN_MODELS, *ALIASES]))
         prefixes = ", ".join(m.usage for m in MODEL_SPECS.values())
         raise FcptsError(
             f"unknown model spec {spec!r}: expected a built-in name ({known}), {prefixes}, "

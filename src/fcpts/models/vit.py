@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import FASHION_MNIST_MEAN, FASHION_MNIST_STD, Normalize
+from .reference import FASHION_MNIST_MEAN, FASHION_MNIST_STD, Normalize
 
 
 class Attention(nn.Module):

@@ -17,7 +17,6 @@ import importlib
 import importlib.util
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import FcptsError
-from .models import register_model_spec
+from ..errors import FcptsError
+from .specs import ALIASES, register_model_spec
 
 HOW_TO_PASS_WEIGHTS = (
     "this machine cannot download: pass --weights FILE (a state dict saved where the weights are available), "
@@ -80,7 +79,7 @@ def build_torchvision(arg: str, weights: Any, random_weights: bool) -> tuple[nn.
             f"torchvision:{name}: its pretrained weights ({default}) are not in the local cache {cached}; "
             + HOW_TO_PASS_WEIGHTS
         )
-    from .models import check_state_dict_fits, load_state_dict
+    from .specs import check_state_dict_fits, load_state_dict
 
     state = load_state_dict(cached)
     check_state_dict_fits(model, state, str(cached), f"torchvision:{name}")
@@ -232,5 +231,4 @@ def minilm_dir() -> str:
     return str(Path(next(iter(found.submodule_search_locations))) / "model")
 
 
-#: Built-in names that stand for a spec found at run time (a package's model directory).
-ALIASES: dict[str, Callable[[], str]] = {"minilm": lambda: f"hf:{minilm_dir()}"}
+ALIASES.register("minilm", lambda: f"hf:{minilm_dir()}")

@@ -1,0 +1,214 @@
+"""The ``fcpts`` command line: every command, flag and help text (parsing only; :mod:`.commands` runs them)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..api import METHODS
+from ..core.allocation import ALLOCATIONS
+from ..core.importance import IMPORTANCES
+from ..data.images import NORMALIZATIONS
+from ..deploy.export import FORMATS
+from ..method.bridge import DENSITIES
+from ..method.config import FCPTSConfig
+from ..method.losses import RECONSTRUCTION_LOSSES
+
+#: Flags that set a method's config field of the same name; only some methods take each.
+METHOD_FLAGS = (
+    "iters",
+    "lr_weight",
+    "lr_threshold",
+    "init",
+    "threshold_grad",
+    "density",
+    "control_weight",
+    "temperature",
+    "feature_modules",
+    "recalibrate_bn",
+    "loss",
+    "learn_thresholds",
+    "importance",
+    "allocation",
+    "damp",
+    "blocksize",
+    "refit_init",
+    "refit_rank",
+    "refit_samples",
+    "freeze_masks_at",
+)
+
+#: Steps between checkpoints when --checkpoint-dir or --resume is given without --checkpoint-every.
+DEFAULT_CHECKPOINT_EVERY = 100
+
+
+def _add_model_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        required=True,
+        help="built-in name (refcnn, refvit, minilm), torchvision:NAME, timm:NAME, hf:DIR, "
+        "path/to/file.py:factory or package.module:factory",
+    )
+    p.add_argument("--weights", help="weights file (safetensors, or a torch.save state dict; never unpickled)")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="allow a model without weights: keep its random initialisation (the report says so)",
+    )
+    p.add_argument(
+        "--data", required=True, help="fashion-mnist, npz:PATH, imagefolder:DIR, text:FILE or hf-dataset:DIR"
+    )
+    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files (default: the Debian package's)")
+    p.add_argument("--image-size", type=int, help="imagefolder: resize images to this square size")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="imagefolder: 1 (grayscale) or 3 (RGB)")
+    p.add_argument("--crop", type=int, help="imagefolder: central square crop after the resize")
+    p.add_argument("--normalize", choices=("none", *NORMALIZATIONS), help="imagefolder: per-channel normalisation")
+    p.add_argument("--max-length", type=int, default=128, help="text: longest token sequence (default: 128)")
+    p.add_argument("--split", help="hf-dataset: calibration split of a DatasetDict (default: train)")
+    p.add_argument("--eval-split", help="hf-dataset: evaluation split (default: test, else validation)")
+    for column in ("image", "text", "label"):
+        p.add_argument(f"--{column}-column", help=f"hf-dataset: the {column} column (default: detected)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fcpts", description="Fast and controllable post-training sparsity.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a model to an exact global sparsity")
+    _add_model_data_args(p)
+    p.add_argument("--sparsity", type=float, help="global target sparsity in (0, 1) (default with --pattern N:M: N/M)")
+    p.add_argument(
+        "--pattern",
+        metavar="N:M",
+        help="semi-structured sparsity: N zeros in every M consecutive input weights (e.g. 2:4); "
+        "layers whose input size does not divide by M stay dense",
+    )
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--eval-data", metavar="SPEC", help="evaluate on this held-out data spec (e.g. text:eval.txt)")
+    p.add_argument("--method", default="fcpts", choices=METHODS.names(), help="default: fcpts")
+    p.add_argument("--calib-samples", type=int, default=4096, help="calibration samples (default: 4096)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g = p.add_argument_group("fcpts options")
+    g.add_argument("--iters", type=int, help=f"learning iterations (default: {FCPTSConfig.iters})")
+    g.add_argument(
+        "--lr-weight", type=float, help=f"kept-weight learning rate, 0 freezes (default: {FCPTSConfig.lr_weight})"
+    )
+    g.add_argument("--lr-threshold", type=float, help=f"threshold learning rate (default: {FCPTSConfig.lr_threshold})")
+    g.add_argument("--init", choices=ALLOCATIONS.names(), help=f"initial allocation (default: {FCPTSConfig.init})")
+    g.add_argument("--threshold-grad", choices=("surrogate", "none"), help="reconstruction gradient to thresholds")
+    g.add_argument(
+        "--density",
+        choices=DENSITIES.names(),
+        help=f"density behind ds/dt (default: {FCPTSConfig.density})",
+    )
+    g.add_argument(
+        "--control-weight", type=float, help=f"λ of the control loss (default: {FCPTSConfig.control_weight})"
+    )
+    g.add_argument("--temperature", type=float, help="distillation temperature (default: 1)")
+    g.add_argument(
+        "--loss",
+        choices=("auto", *RECONSTRUCTION_LOSSES),
+        help="reconstruction loss on the outputs (default: auto: kl for logits, cosine for embeddings)",
+    )
+    g.add_argument(
+        "--feature-modules",
+        nargs="+",
+        metavar="NAME",
+        help="also match these modules' outputs by MSE (block-wise reconstruction), e.g. layer1 layer2",
+    )
+    g.add_argument(
+        "--recalibrate-bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recalibrate BatchNorm after pruning (default: on for magnitude, wanda, sparsegpt; off for fcpts, pot)",
+    )
+    g.add_argument(
+        "--learn-thresholds",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="learn the per-layer thresholds (default); --no-learn-thresholds keeps the --init masks "
+        "fixed and only reconstructs the kept weights",
+    )
+    o = p.add_argument_group("score-based method options (wanda, sparsegpt, pot; --importance also fcpts)")
+    o.add_argument("--importance", choices=IMPORTANCES.names(), help="importance score (fcpts default: magnitude)")
+    o.add_argument("--allocation", choices=ALLOCATIONS.names(), help="per-layer sparsities (default: uniform)")
+    o.add_argument("--damp", type=float, help="sparsegpt/pot: relative Hessian dampening (default: 0.01)")
+    o.add_argument("--blocksize", type=int, help="sparsegpt: columns per block (default: 128)")
+    g.add_argument(
+        "--refit-init",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fcpts: refit the kept weights layer by layer (POT's least squares) before learning (default: off)",
+    )
+    g.add_argument(
+        "--refit-rank",
+        choices=("refitted", "dense"),
+        help="with --refit-init: the thresholds rank the refitted weights (default) or the dense scores",
+    )
+    g.add_argument(
+        "--refit-samples",
+        type=int,
+        metavar="N",
+        help=f"with --refit-init: calibration samples the refit reads, 0 all (default: {FCPTSConfig.refit_samples})",
+    )
+    g.add_argument(
+        "--freeze-masks-at",
+        type=float,
+        metavar="FRACTION",
+        help="after this fraction of the iterations, hold finalize's exact masks and only reconstruct "
+        f"(default: {FCPTSConfig.freeze_masks_at}; 1 learns the thresholds to the last step, as the paper)",
+    )
+    c = p.add_argument_group("checkpoints (fcpts)")
+    where = c.add_mutually_exclusive_group()
+    where.add_argument("--checkpoint-dir", metavar="DIR", help="save the training state to DIR during learning")
+    where.add_argument(
+        "--resume", metavar="DIR", help="continue the run checkpointed in DIR (same options; keeps checkpointing there)"
+    )
+    c.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help=f"steps between checkpoints (default: {DEFAULT_CHECKPOINT_EVERY} with --checkpoint-dir or --resume)",
+    )
+
+    e = sub.add_parser("eval", help="accuracy and sparsity of a model on a dataset")
+    _add_model_data_args(e)
+    e.add_argument("--limit", type=int, help="evaluate on the first N samples only")
+    e.add_argument(
+        "--sparse-inference",
+        action="store_true",
+        help="run pruned layers with sparse (CSR) kernels where a timing on the first batch says they are faster",
+    )
+
+    d = sub.add_parser("demo", help="prune the reference CNN on Fashion-MNIST: dense vs magnitude vs fcpts")
+    d.add_argument("--sparsity", type=float, default=0.9)
+    d.add_argument("--iters", type=int, default=FCPTSConfig.iters)
+    d.add_argument("--calib-samples", type=int, default=4096)
+    d.add_argument("--data-dir")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("methods", help="list the pruning methods")
+
+    x = sub.add_parser("export", help="export a pruned model (a prune output directory) as dense, compressed or onnx")
+    x.add_argument("dir", help="output directory of fcpts prune (model.safetensors, report.json)")
+    x.add_argument("--format", required=True, choices=FORMATS.names(), help="dense, compressed or onnx")
+    x.add_argument("--out", required=True, help="export directory (written atomically); fcpts.load(OUT) reads it")
+    x.add_argument(
+        "--input-shape", type=_shape, metavar="C,H,W", help="input shape without batch, for onnx (refcnn: 1,28,28)"
+    )
+    x.add_argument("--overwrite", action="store_true", help="replace a non-empty export directory")
+    return parser
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 1,28,28, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return shape

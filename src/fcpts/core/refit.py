@@ -1,0 +1,71 @@
+"""POT-style layer-wise calibration (Lazarevich et al. 2021): prune, then refit each layer's kept weights.
+
+Every layer is pruned at once by an importance score under an allocation (exact global count, or
+N:M; :func:`fcpts.oneshot.prune_flags`). Then, layer by layer in forward order, the kept weights
+of each output row are refitted so that the pruned layer, fed the *pruned* upstream model's inputs
+``X̃``, reproduces the *dense* layer's output on its dense inputs ``X``:
+
+    min_{w_K}  ‖X̃_K w_K − X w_dense‖² + λ‖w_K‖²     (λ = damp · mean(diag X̃ᵀX̃))
+
+a ridge least-squares problem solved in closed form from ``G = X̃ᵀX̃`` and ``C = X̃ᵀX``:
+``(G_KK + λI) w_K = C_K· w_dense``. The paper fits the same objective with Adam; the closed form
+reaches its minimum. Pruned weights stay exactly zero, so the count is unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .activations import gram
+from .calibration import Calibration
+
+
+def refit_rows(weight: torch.Tensor, keep: torch.Tensor, g: torch.Tensor, c: torch.Tensor, damp: float) -> torch.Tensor:
+    """Kept weights refitted per output row: ``(G_KK + λI) w_K = C_K· w_r``; pruned ones 0 (weight's shape).
+
+    ``weight`` (out, ...) is the dense weight, ``keep`` its bool keep-mask, ``g``/``c`` (cols, cols).
+
+    >>> g = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
+    >>> refit_rows(torch.tensor([[1.0, 1.0]]), torch.tensor([[True, False]]), g, g, 1e-9).tolist()
+    [[1.5, 0.0]]
+    """
+    w = weight.detach().reshape(weight.shape[0], -1).double()  # (out, cols)
+    k = keep.reshape(w.shape)
+    g, c = g.double(), c.double()
+    lam = damp * torch.diagonal(g).mean()
+    rhs = w @ c.T  # (out, cols): row r is C w_r
+    out = torch.zeros_like(w)
+    for r in range(w.shape[0]):
+        idx = k[r].nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        a = g[idx][:, idx] + lam * torch.eye(idx.numel(), dtype=g.dtype, device=g.device)
+        out[r, idx] = torch.linalg.solve(a, rhs[r, idx])
+    return out.to(weight.dtype).reshape(weight.shape)
+
+
+@torch.no_grad()
+def refit_layers(
+    model: nn.Module,
+    dense: nn.Module,
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    calibration: Calibration,
+    damp: float,
+) -> None:
+    """Refit, in forward order, the kept weights of every ``name: (stored weight, keep-mask)`` in ``layers``.
+
+    ``model`` must already compute with the masks (pruned weights zero, or masked by a
+    parametrization: then ``stored weight`` is its dense ``original`` and only its kept entries
+    are overwritten). ``dense`` is the unpruned model the outputs are matched to.
+    """
+    dense_layers = dict(dense.named_modules())
+    for name, (weight, keep) in layers.items():
+        g, c, _ = gram(model, name, calibration.epoch(), reference=dense)
+        assert c is not None
+        refit = refit_rows(dense_layers[name].weight, keep, g, c, damp)
+        # A refitted weight landing on exactly 0 would add a zero: keep it at the smallest normal value.
+        tiny = torch.finfo(refit.dtype).tiny
+        keep = keep.to(refit.device)
+        refit = torch.where((refit == 0) & keep, torch.full_like(refit, tiny), refit)
+        weight.copy_(torch.where(keep, refit, weight))

@@ -1,0 +1,92 @@
+"""FCPTS (Gong et al., AAAI 2024) in one file: losses, the learning loop, and the method.
+
+    L = L_rec(teacher(x), student(x)) + λ · |S(t) − S*|
+
+* every prunable layer has one threshold ``t_l``; its mask is ``|W_l| > t_l`` (:mod:`fcpts.sparsify`);
+* ``S(t) = Σ n_l s_l(t_l) / Σ n_l`` is exact in value, and differentiable through the KDE bridge
+  ``ds_l/dt_l = p̂_l(t_l)`` (:mod:`fcpts.bridge`), so the control loss moves the thresholds;
+* ``L_rec``: KL divergence with temperature between the dense teacher's and the sparse student's
+  logits (``loss="kl"``), or, for a model whose output holds embeddings rather than logits (a
+  sentence encoder, ``last_hidden_state``), ``1 − cosine`` (``"cosine"``) or MSE (``"mse"``) on the
+  output vectors; ``"auto"`` chooses kl or cosine by the output kind. Plus optional MSE on chosen
+  intermediate modules (block-wise feature matching);
+* thresholds and the kept weights are optimised jointly (Adam); the reconstruction loss reaches
+  the thresholds through a sigmoid surrogate of the mask (``threshold_grad``);
+* for the last 10% of the steps (``freeze_masks_at``) the masks are held at finalize's exact
+  global count, so the kept weights adapt to the final masks and :func:`fcpts.sparsify.finalize`
+  (zero count exactly ``round(S* · N)``) changes no mask; the ablation measured it against learning
+  the thresholds to the last step (README, Ablation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..core.evaluate import is_logits_output
+from ..registry import Registry
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T² · KL(softmax(teacher/T) ‖ softmax(student/T))``, averaged over the batch (B, C).
+
+    >>> distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), 2.0).item()
+    0.0
+    """
+    t = temperature
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * t * t
+
+
+def cosine_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``1 − cos(student, teacher)`` along the last dimension, averaged over the rest (B, [T,] D).
+
+    Scale-free like the KL on logits (0 when equal, at most 2), so the control weight λ keeps its
+    meaning; ``temperature`` is unused (one signature for every loss).
+
+    >>> cosine_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])).item()
+    1.0
+    """
+    return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+
+
+def mse_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Mean squared error between the output vectors (``temperature`` unused).
+
+    >>> mse_loss(torch.zeros(2, 2), torch.ones(2, 2)).item()
+    1.0
+    """
+    return F.mse_loss(student.float(), teacher.float())
+
+
+#: ``loss`` name → ``fn(student output, teacher output, temperature)``.
+RECONSTRUCTION_LOSSES: Registry[Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = Registry("loss")
+RECONSTRUCTION_LOSSES.register("kl", distillation_loss)
+RECONSTRUCTION_LOSSES.register("cosine", cosine_loss)
+RECONSTRUCTION_LOSSES.register("mse", mse_loss)
+
+
+def resolve_loss(loss: str, output: Any) -> str:
+    """The loss for a model output: ``loss`` itself, or for ``"auto"`` kl on logits, cosine on embeddings.
+
+    >>> resolve_loss("auto", torch.zeros(1, 3)), resolve_loss("auto", {"last_hidden_state": 0}), resolve_loss("mse", 0)
+    ('kl', 'cosine', 'mse')
+    """
+    if loss != "auto":
+        return loss
+    return "kl" if is_logits_output(output) else "cosine"
+
+
+def control_loss(global_sparsity: torch.Tensor, target: float, kind: str = "abs") -> torch.Tensor:
+    """``|S − S*|`` or ``(S − S*)²``.
+
+    >>> s = torch.tensor(0.7)
+    >>> round(control_loss(s, 0.8).item(), 6), round(control_loss(s, 0.8, "squared").item(), 6)
+    (0.1, 0.01)
+    """
+    gap = global_sparsity - target
+    return gap.abs() if kind == "abs" else gap * gap
