@@ -1,4 +1,4 @@
-"""Writing results: the atomic output directory, ``model.safetensors``, ``report.json``, ``allocation.png``."""
+"""Output directories written all or nothing (a temporary directory renamed into place), and weight files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Writing results: the atomic output directory, ``model.safetensors``, ``report.json``, ``allocation.png``."""
+"""The prune run's report: ``report.json`` (target and achieved sparsity, layers, time, config, history,
+versions) and ``allocation.png``, written with the weights into an atomic output directory.
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""One-shot pruning by an importance score, and the plumbing the score-based methods share.
+"""Wanda (Sun et al. 2023) and OWL-Wanda (Yin et al. 2024): one-shot pruning by an importance score.
 
-``wanda`` (Sun et al. 2023): prune the lowest ``|W_ij|·‖X_j‖₂`` per output row, every layer at the
-allocation's sparsity (uniform in the paper; ``owl-wanda``: the OWL allocation), with the layer
-counts rounded so that the whole model holds exactly ``round(S*·N)`` zeros. With a ``pattern``
-N:M every group of M consecutive input weights loses its N lowest-scoring weights instead.
+``wanda``: prune the lowest ``|W_ij|·‖X_j‖₂`` per output row, every layer at the allocation's
+sparsity (uniform in the paper; ``owl-wanda``: the OWL allocation), with the layer counts rounded
+so that the whole model holds exactly ``round(S*·N)`` zeros. With a ``pattern`` N:M every group of
+M consecutive input weights loses its N lowest-scoring weights instead.
 """
 
 from __future__ import annotations

@@ -71,10 +71,24 @@ def _add_model_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fcpts`` parser: ``prune``, ``eval``, ``demo``, ``methods``, ``export``."""
     parser = argparse.ArgumentParser(prog="fcpts", description="Fast and controllable post-training sparsity.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_prune(sub.add_parser("prune", help="prune a model to an exact global sparsity"))
+    _add_eval(sub.add_parser("eval", help="accuracy and sparsity of a model on a dataset"))
+    _add_demo(
+        sub.add_parser(
+            "demo", help="prune the reference CNN on Fashion-MNIST: dense, magnitude, the best one-shot, fcpts"
+        )
+    )
+    sub.add_parser("methods", help="list the pruning methods")
+    _add_export(
+        sub.add_parser("export", help="export a pruned model (a prune output directory) as dense, compressed or onnx")
+    )
+    return parser
 
-    p = sub.add_parser("prune", help="prune a model to an exact global sparsity")
+
+def _add_prune(p: argparse.ArgumentParser) -> None:
     _add_model_data_args(p)
     p.add_argument("--sparsity", type=float, help="global target sparsity in (0, 1) (default with --pattern N:M: N/M)")
     p.add_argument(
@@ -91,7 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    g = p.add_argument_group("fcpts options")
+    _add_fcpts_options(p.add_argument_group("fcpts options"))
+    _add_score_options(
+        p.add_argument_group("score-based method options (wanda, sparsegpt, pot; --importance also fcpts)")
+    )
+    _add_checkpoint_options(p.add_argument_group("checkpoints (fcpts)"))
+
+
+def _add_fcpts_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--iters", type=int, help=f"learning iterations (default: {FCPTSConfig.iters})")
     g.add_argument(
         "--lr-weight", type=float, help=f"kept-weight learning rate, 0 freezes (default: {FCPTSConfig.lr_weight})"
@@ -132,11 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="learn the per-layer thresholds (default); --no-learn-thresholds keeps the --init masks "
         "fixed and only reconstructs the kept weights",
     )
-    o = p.add_argument_group("score-based method options (wanda, sparsegpt, pot; --importance also fcpts)")
-    o.add_argument("--importance", choices=IMPORTANCES.names(), help="importance score (fcpts default: magnitude)")
-    o.add_argument("--allocation", choices=ALLOCATIONS.names(), help="per-layer sparsities (default: uniform)")
-    o.add_argument("--damp", type=float, help="sparsegpt/pot: relative Hessian dampening (default: 0.01)")
-    o.add_argument("--blocksize", type=int, help="sparsegpt: columns per block (default: 128)")
     g.add_argument(
         "--refit-init",
         action=argparse.BooleanOptionalAction,
@@ -161,7 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="after this fraction of the iterations, hold finalize's exact masks and only reconstruct "
         f"(default: {FCPTSConfig.freeze_masks_at}; 1 learns the thresholds to the last step, as the paper)",
     )
-    c = p.add_argument_group("checkpoints (fcpts)")
+
+
+def _add_score_options(o: argparse._ArgumentGroup) -> None:
+    o.add_argument("--importance", choices=IMPORTANCES.names(), help="importance score (fcpts default: magnitude)")
+    o.add_argument("--allocation", choices=ALLOCATIONS.names(), help="per-layer sparsities (default: uniform)")
+    o.add_argument("--damp", type=float, help="sparsegpt/pot: relative Hessian dampening (default: 0.01)")
+    o.add_argument("--blocksize", type=int, help="sparsegpt: columns per block (default: 128)")
+
+
+def _add_checkpoint_options(c: argparse._ArgumentGroup) -> None:
     where = c.add_mutually_exclusive_group()
     where.add_argument("--checkpoint-dir", metavar="DIR", help="save the training state to DIR during learning")
     where.add_argument(
@@ -174,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"steps between checkpoints (default: {DEFAULT_CHECKPOINT_EVERY} with --checkpoint-dir or --resume)",
     )
 
-    e = sub.add_parser("eval", help="accuracy and sparsity of a model on a dataset")
+
+def _add_eval(e: argparse.ArgumentParser) -> None:
     _add_model_data_args(e)
     e.add_argument("--limit", type=int, help="evaluate on the first N samples only")
     e.add_argument(
@@ -183,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run pruned layers with sparse (CSR) kernels where a timing on the first batch says they are faster",
     )
 
-    d = sub.add_parser("demo", help="prune the reference CNN on Fashion-MNIST: dense vs magnitude vs fcpts")
+
+def _add_demo(d: argparse.ArgumentParser) -> None:
     d.add_argument("--sparsity", type=float, default=0.9)
     d.add_argument("--iters", type=int, default=FCPTSConfig.iters)
     d.add_argument("--calib-samples", type=int, default=4096)
@@ -191,9 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cpu")
     d.add_argument("--seed", type=int, default=0)
 
-    sub.add_parser("methods", help="list the pruning methods")
 
-    x = sub.add_parser("export", help="export a pruned model (a prune output directory) as dense, compressed or onnx")
+def _add_export(x: argparse.ArgumentParser) -> None:
     x.add_argument("dir", help="output directory of fcpts prune (model.safetensors, report.json)")
     x.add_argument("--format", required=True, choices=FORMATS.names(), help="dense, compressed or onnx")
     x.add_argument("--out", required=True, help="export directory (written atomically); fcpts.load(OUT) reads it")
@@ -201,7 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-shape", type=_shape, metavar="C,H,W", help="input shape without batch, for onnx (refcnn: 1,28,28)"
     )
     x.add_argument("--overwrite", action="store_true", help="replace a non-empty export directory")
-    return parser
 
 
 def _shape(text: str) -> tuple[int, ...]:

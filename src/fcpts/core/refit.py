@@ -1,15 +1,14 @@
-"""POT-style layer-wise calibration (Lazarevich et al. 2021): prune, then refit each layer's kept weights.
+"""The ridge refit of a pruned layer's kept weights to the dense layer's outputs (POT's objective).
 
-Every layer is pruned at once by an importance score under an allocation (exact global count, or
-N:M; :func:`fcpts.oneshot.prune_flags`). Then, layer by layer in forward order, the kept weights
-of each output row are refitted so that the pruned layer, fed the *pruned* upstream model's inputs
-``X̃``, reproduces the *dense* layer's output on its dense inputs ``X``:
+Layer by layer in forward order, the kept weights of each output row are refitted so that the
+pruned layer, fed the *pruned* upstream model's inputs ``X̃``, reproduces the *dense* layer's
+output on its dense inputs ``X``:
 
     min_{w_K}  ‖X̃_K w_K − X w_dense‖² + λ‖w_K‖²     (λ = damp · mean(diag X̃ᵀX̃))
 
 a ridge least-squares problem solved in closed form from ``G = X̃ᵀX̃`` and ``C = X̃ᵀX``:
-``(G_KK + λI) w_K = C_K· w_dense``. The paper fits the same objective with Adam; the closed form
-reaches its minimum. Pruned weights stay exactly zero, so the count is unchanged.
+``(G_KK + λI) w_K = C_K· w_dense``. Pruned weights stay exactly zero, so the count is unchanged.
+Used by the POT baseline (:mod:`fcpts.baselines.pot`) and by fcpts's ``refit_init``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""One-shot pruning by an importance score, and the plumbing the score-based methods share.
-
-``wanda`` (Sun et al. 2023): prune the lowest ``|W_ij|·‖X_j‖₂`` per output row, every layer at the
-allocation's sparsity (uniform in the paper; ``owl-wanda``: the OWL allocation), with the layer
-counts rounded so that the whole model holds exactly ``round(S*·N)`` zeros. With a ``pattern``
-N:M every group of M consecutive input weights loses its N lowest-scoring weights instead.
+"""Scores, per-layer counts and pruning flags shared by the score-based methods (Wanda, SparseGPT,
+POT, fcpts's input-based scores): which layers are prunable, each layer's importance scores, the
+zeros per layer under an allocation (summing to exactly ``round(S*·N)``), the flags to prune
+(per output row or per layer, or N:M), and applying them.
 """
 
 from __future__ import annotations

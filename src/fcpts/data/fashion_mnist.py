@@ -1,13 +1,6 @@
-"""Datasets for calibration and evaluation: Fashion-MNIST, ``npz:``, ``imagefolder:``, ``text:`` (and ``hf-dataset:``).
-
-Every loader returns a :class:`Split` of float32 images in ``[0, 1]`` shaped ``(N, C, H, W)``
-and, where known, int64 labels ``(N,)``. Normalisation belongs to the model (the reference CNN
-carries its own), so one data spec serves any model; ``imagefolder:`` can add a standard
-``--normalize imagenet`` for ecosystem models that expect it. ``text:FILE`` gives tokenizer
-outputs instead: ``x`` is a dict of ``(N, T)`` tensors (``input_ids``, ``attention_mask``, ...).
-
-Spec prefixes are registered with :func:`register_data_spec`; :mod:`fcpts.hfdata` registers
-``hf-dataset:DIR`` (a ``datasets`` ``save_to_disk`` directory).
+"""The ``fashion-mnist`` data spec: the 60k training images for calibration, the 10k test images for
+evaluation, from the IDX files of Debian's ``dataset-fashion-mnist`` (or ``--data-dir``, or
+``$FCPTS_FASHION_MNIST_DIR``).
 """
 
 from __future__ import annotations

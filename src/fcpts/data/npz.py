@@ -1,13 +1,5 @@
-"""Datasets for calibration and evaluation: Fashion-MNIST, ``npz:``, ``imagefolder:``, ``text:`` (and ``hf-dataset:``).
-
-Every loader returns a :class:`Split` of float32 images in ``[0, 1]`` shaped ``(N, C, H, W)``
-and, where known, int64 labels ``(N,)``. Normalisation belongs to the model (the reference CNN
-carries its own), so one data spec serves any model; ``imagefolder:`` can add a standard
-``--normalize imagenet`` for ecosystem models that expect it. ``text:FILE`` gives tokenizer
-outputs instead: ``x`` is a dict of ``(N, T)`` tensors (``input_ids``, ``attention_mask``, ...).
-
-Spec prefixes are registered with :func:`register_data_spec`; :mod:`fcpts.hfdata` registers
-``hf-dataset:DIR`` (a ``datasets`` ``save_to_disk`` directory).
+"""The ``npz:PATH`` data spec: array ``x`` (N×C×H×W float32, or uint8 N×H×W[×C] scaled to [0, 1]) and
+optional labels ``y``; read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations

@@ -1,44 +1,6 @@
-"""Export a pruned model as ``dense``, ``compressed`` or ``onnx``, and :func:`load` any of them back.
-
-An export directory holds one model file and ``export.json`` (format, model spec, file sizes):
-
-* ``dense``: ``model.safetensors``, the state dict with its zeros (what ``fcpts prune`` writes).
-* ``compressed``: ``model.compressed.safetensors``, the **fcpts-bitmask v1** format below.
-* ``onnx``: ``model.onnx``, the model's graph (PyTorch's ``torch.export``-based exporter, dynamic
-  batch dimension), checked against PyTorch's outputs with onnxruntime when it is written.
-
-**fcpts-bitmask v1.** One safetensors file. A floating-point tensor ``K`` of the state dict is stored
-compressed when that is smaller than storing it dense, as two entries:
-
-* ``K.values``: 1-D, ``K``'s dtype, the stored entries of ``K`` in row-major (C) order;
-* ``K.bitmask``: 1-D uint8, ``numpy.packbits`` of the row-major keep-mask of ``K`` (most significant
-  bit first, the last byte padded with 0 bits), ``ceil(numel / 8)`` bytes.
-
-An entry is stored unless its bits are those of ``+0.0``; a ``-0.0`` is stored as a value, so the
-loader restores every tensor **bit for bit** (``fcpts.finalize`` writes ``+0.0`` for pruned weights).
-The header's ``__metadata__`` holds ``format = "fcpts-bitmask"``, ``version = "1"`` and ``sparse``:
-a JSON object ``{K: {"shape": [...], "dtype": "float32"}}`` naming the compressed tensors. Every
-other tensor (biases, norms, buffers, integer tensors) is stored dense under its own name. At
-sparsity ``s`` a float32 tensor costs about ``(1 - s) * 4 + 1/8`` bytes per weight instead of 4:
-``0.156×`` of dense at 0.9.
-
-:func:`load` returns an ``nn.Module`` for every format: for dense and compressed the model rebuilt
-from its spec (``export.json``'s ``model_spec``, or a ``model`` you pass) with the stored weights;
-for onnx an :class:`OnnxModule`, a small module whose forward runs the ONNX graph with onnxruntime
-(it has no parameters: the weights live in the graph).
-
->>> import tempfile, torch
->>> from torch import nn
->>> net = nn.Linear(200, 30)
->>> with torch.no_grad():
-...     net.weight[:, :150] = 0.0  # 75% zeros
->>> out = tempfile.mkdtemp() + "/exp"
->>> info = export(net, out, "compressed")
->>> info.bytes["model.compressed.safetensors"] < info.dense_bytes
-True
->>> back = load(out, model=nn.Linear(200, 30))
->>> torch.equal(back.weight, net.weight) and torch.equal(back.bias, net.bias)
-True
+"""The ``onnx`` export: the model's graph (PyTorch's ``torch.export``-based exporter, dynamic batch
+dimension), checked against PyTorch's outputs with onnxruntime when it is written, and
+:class:`OnnxModule`, which runs a saved graph as an ``nn.Module``.
 """
 
 from __future__ import annotations
