@@ -30,13 +30,14 @@ from torch import nn
 
 from .api import PruneConfig, PruneResult, RunOptions, prune
 from .core import distributed
-from .core.calibration import call_model, rows, to_device
-from .core.evaluate import accuracy, is_logits_output
+from .core.calibration import call_model, check_fits, rows, to_device
+from .core.checks import nonfinite_summary
+from .core.evaluate import accuracy, is_logits_output, output_logits
 from .core.fidelity import model_fidelity
 from .data import DataSource, Split, load_data
 from .errors import FcptsError
 from .files import check_output_dir
-from .models import load_model
+from .models import load_model, resolved_spec
 from .models.zoo import load_tokenizer
 from .report import build_report, write_outputs
 
@@ -89,13 +90,22 @@ class Done:
 def check_job(job: Job) -> None:
     """Every check that needs no loading: the output directory, checkpoints outside it, the sample count."""
     out = Path(job.out)
-    check_output_dir(out, job.overwrite)
+    check_output_dir(out, job.overwrite, inputs=job_inputs(job))
     checkpoints = job.options.checkpoint_dir
     if checkpoints is not None and Path(checkpoints).resolve().is_relative_to(out.resolve()):
         # The output directory is replaced as a whole at the end: checkpoints inside it would be lost.
         raise FcptsError(f"checkpoint directory {checkpoints} must be outside the output directory {out}")
     if job.calib_samples < 1:
         raise FcptsError(f"--calib-samples must be ≥ 1, got {job.calib_samples}")
+
+
+def job_inputs(job: Job) -> list[str]:
+    """The files and directories a job reads: they must survive ``--overwrite`` of its output."""
+    paths = [job.weights, job.data_settings.data_dir, job.options.checkpoint_dir]
+    for spec in (job.model, job.data, job.eval_data):
+        if spec:
+            paths += [spec.partition(":")[2], spec.rpartition(":")[0]]  # prefix:PATH, or path.py:factory
+    return [p for p in paths if p]
 
 
 def load_inputs(
@@ -120,17 +130,56 @@ def load_inputs(
     return model, data
 
 
+def probe_output(model: nn.Module, split: Split) -> Any:
+    """The model's output on the first samples of ``split``; one clear error if it does not fit or holds no tensor."""
+    probe = to_device(rows(split.x, slice(0, 2)), next(model.parameters()).device)
+    check_fits(model, probe, what="the data")
+    with torch.no_grad():
+        output = call_model(model, probe)
+    try:
+        logits = output_logits(output)
+    except (TypeError, StopIteration, KeyError):
+        logits = None
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        kind = type(output).__name__ if logits is None else f"a {logits.dtype} tensor"
+        raise FcptsError(f"the model returned {kind}, not float scores or embeddings")
+    return output
+
+
 def outputs_embeddings(model: nn.Module, split: Split) -> bool:
     """True if the model's output on a sample holds embeddings (no logits): report fidelity, not accuracy."""
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        return not is_logits_output(call_model(model, to_device(rows(split.x, slice(0, 1)), device)))
+    return not is_logits_output(probe_output(model, split))
 
 
 def split_accuracy(model: nn.Module, split: Split) -> float | None:
     """Top-1 on a labelled split of a classifier; None without labels or for an embedding model."""
     # An embedding model's argmax is no prediction (e.g. a labelled hf-dataset).
-    return None if split.y is None or outputs_embeddings(model, split) else accuracy(model, split.x, split.y)
+    if split.y is None or outputs_embeddings(model, split):
+        return None
+    logits = output_logits(probe_output(model, split))
+    if logits.dim() != 2:
+        raise FcptsError(f"the model returned scores of shape {tuple(logits.shape)}, not (N, classes)")
+    labels = split.y
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < logits.shape[1]:
+        raise FcptsError(
+            f"labels run from {int(labels.min())} to {int(labels.max())} but the model has {logits.shape[1]} classes"
+        )
+    return accuracy(model, split.x, split.y)
+
+
+def evaluation_warnings(model: nn.Module, split: Split) -> list[str]:
+    """Why a top-1 on ``model`` and ``split`` may mean nothing: non-finite weights or inputs."""
+    warnings = []
+    for name, param in model.named_parameters():
+        summary = nonfinite_summary(param.detach())
+        if summary is not None:
+            warnings.append(f"weight {name!r} holds non-finite values ({summary}): the outputs are not meaningful")
+    tensors = split.x.values() if isinstance(split.x, dict) else [split.x]
+    for x in tensors:
+        summary = nonfinite_summary(x)
+        if summary is not None:
+            warnings.append(f"the evaluation data holds non-finite values ({summary})")
+    return warnings
 
 
 def run(job: Job) -> Done | None:
@@ -161,7 +210,7 @@ def _run(job: Job, options: RunOptions) -> Done | None:
         extra["fidelity"] = model_fidelity(result.model, model, data.evaluation.x)
     report = build_report(
         result,
-        model_spec=job.model,
+        model_spec=resolved_spec(job.model),
         weights=job.weights,
         data_spec=data.name,
         calibration_samples=len(calibration),

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import pipeline
 from ..api import METHODS, Method, PruneResult, RunOptions, make_config, prune, resolve_device
+from ..core.calibration import rows
 from ..core.evaluate import accuracy, global_sparsity
 from ..core.patterns import parse_pattern
 from ..data.specs import Split, load_data
@@ -19,7 +20,7 @@ from ..deploy import sparse_inference
 from ..deploy.export import export
 from ..errors import FcptsError
 from ..models.specs import load_model
-from ..pipeline import DataSettings, Job, load_inputs, split_accuracy
+from ..pipeline import DataSettings, Job, evaluation_warnings, load_inputs, split_accuracy
 from .parser import DEFAULT_CHECKPOINT_EVERY, METHOD_FLAGS, build_parser
 
 
@@ -121,8 +122,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
         args.model, args.data, args.weights, args.random_weights, None, _data_settings(args), device
     )
     split = data.evaluation
-    if args.limit:
-        split = Split(split.x[: args.limit], None if split.y is None else split.y[: args.limit])
+    if args.limit is not None:
+        if args.limit < 1:
+            raise FcptsError(f"--limit must be ≥ 1, got {args.limit}")
+        split = Split(rows(split.x, slice(0, args.limit)), None if split.y is None else split.y[: args.limit])
+    for warning in evaluation_warnings(model, split):
+        print(f"fcpts: warning: {warning}", file=sys.stderr)
     sparsity = global_sparsity(model)
     kernels = ""
     if args.sparse_inference:  # timed on one evaluation batch (predict's batch size)
@@ -172,7 +177,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    info = export(args.dir, args.out, args.format, input_shape=args.input_shape, overwrite=args.overwrite)
+    info = export(
+        args.dir,
+        args.out,
+        args.format,
+        input_shape=args.input_shape,
+        overwrite=args.overwrite,
+        trust_model_code=args.trust_model_code,
+    )
     print(info.summary())
     if "onnx_check" in info.extra:
         check = info.extra["onnx_check"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from ..api import METHODS
 from ..core.allocation import ALLOCATIONS
@@ -70,9 +71,20 @@ def _add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``fcpts: error: ...``, and exit status 2.
+
+    argparse prints the whole usage (dozens of lines for ``prune``) before the message; ``--help``
+    still shows it.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"fcpts: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fcpts`` parser: ``prune``, ``eval``, ``demo``, ``methods``, ``export``."""
-    parser = argparse.ArgumentParser(prog="fcpts", description="Fast and controllable post-training sparsity.")
+    parser = OneLineParser(prog="fcpts", description="Fast and controllable post-training sparsity.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prune(sub.add_parser("prune", help="prune a model to an exact global sparsity"))
     _add_eval(sub.add_parser("eval", help="accuracy and sparsity of a model on a dataset"))
@@ -227,6 +239,12 @@ def _add_export(x: argparse.ArgumentParser) -> None:
         "--input-shape", type=_shape, metavar="C,H,W", help="input shape without batch, for onnx (refcnn: 1,28,28)"
     )
     x.add_argument("--overwrite", action="store_true", help="replace a non-empty export directory")
+    x.add_argument(
+        "--trust-model-code",
+        action="store_true",
+        help="allow the model spec recorded in DIR to import and run code (file.py:factory, module:factory); "
+        "never for a directory you did not make",
+    )
 
 
 def _shape(text: str) -> tuple[int, ...]:

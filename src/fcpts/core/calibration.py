@@ -202,7 +202,7 @@ class Calibration:
         return next(self.epoch())
 
 
-def check_fits(model: nn.Module, inputs: Any) -> None:
+def check_fits(model: nn.Module, inputs: Any, what: str = "calibration data") -> None:
     """Run the model on the first few samples; a shape mismatch becomes one clear FcptsError."""
     probe = inputs[:2] if isinstance(inputs, torch.Tensor) else inputs
     try:
@@ -211,4 +211,4 @@ def check_fits(model: nn.Module, inputs: Any) -> None:
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         shape = tuple(probe.shape[1:]) if isinstance(probe, torch.Tensor) else type(probe).__name__
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FcptsError(f"calibration data of sample shape {shape} does not fit the model: {first_line}") from exc
+        raise FcptsError(f"{what} of sample shape {shape} does not fit the model: {first_line}") from exc

@@ -154,8 +154,12 @@ def load_imagefolder(
 
     def opened() -> Iterator[tuple[str, Image.Image]]:
         for f, _ in files:
-            with Image.open(f) as im:
-                yield str(f), im
+            try:
+                with Image.open(f) as im:
+                    im.load()  # decode now: a truncated file fails here, by name
+                    yield str(f), im
+            except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+                raise FcptsError(f"cannot read image {f}: {str(exc).splitlines()[0] or type(exc).__name__}") from exc
 
     x = preprocess_images(opened(), image_size=image_size, channels=channels, crop=crop, normalize=normalize)
     labels = [label for _, label in files]

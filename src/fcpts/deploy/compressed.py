@@ -19,6 +19,7 @@ sparsity ``s`` a float32 tensor costs about ``(1 - s) * 4 + 1/8`` bytes per weig
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -81,11 +82,16 @@ def decompress_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, 
     sparse: dict[str, dict[str, Any]] = json.loads(metadata["sparse"])
     state = dict(tensors)
     consumed: set[str] = set()
+    if not isinstance(sparse, dict):
+        raise FcptsError("corrupt compressed metadata: 'sparse' is not an object")
     for name, info in sparse.items():
         values, bitmask = tensors[f"{name}.values"], tensors[f"{name}.bitmask"]
-        numel = int(np.prod(info["shape"], dtype=np.int64))
+        numel = _declared_numel(name, info)
+        # The declared shape must fit the stored bytes before anything of its size is allocated.
+        if bitmask.dtype != torch.uint8 or bitmask.numel() != (numel + 7) // 8 or values.numel() > numel:
+            raise FcptsError(f"corrupt compressed tensor {name!r}: shape {info['shape']} does not fit its stored bytes")
         keep = torch.from_numpy(np.unpackbits(bitmask.numpy(), count=numel).astype(bool))  # (numel,)
-        if bitmask.numel() != (numel + 7) // 8 or int(keep.sum()) != values.numel():
+        if int(keep.sum()) != values.numel():
             raise FcptsError(f"corrupt compressed tensor {name!r}: its bitmask does not match its values")
         dtype = getattr(torch, str(info["dtype"]), None)
         if not isinstance(dtype, torch.dtype) or values.dtype != dtype:
@@ -95,6 +101,14 @@ def decompress_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, 
         state[name] = dense.view(info["shape"])
         consumed.update((f"{name}.values", f"{name}.bitmask"))
     return {k: v for k, v in state.items() if k not in consumed}
+
+
+def _declared_numel(name: str, info: Any) -> int:
+    """The element count of a compressed tensor's declared shape (a list of non-negative integers)."""
+    shape = info.get("shape") if isinstance(info, dict) else None
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise FcptsError(f"corrupt compressed tensor {name!r}: declared shape {shape!r} is not a list of sizes")
+    return math.prod(shape)
 
 
 def save_compressed(state: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:

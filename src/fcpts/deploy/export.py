@@ -55,7 +55,7 @@ from torch import nn
 
 from ..errors import FcptsError
 from ..files import MODEL_NAME, REPORT_NAME, atomic_directory, check_output_dir, save_weights
-from ..models.specs import check_state_dict_fits, load_model, load_state_dict
+from ..models.specs import check_state_dict_fits, imports_code, load_model, load_state_dict
 from ..registry import Registry
 from .compressed import COMPRESSED_FORMAT, COMPRESSED_VERSION, dense_safetensors_bytes, load_compressed, save_compressed
 from .onnx import ONNX_ATOL, OnnxModule, export_onnx
@@ -125,7 +125,11 @@ def register_format(name: str, read: Reader) -> Callable[[Writer], Writer]:
 
 
 def _weights_reader(read_state: Callable[[Path], dict[str, torch.Tensor]]) -> Reader:
-    """A reader that loads a state dict into ``model``, or into the model rebuilt from ``spec``."""
+    """A reader that loads a state dict into ``model``, or into the model rebuilt from ``spec``.
+
+    ``spec`` comes from the directory (its ``export.json`` or ``report.json``): checked by
+    :func:`recorded_spec` before it reaches here, so a received directory never runs code.
+    """
 
     def read(path: Path, model: nn.Module | None, spec: str | None) -> nn.Module:
         if model is None:
@@ -160,12 +164,43 @@ def _write_onnx(model: nn.Module, tmp: Path, example: torch.Tensor | None) -> tu
     return ONNX_NAME, {"onnx_check": {"max_abs_diff": diff, "atol": ONNX_ATOL, "batch": len(example)}}
 
 
-def _model_from_dir(source: Path) -> tuple[nn.Module, str]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; one :class:`FcptsError` for an unreadable, invalid or non-object file."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FcptsError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise FcptsError(f"{path} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def recorded_spec(where: Path, spec: Any, trust_model_code: bool) -> str | None:
+    """The model spec a directory records, refused if it would run code the user did not choose.
+
+    A directory may come from someone else: its ``file.py:factory`` or ``package.module:factory``
+    spec would import and run that code. Built-in names and ecosystem prefixes (``refcnn``,
+    ``torchvision:NAME``, ``hf:DIR``...) are safe; a code spec needs ``trust_model_code=True``
+    (``--trust-model-code``), or pass the model yourself.
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, str) or not spec:
+        raise FcptsError(f"{where}: model_spec must be a non-empty string, got {spec!r}")
+    if imports_code(spec) and not trust_model_code:
+        raise FcptsError(
+            f"{where} records the model spec {spec!r}, which would import and run that code: pass the model "
+            "yourself (fcpts.load(DIR, model=...)), or trust_model_code=True / --trust-model-code if you trust it"
+        )
+    return spec
+
+
+def _model_from_dir(source: Path, trust_model_code: bool) -> tuple[nn.Module, str]:
     """The model of a ``fcpts prune`` output directory (report.json's spec + model.safetensors)."""
     report_path = source / REPORT_NAME
     if not report_path.is_file():
         raise FcptsError(f"{source} is not an fcpts output directory: no {REPORT_NAME}")
-    spec = json.loads(report_path.read_text()).get("model_spec")
+    spec = recorded_spec(report_path, read_json_object(report_path).get("model_spec"), trust_model_code)
     if not spec:
         raise FcptsError(f"{report_path} names no model_spec")
     return load_model(spec, source / MODEL_NAME), spec
@@ -180,6 +215,7 @@ def export(
     input_shape: Sequence[int] | None = None,
     example_input: torch.Tensor | None = None,
     overwrite: bool = False,
+    trust_model_code: bool = False,
 ) -> ExportInfo:
     """Export a model (an ``nn.Module``, or a ``fcpts prune`` output directory) to ``out`` in ``format``.
 
@@ -187,13 +223,14 @@ def export(
     rebuild the model; a prune directory brings its own. ``input_shape`` (without batch) gives the
     ONNX export its example input (default for built-in models), or pass ``example_input`` itself
     (batch of at least 2, e.g. token ids for a text model). ``out`` is written atomically.
+    A prune directory whose recorded spec imports code needs ``trust_model_code`` (:func:`recorded_spec`).
     """
     FORMATS.get(format)  # an unknown format: one error naming the choices
     check_output_dir(Path(out), overwrite)
     if isinstance(source, nn.Module):
         model = source
     else:
-        model, model_spec = _model_from_dir(Path(source))
+        model, model_spec = _model_from_dir(Path(source), trust_model_code)
     if input_shape is None and model_spec in DEFAULT_INPUT_SHAPES:
         input_shape = DEFAULT_INPUT_SHAPES[model_spec]
     device = next(iter(model.parameters()), torch.empty(0)).device
@@ -220,24 +257,37 @@ def export(
 
 
 def load(
-    directory: str | os.PathLike[str], model: nn.Module | None = None, device: str | torch.device = "cpu"
+    directory: str | os.PathLike[str],
+    model: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    trust_model_code: bool = False,
 ) -> nn.Module:
     """The model stored in ``directory``: an :func:`export` directory of any format, or a prune output.
 
     For dense and compressed exports the weights go into ``model`` when given, else into the model
     rebuilt from the recorded spec; compressed weights come back bit for bit. An onnx export
     returns an :class:`OnnxModule` (onnxruntime, CPU; ``model`` and ``device`` do not apply).
+    The directory's recorded spec never runs code unless ``trust_model_code`` (:func:`recorded_spec`).
     """
     directory = Path(directory)
+    path, manifest = _manifest(directory)
+    spec = None if model is not None else recorded_spec(path, manifest.get("model_spec"), trust_model_code)
+    if manifest.get("format") not in FORMATS:
+        raise FcptsError(f"{path}: unknown export format {manifest.get('format')!r}")
+    file = manifest.get("file")
+    if not isinstance(file, str) or Path(file).name != file or not (directory / file).is_file():
+        raise FcptsError(f"{path}: 'file' must name a file in {directory}, got {file!r}")
+    loaded = FORMATS[manifest["format"]].read(directory / file, model, spec)
+    return loaded if isinstance(loaded, OnnxModule) else loaded.to(device)
+
+
+def _manifest(directory: Path) -> tuple[Path, dict[str, Any]]:
+    """``export.json`` of an export directory, or the equivalent of a prune output's ``report.json``."""
     manifest_path = directory / MANIFEST_NAME
     if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-    elif (directory / MODEL_NAME).is_file() and (directory / REPORT_NAME).is_file():  # fcpts prune's output
-        report = json.loads((directory / REPORT_NAME).read_text())
-        manifest = {"format": "dense", "file": MODEL_NAME, "model_spec": report.get("model_spec")}
-    else:
-        raise FcptsError(f"{directory} holds no fcpts export ({MANIFEST_NAME}) or prune output ({REPORT_NAME})")
-    if manifest.get("format") not in FORMATS:
-        raise FcptsError(f"{manifest_path}: unknown export format {manifest.get('format')!r}")
-    loaded = FORMATS[manifest["format"]].read(directory / manifest["file"], model, manifest.get("model_spec"))
-    return loaded if isinstance(loaded, OnnxModule) else loaded.to(device)
+        return manifest_path, read_json_object(manifest_path)
+    report_path = directory / REPORT_NAME
+    if (directory / MODEL_NAME).is_file() and report_path.is_file():  # fcpts prune's output
+        report = read_json_object(report_path)
+        return report_path, {"format": "dense", "file": MODEL_NAME, "model_spec": report.get("model_spec")}
+    raise FcptsError(f"{directory} holds no fcpts export ({MANIFEST_NAME}) or prune output ({REPORT_NAME})")

@@ -5,7 +5,7 @@ Importing this package registers the built-in specs (each in its own module).
 """
 
 from . import reference, zoo
-from .specs import ALIASES, BUILTIN_MODELS, MODEL_SPECS, load_model, load_state_dict, register_model_spec
+from .specs import ALIASES, BUILTIN_MODELS, MODEL_SPECS, load_model, load_state_dict, register_model_spec, resolved_spec
 
 __all__ = [
     "ALIASES",
@@ -15,5 +15,6 @@ __all__ = [
     "load_state_dict",
     "reference",
     "register_model_spec",
+    "resolved_spec",
     "zoo",
 ]

@@ -85,6 +85,31 @@ def register_model_spec(prefix: str, usage: str) -> Callable[[SpecBuilder], Spec
     return decorate
 
 
+def imports_code(spec: str) -> bool:
+    """Whether building ``spec`` imports code named by the spec itself (``file.py:factory``, ``module:factory``).
+
+    >>> imports_code("refcnn"), imports_code("timm:resnet18"), imports_code("net.py:build"), imports_code("pkg.mod:f")
+    (False, False, True, True)
+    """
+    prefix = spec.partition(":")[0]
+    return ":" in spec and spec not in BUILTIN_MODELS and spec not in ALIASES and prefix not in MODEL_SPECS
+
+
+def resolved_spec(spec: str) -> str:
+    """``spec`` with its file path made absolute, so that it works from any directory (report.json).
+
+    >>> import os; resolved_spec("net.py:build") == os.path.abspath("net.py") + ":build", resolved_spec("refcnn")
+    (True, 'refcnn')
+    """
+    prefix, _, arg = spec.partition(":")
+    target, _, attr = spec.rpartition(":")
+    if imports_code(spec) and target.endswith(".py"):
+        return f"{os.path.abspath(target)}:{attr}"
+    if prefix == "hf" and arg and Path(arg).exists():  # hf:DIR, a local model directory
+        return f"hf:{os.path.abspath(arg)}"
+    return spec
+
+
 def _import_factory(spec: str) -> Callable[[], nn.Module]:
     target, _, attr = spec.rpartition(":")
     if target.endswith(".py"):
@@ -96,16 +121,29 @@ def _import_factory(spec: str) -> Callable[[], nn.Module]:
         if mod_spec is None or mod_spec.loader is None:
             raise FcptsError(f"cannot import {path}")
         module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as exc:  # the user's file: a SyntaxError, a failing import, anything it raises
+            raise FcptsError(f"cannot import model file {path}: {_exception_line(exc)}") from exc
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as exc:
-            raise FcptsError(f"cannot import module {target!r} for model spec {spec!r}: {exc}") from exc
+        except Exception as exc:
+            raise FcptsError(
+                f"cannot import module {target!r} for model spec {spec!r}: {_exception_line(exc)}"
+            ) from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise FcptsError(f"model spec {spec!r}: {target} has no callable {attr!r}")
     return factory
+
+
+def _exception_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (with the line number for a SyntaxError)."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} (line {exc.lineno})"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:
@@ -228,7 +266,11 @@ def load_model(
         if loaded:
             weights = None
     elif ":" in spec:
-        model = _import_factory(spec)()
+        factory = _import_factory(spec)
+        try:
+            model = factory()
+        except Exception as exc:  # the user's factory failed: say so in one line, not a traceback
+            raise FcptsError(f"model spec {spec!r}: the factory raised {_exception_line(exc)}") from exc
         if not isinstance(model, nn.Module):
             raise FcptsError(f"model spec {spec!r} returned {type(model).__name__}, not an nn.Module")
     else:
