@@ -190,20 +190,33 @@ def run(job: Job) -> Done | None:
     """
     check_job(job)
     options = dataclasses.replace(job.options, device=distributed.init_from_env(job.options.device))
+    failed = True
     try:
-        return _run(job, options)
+        done = _run(job, options)
+        failed = False
+        return done
     finally:
-        distributed.shutdown()
+        distributed.shutdown(failed)
 
 
 def _run(job: Job, options: RunOptions) -> Done | None:
-    model, data = load_inputs(
-        job.model, job.data, job.weights, job.random_weights, job.eval_data, job.data_settings, options.device
-    )
-    calibration = data.calibration.subset(job.calib_samples, job.config.seed)
+    # Every stage either succeeds on all ranks or fails on all of them (distributed.all_or_none).
+    with distributed.all_or_none():
+        model, data = load_inputs(
+            job.model, job.data, job.weights, job.random_weights, job.eval_data, job.data_settings, options.device
+        )
+        calibration = data.calibration.subset(job.calib_samples, job.config.seed)
     result = prune(model, calibration.x, job.config, options)  # a tensor, or a dict of token tensors for text
-    if not distributed.is_main():
-        return None  # the same result as rank 0's, which writes it
+    done = None
+    with distributed.all_or_none():
+        if distributed.is_main():  # the same result on every rank: rank 0 evaluates and writes it
+            done = _report_and_write(job, options, model, data, calibration, result)
+    return done
+
+
+def _report_and_write(
+    job: Job, options: RunOptions, model: nn.Module, data: DataSource, calibration: Split, result: PruneResult
+) -> Done:
     dense_acc, sparse_acc = split_accuracy(model, data.evaluation), split_accuracy(result.model, data.evaluation)
     extra: dict[str, Any] = {"random_weights": job.random_weights, "evaluation_data_spec": job.eval_data}
     if outputs_embeddings(model, data.evaluation):  # embeddings: fidelity to the dense model on the data

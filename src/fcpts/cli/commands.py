@@ -206,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except FcptsError as exc:
-        print(f"fcpts: error: {exc}", file=sys.stderr)
+        # Under torchrun the rank that failed prints its error; the others only stop (one line in all).
+        if not isinstance(exc, distributed.PeerFailure):
+            print(f"fcpts: error: {exc}", file=sys.stderr)
         return 2
     if args.command == "demo":
         print(f"total {time.perf_counter() - start:.0f} s")

@@ -16,8 +16,9 @@ them unconditionally.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -73,15 +74,47 @@ def init_from_env(device: torch.device) -> torch.device:
     return device
 
 
-def shutdown() -> None:
+def shutdown(failed: bool = False) -> None:
     """Leave the default process group if there is one (the CLI's counterpart of :func:`init_from_env`).
 
     The ranks first wait for each other: a rank that tears down its group and exits while a peer
-    still works (rank 0 writing the outputs) can abort at exit in gloo's C++ teardown.
+    still works (rank 0 writing the outputs) can abort at exit in gloo's C++ teardown. After a
+    failure the ranks have already met in :func:`all_or_none` (or a peer is gone): no barrier,
+    which would wait for a peer that never comes.
     """
     if is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+class PeerFailure(FcptsError):
+    """Raised on every other rank when one rank of the job failed; the message is that rank's."""
+
+
+@contextlib.contextmanager
+def all_or_none() -> Iterator[None]:
+    """Run a block without collectives; then every rank learns whether any rank failed in it.
+
+    The block's error is re-raised on its own rank, and a :class:`PeerFailure` carrying that message
+    on every other rank, so no rank goes on to a collective that a failed peer never joins (which
+    would hang until the backend's timeout). One ``all_gather_object`` per use: for stage
+    boundaries and rank-0-only work (writing checkpoints and outputs), not for every step.
+    """
+    error: BaseException | None = None
+    try:
+        yield
+    except Exception as exc:
+        error = exc
+    if world_size() > 1:
+        messages: list[str | None] = [None] * world_size()
+        dist.all_gather_object(messages, None if error is None else str(error) or type(error).__name__)
+        failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+        if failed and error is None:
+            r, message = failed[0]
+            raise PeerFailure(f"rank {r}: {message}")
+    if error is not None:
+        raise error
 
 
 def _groups(tensors: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:
