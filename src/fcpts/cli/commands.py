@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import pipeline
 from ..api import METHODS, Method, PruneResult, RunOptions, make_config, prune, resolve_device
+from ..core import distributed
 from ..core.calibration import rows
 from ..core.evaluate import accuracy, global_sparsity
 from ..core.patterns import parse_pattern
