@@ -33,9 +33,33 @@ def exclude(*names: str, base: LayerFilter = default_layer_filter) -> LayerFilte
 
 
 def prunable_layers(model: nn.Module, layer_filter: LayerFilter = default_layer_filter) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every layer the filter accepts that has a ``weight`` tensor, in order."""
-    return [
-        (name, module)
-        for name, module in model.named_modules()
-        if getattr(module, "weight", None) is not None and layer_filter(name, module)
-    ]
+    """``(name, module)`` of every layer the filter accepts that has a ``weight`` tensor, in order.
+
+    A weight shared by several layers (tied weights, ``b.weight = a.weight``) is one tensor to prune:
+    only its first layer is listed, so every count (allocation, bridge, finalize, report) sees each
+    distinct weight once, and pruning it prunes every layer that shares it.
+
+    >>> a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    >>> b.weight = a.weight
+    >>> [name for name, _ in prunable_layers(nn.Sequential(a, b))]
+    ['0']
+    """
+    seen: set[int] = set()
+    layers = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if weight is None or not layer_filter(name, module):
+            continue
+        key = id(_stored_weight(module))
+        if key not in seen:
+            seen.add(key)
+            layers.append((name, module))
+    return layers
+
+
+def _stored_weight(module: nn.Module) -> object:
+    """The tensor that holds a layer's weight: the parametrization's original while one is registered."""
+    parametrizations = getattr(module, "parametrizations", None)
+    if parametrizations is not None and "weight" in parametrizations:
+        return parametrizations.weight.original
+    return module.weight
