@@ -32,12 +32,11 @@ finalize costs.
 Wall times are per run (prepare + learn + finalize, without the extra evaluations) and, because
 these machines are shared and noisy, also a ratio to the fcpts row of the same sparsity and seed,
 measured in the same run. Prints a Markdown table (mean ± sample standard deviation over seeds)
-and writes JSON (default: benchmarks/results/ablation.json, rewritten after every run).
+and writes JSON (default: benchmarks/results/ablation/<model>.json, rewritten after every run).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -47,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import common
 import torch
 
 import fcpts
@@ -174,78 +174,7 @@ def run_fcpts(model: torch.nn.Module, calibration: Any, task: Task, config: fcpt
 
 def run_baseline(model: torch.nn.Module, calibration: Any, task: Task, config: Any) -> dict[str, Any]:
     result = fcpts.prune(model, calibration, config)
-    return {
-        task.measure: task.score(result.model),
-        "achieved": result.global_sparsity,
-        "zeros": result.zeros,
-        "prunable": result.numel,
-        "time_s": result.wall_time_s,
-        "layer_sparsity": result.layer_sparsity,
-    }
-
-
-def summarize(
-    rows: list[dict[str, Any]],
-    variants: list[str],
-    sparsities: list[float],
-    measure: str = "top1",
-    scale: float = 100.0,
-) -> list[dict[str, Any]]:
-    """Mean, sample standard deviation, min and max over seeds of ``scale × row[measure]`` per (sparsity, variant)."""
-    out = []
-    for s in sparsities:
-        for v in variants:
-            runs = [r for r in rows if r["sparsity"] == s and r["variant"] == v]
-            if not runs:
-                continue
-            scores = [scale * r[measure] for r in runs]
-            entry = {
-                "sparsity": s,
-                "variant": v,
-                "seeds": len(runs),
-                "mean": statistics.fmean(scores),
-                "sd": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                "min": min(scores),
-                "max": max(scores),
-                "time_s_mean": statistics.fmean(r["time_s"] for r in runs),
-            }
-            ratios = [r["time_ratio"] for r in runs if r.get("time_ratio") is not None]
-            entry["time_ratio_mean"] = statistics.fmean(ratios) if ratios else None
-            drift = [r["learned_sparsity"] - s for r in runs if "learned_sparsity" in r]
-            if drift:
-                entry["learned_sparsity_drift_mean"] = statistics.fmean(drift)
-                entry["finalize_cost_mean"] = statistics.fmean(
-                    scale * (r[f"learned_{measure}"] - r[measure]) for r in runs
-                )
-            out.append(entry)
-    return out
-
-
-def markdown_table(
-    summary: list[dict[str, Any]], sparsities: list[float], label: str = "top-1", digits: int = 2
-) -> str:
-    """One row per variant; per sparsity: the score's mean ± sd over seeds (their number if under 3), time vs fcpts."""
-    variants = list(dict.fromkeys(e["variant"] for e in summary))
-    head = "| variant | " + " | ".join(f"{label} @ {s:g}" for s in sparsities) + " | time (s) | time vs fcpts |"
-    lines = [head, "|---" * (len(sparsities) + 3) + "|"]
-    for v in variants:
-        cells, ratios, seconds = [], [], []
-        for s in sparsities:
-            e = next((e for e in summary if e["variant"] == v and e["sparsity"] == s), None)
-            if e is None:
-                cells.append("")
-            elif e["seeds"] == 1:
-                cells.append(f"{e['mean']:.{digits}f} (1 seed)")
-            else:
-                few = f" ({e['seeds']} seeds)" if e["seeds"] < 3 else ""
-                cells.append(f"{e['mean']:.{digits}f} ± {e['sd']:.{digits}f}{few}")
-            if e:
-                seconds.append(e["time_s_mean"])
-            if e and e["time_ratio_mean"] is not None:
-                ratios.append(e["time_ratio_mean"])
-        ratio = f"{statistics.fmean(ratios):.2f}×" if ratios else ""
-        lines.append(f"| {v} | " + " | ".join(cells) + f" | {statistics.fmean(seconds):.0f} | {ratio} |")
-    return "\n".join(lines)
+    return {task.measure: task.score(result.model), **common.pruned(result)}
 
 
 def drift_lines(summary: list[dict[str, Any]], variants: Iterable[str]) -> list[str]:
@@ -261,20 +190,6 @@ def drift_lines(summary: list[dict[str, Any]], variants: Iterable[str]) -> list[
     return out
 
 
-def tabulate(
-    payload: dict[str, Any], rows: list[dict[str, Any]], variants: list[str], sparsities: list[float]
-) -> tuple[list[dict[str, Any]], str]:
-    """``(summary, table)`` of ``rows`` with the payload's measure (``top1`` for files without one)."""
-    measure = payload.get("measure", "top1")
-    scale, digits, label = MEASURES[measure]
-    summary = summarize(rows, variants, sparsities, measure, scale)
-    return summary, markdown_table(summary, sparsities, label, digits)
-
-
-#: measure → (scale, digits, column label) for the table.
-MEASURES = {"top1": (100.0, 2, "top-1"), "mean_cosine": (1.0, 3, "mean cosine")}
-
-
 def combine(paths: list[Path], plot: Path | None = None) -> None:
     """One table (and the drift lines) from result files of runs with the same model and iterations.
 
@@ -287,7 +202,7 @@ def combine(paths: list[Path], plot: Path | None = None) -> None:
     present = set(r["variant"] for r in rows)
     variants = [v for v in VARIANTS if v in present] + sorted(present - set(VARIANTS))
     sparsities = sorted({r["sparsity"] for r in rows})
-    summary, table = tabulate(payloads[0], rows, variants, sparsities)
+    summary, table = common.tabulate(payloads[0], rows, variants, sparsities)
     print(table)
     print("\n".join(drift_lines(summary, LEARNED)))
     if plot is not None:
@@ -329,9 +244,8 @@ def plot_allocations(rows: list[dict[str, Any]], model: str, path: Path) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.parser(__doc__, None, [0.8, 0.9, 0.95], quick="seed 0, sparsity 0.9, 50 iterations")
     parser.add_argument("--model", default="refcnn", choices=["refcnn", "refvit", "minilm"])
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--calib-samples", type=int, default=None, help="calibration images (4096) or sentences (512 of the 591)"
@@ -340,9 +254,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="MiniLM only (the images use the default, 64)")
     parser.add_argument("--max-length", type=int, default=64, help="MiniLM tokens per sentence")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--quick", action="store_true", help="seed 0, sparsity 0.9, 50 iterations")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out (same options)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ablation.json")
     parser.add_argument(
         "--combine", type=Path, nargs="+", metavar="JSON", help="print one table from these result files; run nothing"
     )
@@ -353,6 +265,7 @@ def main() -> None:
         return
     if args.quick:
         args.seeds, args.sparsities, args.iters = [0], [0.9], 50
+    args.out = args.out or common.result_path("ablation", args.model + ("-quick" if args.quick else ""))
 
     if args.model == "minilm":
         args.calib_samples = args.calib_samples or 512
@@ -400,12 +313,12 @@ def main() -> None:
                 if (target, seed, variant) in done:
                     continue
                 overrides = VARIANTS[variant]
-                common = {"target_sparsity": target, "seed": seed, "batch_size": task.batch_size}
+                shared = {"target_sparsity": target, "seed": seed, "batch_size": task.batch_size}
                 if overrides is None:
-                    row = run_baseline(model, calibration, task, fcpts.make_config(variant, **common))
+                    row = run_baseline(model, calibration, task, fcpts.make_config(variant, **shared))
                 else:
                     options = {"iters": args.iters, **overrides}  # a variant may set its own iterations
-                    row = run_fcpts(model, calibration, task, fcpts.FCPTSConfig(**common, **options))
+                    row = run_fcpts(model, calibration, task, fcpts.FCPTSConfig(**shared, **options))
                 if variant == "fcpts":
                     reference_time = row["time_s"]
                 ratio = row["time_s"] / reference_time if reference_time else None
@@ -418,10 +331,9 @@ def main() -> None:
                     f"S {row['achieved']:.6f}  {row['time_s']:.1f} s{extra}",
                     flush=True,
                 )
-                summary, table = tabulate(payload, rows, args.variants, args.sparsities)
+                summary, table = common.tabulate(payload, rows, args.variants, args.sparsities)
                 payload.update(rows=rows, summary=summary, table=table)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(payload, indent=2) + "\n")
+                common.write_json(args.out, payload)
     print("\n" + payload["table"] + "\n")
     print("\n".join(drift_lines(payload["summary"], ["fcpts, no control loss"])))
     print(f"wrote {args.out}")

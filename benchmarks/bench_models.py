@@ -15,27 +15,25 @@ later appear automatically), all on the same calibration data and seed.
     python benchmarks/bench_models.py --models refvit --sparsities 0.5 0.7 0.8 0.9 0.95 --patterns 2:4 --fast
     python benchmarks/bench_models.py --quick         # smoke: 0.5 only, few iterations, subsets
 
-Prints a Markdown table and writes JSON (default: benchmarks/results/models.json, or
-models-quick.json with --quick).
+Prints a Markdown table and writes JSON (default: benchmarks/results/models/<models>.json, e.g.
+refvit.json or refvit-minilm.json; -quick added with --quick).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
-import fcpts.patterns
+import common
 import torch
-from bench_core import FAST
-from bench_methods import PATTERN_SKIP, check_targets
+from common import FAST, PATTERN_SKIP
 
 import fcpts
 from fcpts.core.fidelity import model_fidelity
+from fcpts.core.patterns import parse_pattern
 from fcpts.data.corpus import fortune_texts, split_texts
 from fcpts.data.fashion_mnist import load_fashion_mnist
 from fcpts.data.text import tokenize
@@ -49,7 +47,7 @@ def configs(
     """A config per registered method; ``iters`` and ``batch_size`` where the method takes them.
 
     With an N:M ``pattern``, the methods that only differ by allocation are left out (every
-    allocation gives the same N:M mask). ``fast`` adds the fast fcpts recipe (``bench_core.FAST``,
+    allocation gives the same N:M mask). ``fast`` adds the fast fcpts recipe (``common.FAST``,
     at the library's default batch size) as the row ``fcpts fast``.
     """
     out = []
@@ -67,21 +65,12 @@ def configs(
     return out
 
 
-def settings(args: argparse.Namespace) -> list[tuple[str, float, str | None]]:
-    """``(label, target sparsity, pattern)`` for every ``--sparsities`` and ``--patterns`` entry."""
-    out: list[tuple[str, float, str | None]] = [(f"{s:g}", s, None) for s in args.sparsities]
-    for p in args.patterns:
-        n, m = fcpts.patterns.parse_pattern(p)
-        out.append((p, n / m, p))
-    return out
-
-
 def run_rows(label: str, model: torch.nn.Module, calibration: Any, score: Any, args: argparse.Namespace) -> list[dict]:
     """Prune ``model`` with every method at every sparsity; ``score(model) -> dict`` of the measures."""
     dense = {"model": label, "setting": "dense", "sparsity": 0.0, "method": "dense", **score(model)}
     rows = [{**dense, "achieved": 0.0, "time_s": 0.0}]
     print(f"{label} dense {rows[0]}", flush=True)
-    for setting, sparsity, pattern in settings(args):
+    for setting, sparsity, pattern in common.settings(args.sparsities, args.patterns, parse_pattern):
         for name, config in configs(sparsity, pattern, args.seed, args.iters, args.batch_size, args.fast):
             row: dict[str, Any] = {"model": label, "setting": setting, "sparsity": sparsity, "method": name}
             try:
@@ -91,13 +80,7 @@ def run_rows(label: str, model: torch.nn.Module, calibration: Any, score: Any, a
                 traceback.print_exc()
             else:
                 row.update(score(result.model))
-                row.update(
-                    achieved=result.global_sparsity,
-                    zeros=result.zeros,
-                    prunable=result.numel,
-                    time_s=result.wall_time_s,
-                    config=result.config,
-                )
+                row.update(common.pruned(result))
             rows.append(row)
             print(f"  {label} {setting} {name:<20} {_measures(row)}", flush=True)
     return rows
@@ -116,46 +99,43 @@ def _setting(row: dict) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = [
-        "| model | setting | method | top-1 | mean cosine | recall@1 | achieved | time (s) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
+    def cells(r: dict) -> list[str]:
         if "error" in r:
-            lines.append(f"| {r['model']} | {_setting(r)} | {r['method']} | error: {r['error'][:60]} |||||")
-            continue
-        cells = [f"{100 * r['top1']:.2f}" if "top1" in r else ""]
-        cells += [f"{r[k]:.4f}" if k in r else "" for k in ("mean_cosine", "recall_at_1")]
-        time_s = f"{r['time_s']:.1f}" if r["method"] != "dense" else ""
-        lines.append(
-            f"| {r['model']} | {_setting(r)} | {r['method']} | {' | '.join(cells)} | {r['achieved']:.6f} | {time_s} |"
-        )
-    return "\n".join(lines)
+            return [r["model"], _setting(r), r["method"], f"error: {r['error'][:60]}", "", "", "", ""]
+        measures = [f"{100 * r['top1']:.2f}" if "top1" in r else ""]
+        measures += [f"{r[k]:.4f}" if k in r else "" for k in ("mean_cosine", "recall_at_1")]
+        return [r["model"], _setting(r), r["method"], *measures, f"{r['achieved']:.6f}", common.seconds(r)]
+
+    return common.markdown(
+        ["model", "setting", "method", "top-1", "mean cosine", "recall@1", "achieved", "time (s)"], map(cells, rows)
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sparsities", type=float, nargs="*", default=[0.5, 0.7, 0.8])
+    parser = common.parser(
+        __doc__,
+        None,
+        [0.5, 0.7, 0.8],
+        iters=fcpts.FCPTSConfig.iters,
+        quick="smoke run: 0.5 only, 20 iters, small subsets",
+        nargs="*",
+    )
     parser.add_argument("--patterns", nargs="*", default=[], help="N:M patterns, e.g. 2:4 (default: none)")
     parser.add_argument("--models", nargs="+", default=["refvit", "minilm"], choices=["refvit", "minilm"])
-    parser.add_argument("--iters", type=int, default=fcpts.FCPTSConfig.iters)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--vit-calib", type=int, default=4096, help="ViT calibration images")
     parser.add_argument("--vit-eval", type=int, default=None, help="ViT test images (default: all 10k)")
     parser.add_argument("--text-calib", type=int, default=None, help="calibration sentences (default: all)")
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fast", action="store_true", help="add the fast fcpts recipe (200 steps) as a row")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 0.5 only, 20 iters, small subsets")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.quick:
         args.sparsities, args.iters = [0.5], 20
         args.vit_calib, args.vit_eval, args.text_calib = 512, 2000, 128
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = args.out or Path(__file__).parent / "results" / ("models-quick.json" if args.quick else "models.json")
+    out = args.out or common.result_path("models", "-".join(args.models) + ("-quick" if args.quick else ""))
     start = time.perf_counter()
     rows: list[dict] = []
     if "refvit" in args.models:
@@ -181,13 +161,14 @@ def main() -> None:
             args,
         )
     table = markdown_table(rows)
-    print("\n" + table + "\n")
+    common.report(table)
     targets = {}
     for label in dict.fromkeys(r["model"] for r in rows):
         metric = "top1" if label == "refvit" else "mean_cosine"
         at = [r for r in rows if r["model"] == label]
         ours = tuple(dict.fromkeys(r["method"] for r in at if r["method"].startswith("fcpts")))
-        targets[label] = check_targets(at, [name for name, _, _ in settings(args)], ours, "setting", metric)
+        names = [name for name, _, _ in common.settings(args.sparsities, args.patterns, parse_pattern)]
+        targets[label] = common.check_targets(at, names, ours, "setting", metric)
         for line in targets[label]["lines"]:
             print(f"{label} {line}")
     payload = {
@@ -208,8 +189,7 @@ def main() -> None:
         "targets": targets,
         "versions": versions(),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    common.write_json(out, payload)
     print(f"wrote {out}")
 
 

@@ -33,7 +33,11 @@ class OnnxModule(nn.Module):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # as many threads as torch would use
         self.path = str(path)
-        self.session = onnxruntime.InferenceSession(self.path, options, providers=list(providers))
+        try:
+            self.session = onnxruntime.InferenceSession(self.path, options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FcptsError(f"cannot load ONNX model {self.path} (truncated or not an ONNX file): {reason}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
