@@ -156,19 +156,43 @@ class StopForward(Exception):
     """Raised by a hook once it has what it needs: the rest of the forward pass is skipped."""
 
 
+def real_tokens(inputs: Any) -> torch.Tensor | None:
+    """The real tokens (B, T) of a tokenizer batch (``attention_mask != 0``); None if every row counts.
+
+    Padding tokens are not calibration data: a Linear's input rows at padded positions are left
+    out of its norms and Gram matrices, as if the sequences had not been padded (the papers
+    calibrate on unpadded sequences).
+
+    >>> real_tokens({"input_ids": torch.zeros(2, 3), "attention_mask": torch.tensor([[1, 1, 0], [1, 1, 1]])})
+    tensor([[ True,  True, False],
+            [ True,  True,  True]])
+    """
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or bool((mask != 0).all()):
+        return None
+    return mask != 0
+
+
 class _Inputs:
-    """Forward pre-hooks that hand each named layer's input matrix to ``sink(name, X)``."""
+    """Forward pre-hooks that hand each named layer's input matrix to ``sink(name, X)``.
+
+    ``tokens`` (set per batch: :func:`real_tokens`) drops the padded rows of a Linear's (B, T, ...) input.
+    """
 
     def __init__(self, layers: dict[str, nn.Module], sink: Any) -> None:
+        self.tokens: torch.Tensor | None = None
         self.handles = [m.register_forward_pre_hook(self._hook(n, m, sink)) for n, m in layers.items()]
 
-    @staticmethod
-    def _hook(name: str, module: nn.Module, sink: Any) -> Any:
+    def _hook(self, name: str, module: nn.Module, sink: Any) -> Any:
         def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
             if conv_groups(module) > 1:
                 sink(name, GroupedInput(module, args[0].detach()))
                 return
-            sink(name, input_columns(module, args[0].detach()).float())
+            x = args[0].detach()
+            tokens = self.tokens
+            if tokens is not None and isinstance(module, nn.Linear) and x.shape[:2] == tokens.shape:
+                x = x[tokens.to(x.device)]  # (real tokens, ..., in): the rows in the same order, less the padding
+            sink(name, input_columns(module, x).float())
 
         return hook
 
@@ -194,6 +218,7 @@ def input_norms(model: nn.Module, layers: dict[str, nn.Module], batches: Iterabl
     tap = _Inputs(layers, sink)
     try:
         for inputs in batches:
+            tap.tokens = real_tokens(inputs)
             call_model(model, inputs)
     finally:
         tap.close()
@@ -236,6 +261,9 @@ def gram(
     try:
         for inputs in batches:
             seen.clear()
+            tap.tokens = real_tokens(inputs)
+            if ref_tap is not None:
+                ref_tap.tokens = tap.tokens
             _run_until_stop(model, inputs)
             if "student" not in seen:
                 raise FcptsError(f"layer {name!r} was never called on the calibration data")
