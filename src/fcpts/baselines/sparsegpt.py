@@ -85,10 +85,14 @@ def sparsegpt_prune(
     With a pattern the block width is rounded down to a multiple of M.
     Computed in float64 for a faithful OBS update on small layers; returned in the weight's dtype.
 
+    A grouped conv's ``h`` is (groups, cols, cols): see :func:`sparsegpt_prune_grouped`.
+
     >>> w = sparsegpt_prune(torch.tensor([[1.0, 0.1, 2.0, -0.2]]), torch.eye(4), zeros=2)
     >>> w.tolist()
     [[1.0, 0.0, 2.0, 0.0]]
     """
+    if h.dim() == 3:
+        return sparsegpt_prune_grouped(weight, h, zeros, blocksize, damp, pattern)
     shape, dtype = weight.shape, weight.dtype
     w = weight.detach().reshape(shape[0], -1).double().clone()  # (out, cols)
     out, cols = w.shape
@@ -125,6 +129,63 @@ def sparsegpt_prune(
             err[:, j] = e
         w[:, i1:i2] = w1
         w[:, i2:] -= err @ u[i1:i2, i2:]
+    return w.to(dtype).reshape(shape)
+
+
+def sparsegpt_prune_grouped(
+    weight: torch.Tensor,
+    h: torch.Tensor,
+    zeros: int | None = None,
+    blocksize: int = 128,
+    damp: float = 0.01,
+    pattern: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """:func:`sparsegpt_prune` of a grouped conv: ``h`` (groups, cols, cols), one Hessian per group.
+
+    The rows (output channels) of group ``g`` are solved with their own ``H_g`` (dampened by its own
+    diagonal mean); all groups go through the blocks together, and each block's zeros are chosen
+    by ``w² / [U_g]_jj²`` across every row of every group, as across the rows of a plain layer.
+
+    >>> w = torch.tensor([[[1.0, 0.1]], [[-0.2, 2.0]]])  # a depthwise conv 2→2, kernel 1×2
+    >>> sparsegpt_prune_grouped(w, torch.eye(2).repeat(2, 1, 1), zeros=2).flatten().tolist()
+    [1.0, 0.0, 0.0, 2.0]
+    """
+    shape, dtype = weight.shape, weight.dtype
+    groups = h.shape[0]
+    w = weight.detach().reshape(groups, shape[0] // groups, -1).double().clone()  # (groups, out/groups, cols)
+    cols = w.shape[2]
+    hd = torch.stack([dampened(hg, damp) for hg in h.double()])
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hd)), upper=True)  # (groups, cols, cols)
+    if pattern is not None:
+        blocksize = max(pattern[1], blocksize - blocksize % pattern[1])
+    starts = list(range(0, cols, blocksize))
+    widths = [min(blocksize, cols - s) for s in starts]
+    if pattern is None:
+        if zeros is None or not 0 <= zeros <= w.numel():
+            raise FcptsError(f"zeros={zeros} outside [0, {w.numel()}]")
+        per_block = layer_counts([zeros / w.numel()] * len(starts), [shape[0] * b for b in widths], zeros)
+    for b, (i1, width) in enumerate(zip(starts, widths, strict=True)):
+        i2 = i1 + width
+        w1 = w[:, :, i1:i2].clone()  # (groups, out/groups, width)
+        u1 = u[:, i1:i2, i1:i2]
+        d = torch.diagonal(u1, dim1=1, dim2=2).unsqueeze(1)  # (groups, 1, width)
+        err = torch.zeros_like(w1)
+        pruned = torch.zeros_like(w1, dtype=torch.bool)
+        if pattern is None:
+            score = (w1**2 / d**2).flatten()
+            pruned.view(-1)[torch.sort(score, stable=True).indices[: per_block[b]]] = True
+        for j in range(width):
+            if pattern is not None and j % pattern[1] == 0:
+                n, m = pattern
+                score = w1[:, :, j : j + m] ** 2 / d[:, :, j : j + m] ** 2  # (groups, out/groups, m)
+                pruned[:, :, j : j + m].scatter_(2, torch.sort(score, dim=2, stable=True).indices[..., :n], True)
+            q = torch.where(pruned[:, :, j], torch.zeros_like(w1[:, :, j]), w1[:, :, j])
+            e = (w1[:, :, j] - q) / d[:, :, j]  # (groups, out/groups)
+            w1[:, :, j:] -= e.unsqueeze(2) * u1[:, j, j:].unsqueeze(1)
+            w1[:, :, j] = q
+            err[:, :, j] = e
+        w[:, :, i1:i2] = w1
+        w[:, :, i2:] -= err @ u[:, i1:i2, i2:]
     return w.to(dtype).reshape(shape)
 
 

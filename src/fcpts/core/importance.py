@@ -67,12 +67,22 @@ def wanda(weight: torch.Tensor, input_norms: torch.Tensor | None) -> torch.Tenso
     For a Conv the column ``j`` is one (in_channel, kh, kw) position of the unfolded input, so
     ``input_norms`` has ``in·kh·kw`` entries in ``weight.flatten(1)`` order.
 
+    A grouped conv's norms are (groups, cols): the rows of group ``g`` take row ``g``.
+
     >>> wanda(torch.tensor([[1.0, -1.0, 2.0]]), torch.tensor([3.0, 1.0, 0.5])).tolist()
     [[3.0, 1.0, 1.0]]
+    >>> wanda(torch.ones(2, 1, 1), torch.tensor([[3.0], [4.0]])).flatten().tolist()
+    [3.0, 4.0]
     """
     if input_norms is None:
         raise FcptsError("the wanda importance needs calibration input norms")
     cols = weight[0].numel()
+    if input_norms.dim() == 2:  # a grouped conv: one row of norms per group
+        groups = input_norms.shape[0]
+        if input_norms.shape[1] != cols or weight.shape[0] % groups:
+            raise FcptsError(f"input norms of shape {tuple(input_norms.shape)} for a weight of {tuple(weight.shape)}")
+        per_row = input_norms.to(weight.device, weight.dtype).repeat_interleave(weight.shape[0] // groups, 0)
+        return weight.detach().abs() * per_row.reshape(weight.shape)
     if input_norms.numel() != cols:
         raise FcptsError(f"{input_norms.numel()} input norms for a layer with {cols} input columns")
     # (out, cols) * (1, cols), back to the weight's shape.

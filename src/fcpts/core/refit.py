@@ -25,10 +25,14 @@ def refit_rows(weight: torch.Tensor, keep: torch.Tensor, g: torch.Tensor, c: tor
 
     ``weight`` (out, ...) is the dense weight, ``keep`` its bool keep-mask, ``g``/``c`` (cols, cols).
 
+    A grouped conv's ``g``/``c`` are (groups, cols, cols): see :func:`refit_rows_grouped`.
+
     >>> g = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
     >>> refit_rows(torch.tensor([[1.0, 1.0]]), torch.tensor([[True, False]]), g, g, 1e-9).tolist()
     [[1.5, 0.0]]
     """
+    if g.dim() == 3:
+        return refit_rows_grouped(weight, keep, g, c, damp)
     w = weight.detach().reshape(weight.shape[0], -1).double()  # (out, cols)
     k = keep.reshape(w.shape)
     g, c = g.double(), c.double()
@@ -42,6 +46,28 @@ def refit_rows(weight: torch.Tensor, keep: torch.Tensor, g: torch.Tensor, c: tor
         a = g[idx][:, idx] + lam * torch.eye(idx.numel(), dtype=g.dtype, device=g.device)
         out[r, idx] = torch.linalg.solve(a, rhs[r, idx])
     return out.to(weight.dtype).reshape(weight.shape)
+
+
+def refit_rows_grouped(
+    weight: torch.Tensor, keep: torch.Tensor, g: torch.Tensor, c: torch.Tensor, damp: float
+) -> torch.Tensor:
+    """:func:`refit_rows` of a grouped conv: the rows of group ``i`` use ``g[i]``, ``c[i]`` and their own λ.
+
+    A group whose inputs are all zero (a dead channel of a depthwise conv) has nothing to fit: its
+    kept weights stay the dense ones.
+
+    >>> g = torch.tensor([[[2.0, 1.0], [1.0, 2.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    >>> refit_rows_grouped(torch.ones(2, 2), torch.tensor([[True, False], [True, False]]), g, g, 1e-9).tolist()
+    [[1.5, 0.0], [1.0, 0.0]]
+    """
+    per = weight.shape[0] // g.shape[0]  # rows per group
+    w, k = weight.detach().reshape(weight.shape[0], -1), keep.reshape(weight.shape[0], -1)
+    parts = []
+    for i in range(len(g)):
+        rows = slice(i * per, (i + 1) * per)
+        dead = not torch.diagonal(g[i]).any()
+        parts.append(w[rows] * k[rows] if dead else refit_rows(w[rows], k[rows], g[i], c[i], damp))
+    return torch.cat(parts).reshape(weight.shape)
 
 
 @torch.no_grad()
