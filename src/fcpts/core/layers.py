@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..errors import FcptsError
+
 #: ``filter(name, module) -> bool``: True for a layer whose ``weight`` fcpts may prune.
 LayerFilter = Callable[[str, nn.Module], bool]
 
@@ -39,3 +41,13 @@ def prunable_layers(model: nn.Module, layer_filter: LayerFilter = default_layer_
         for name, module in model.named_modules()
         if getattr(module, "weight", None) is not None and layer_filter(name, module)
     ]
+
+
+def require_prunable_layers(
+    model: nn.Module, layer_filter: LayerFilter = default_layer_filter
+) -> list[tuple[str, nn.Module]]:
+    """:func:`prunable_layers`, with one clear error if the model has none."""
+    layers = prunable_layers(model, layer_filter)
+    if not layers:
+        raise FcptsError("the model has no prunable layer (Conv1d/2d/3d or Linear accepted by the layer filter)")
+    return layers
