@@ -89,7 +89,7 @@ def test_threshold_mask_sparsity_gradient_in_log_threshold_is_density_times_t():
     s = mask.sparsity(w)
     assert s.item() == pytest.approx((w.abs() <= mask.threshold.detach()).float().mean().item(), abs=0)
     s.backward()
-    samples = w.flatten()[mask.kde_index].abs().float()
+    samples = w.flatten()[mask.kde.index].abs().float()
     h = bandwidth(samples, "silverman")
     t = mask.threshold.detach()
     expected = (kde_density(t, samples, h) * t).item()
@@ -117,7 +117,7 @@ def test_threshold_mask_histogram_density_gradient():
     s = mask.sparsity(w)
     assert s.item() == (w.abs() <= mask.threshold.detach()).float().mean().item()  # exact value either way
     s.backward()
-    samples = w.flatten()[mask.kde_index].abs().float()
+    samples = w.flatten()[mask.kde.index].abs().float()
     width = bandwidth(samples, "silverman") * math.sqrt(12)
     t = mask.threshold.detach()
     lo = torch.floor(t / width) * width
@@ -158,22 +158,22 @@ def test_bandwidth_number_and_floor():
 @pytest.mark.parametrize(
     ("shape", "kde_samples"), [((10, 10), 4096), ((10, 10), 100), ((10, 10), 37), ((3, 4, 5, 5), 64)]
 )
-def test_kde_index_length_is_capped(shape, kde_samples):
+def test_kde_sample_length_is_capped(shape, kde_samples):
     w = torch.randn(*shape)
     mask = ThresholdMask(w, threshold=0.5, kde_samples=kde_samples)
     n = w.numel()
-    assert mask.kde_index.shape == (min(n, kde_samples),)
-    assert mask.kde_index.unique().numel() == min(n, kde_samples)  # sampled without replacement
-    assert int(mask.kde_index.min()) >= 0 and int(mask.kde_index.max()) < n
+    assert mask.kde.index.shape == (min(n, kde_samples),)
+    assert mask.kde.index.unique().numel() == min(n, kde_samples)  # sampled without replacement
+    assert int(mask.kde.index.min()) >= 0 and int(mask.kde.index.max()) < n
     # Not a persistent buffer: it never reaches a state dict.
-    assert "kde_index" not in mask.state_dict()
+    assert list(mask.state_dict()) == ["log_threshold"]
 
 
-def test_kde_index_is_seeded():
+def test_kde_sample_is_seeded():
     w = torch.randn(50, 50)
     a = ThresholdMask(w, 0.5, kde_samples=100, generator=torch.Generator().manual_seed(5))
     b = ThresholdMask(w, 0.5, kde_samples=100, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(a.kde_index, b.kde_index)
+    assert torch.equal(a.kde.index, b.kde.index)
 
 
 # --- the batched bridge and the fused mask: the same values and gradients as the per-layer ops ---
@@ -258,13 +258,13 @@ def test_refresh_bandwidths_matches_each_layer_alone(rule):
     prepared = fcpts.prepare(net, 0.5, kde_samples=1000, bandwidth_rule=rule)
     prepared.refresh_bandwidths()
     for layer in prepared.layers:
-        assert layer.mask.bandwidth_current(layer.weight)
-        alone = bandwidth(layer.mask.kde_values(layer.weight.detach().abs()), rule)
+        assert layer.mask.kde.is_current(layer.weight)
+        alone = bandwidth(layer.mask.kde.values(layer.weight.detach().abs()), rule)
         assert layer.mask.bandwidth_of(layer.weight).item() == pytest.approx(alone.item(), rel=1e-6)
     with torch.no_grad():
         prepared.layers[0].weight.mul_(2.0)  # an in-place step makes that layer's bandwidth stale
-    assert not prepared.layers[0].mask.bandwidth_current(prepared.layers[0].weight)
-    assert prepared.layers[1].mask.bandwidth_current(prepared.layers[1].weight)
+    assert not prepared.layers[0].mask.kde.is_current(prepared.layers[0].weight)
+    assert prepared.layers[1].mask.kde.is_current(prepared.layers[1].weight)
 
 
 def test_refresh_bandwidths_skips_frozen_masks():
@@ -276,5 +276,5 @@ def test_refresh_bandwidths_skips_frozen_masks():
         for layer in prepared.layers:
             layer.weight.mul_(2.0)
     prepared.refresh_bandwidths()
-    assert not frozen.mask.bandwidth_current(frozen.weight)  # a frozen mask reads no bandwidth
-    assert learning.mask.bandwidth_current(learning.weight)
+    assert not frozen.mask.kde.is_current(frozen.weight)  # a frozen mask reads no bandwidth
+    assert learning.mask.kde.is_current(learning.weight)

@@ -2,15 +2,17 @@
 
 One NaN in a weight or an input spreads through every loss and gradient it touches and ends as a
 model of NaNs with a plausible-looking zero count, so fcpts refuses non-finite values where they
-enter (weights in :func:`fcpts.prepare`, data in :class:`fcpts.calibration.Calibration`, the
+enter (weights in :func:`fcpts.prepare` and the magnitude baselines, data in :class:`fcpts.calibration.Calibration`, the
 teacher's outputs in :func:`fcpts.learn`) with one :class:`FcptsError` that says where they are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..errors import FcptsError
 
@@ -45,6 +47,12 @@ def check_finite(x: torch.Tensor, what: str) -> None:
     summary = nonfinite_summary(x)
     if summary is not None:
         raise FcptsError(f"{what} contains non-finite values ({summary})")
+
+
+def check_finite_weights(layers: Iterable[tuple[str, nn.Module]]) -> None:
+    """:func:`check_finite` on the ``weight`` of every ``(name, module)``, naming the first bad layer."""
+    for name, module in layers:
+        check_finite(module.weight.detach(), f"the weight of layer {name!r}")
 
 
 def check_finite_inputs(inputs: Any, what: str) -> None:

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..errors import FcptsError
+
 #: ``filter(name, module) -> bool``: True for a layer whose ``weight`` fcpts may prune.
 LayerFilter = Callable[[str, nn.Module], bool]
 
@@ -63,3 +65,13 @@ def _stored_weight(module: nn.Module) -> object:
     if parametrizations is not None and "weight" in parametrizations:
         return parametrizations.weight.original
     return module.weight
+
+
+def require_prunable_layers(
+    model: nn.Module, layer_filter: LayerFilter = default_layer_filter
+) -> list[tuple[str, nn.Module]]:
+    """:func:`prunable_layers`, with one clear error if the model has none."""
+    layers = prunable_layers(model, layer_filter)
+    if not layers:
+        raise FcptsError("the model has no prunable layer (Conv1d/2d/3d or Linear accepted by the layer filter)")
+    return layers

@@ -6,6 +6,7 @@ layer with ``n`` weights means ``round(s * n)`` zeros.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -60,12 +61,41 @@ def exact_global_masks(
     >>> exact_global_masks(w, [0.35], num_zeros=3)[0].int().tolist()
     [[0, 0, 0, 1, 1, 1, 1, 1]]
     """
-    total = sum(w.numel() for w in weights)
+    scores = [w.detach().abs().flatten().float().cpu() / float(t) for w, t in zip(weights, thresholds, strict=True)]
+    return global_cut(scores, weights, num_zeros)
+
+
+def global_cut(scores: Sequence[torch.Tensor], like: Sequence[torch.Tensor], num_zeros: int) -> list[torch.Tensor]:
+    """Keep-masks shaped and placed like the tensors ``like`` that prune the ``num_zeros`` lowest ``scores``.
+
+    ``scores``: one tensor per layer, as many elements as its ``like`` (flattened in order); the
+    cut is :func:`lowest_scores`' (stable: ties to the earlier layer, then the lower index). Both
+    :func:`exact_global_masks` (scores ``|w| / t_l``) and FCPTS's finalize (the same scores, with
+    frozen masks ranked in place) rest on it.
+
+    >>> like = [torch.zeros(1, 2), torch.zeros(2)]
+    >>> [k.tolist() for k in global_cut([torch.tensor([0.3, 0.1]), torch.tensor([0.1, 0.2])], like, 2)]
+    [[[True, False]], [False, True]]
+    """
+    total = sum(s.numel() for s in scores)
     if not 0 <= num_zeros <= total:
         raise ValueError(f"num_zeros={num_zeros} outside [0, {total}]")
-    scores = [w.detach().abs().flatten().float().cpu() / float(t) for w, t in zip(weights, thresholds, strict=True)]
-    pruned = lowest_scores(scores, num_zeros)
-    return [(~p).view(w.shape).to(w.device) for p, w in zip(pruned, weights, strict=True)]
+    pruned = lowest_scores([s.flatten().cpu() for s in scores], num_zeros)
+    return [(~p).view(t.shape).to(t.device) for p, t in zip(pruned, like, strict=True)]
+
+
+def warn_unless_exact(weights: Sequence[torch.Tensor], num_zeros: int, stacklevel: int = 3) -> None:
+    """Warn if the (pruned) ``weights`` hold another number of zeros than ``num_zeros``.
+
+    The exact cut prunes exactly ``num_zeros`` weights, but weights that already were zero stay
+    zero: a model with more exact zeros than the target ends above it.
+    """
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    if zeros != num_zeros:
+        warnings.warn(
+            f"{zeros} zeros instead of the target {num_zeros}: the model already had more exact zeros than the target",
+            stacklevel=stacklevel,
+        )
 
 
 def lowest_scores(scores: Sequence[torch.Tensor], count: int) -> list[torch.Tensor]:

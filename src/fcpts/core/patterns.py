@@ -1,9 +1,9 @@
 """N:M semi-structured sparsity: exactly ``N`` zeros in every group of ``M`` consecutive input weights.
 
 A layer is seen as a matrix (out, in·kh·kw) (``weight.flatten(1)``); groups run along each row. A
-layer whose input size does not divide by ``M`` cannot hold the pattern: fcpts leaves it dense
-(and says so: :func:`pattern_layers`), so the global sparsity is exactly ``N/M`` of the weights of
-the layers that do divide.
+layer whose input size does not divide by ``M`` cannot hold the pattern (:func:`divides` says which):
+the methods leave it dense, so the global sparsity is exactly ``N/M`` of the weights of the layers
+that do divide.
 """
 
 from __future__ import annotations
@@ -52,12 +52,3 @@ def nm_prune_flags(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     order = torch.sort(groups, dim=-1, stable=True).indices[..., :n]
     flags = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order, True)
     return flags.view(scores.shape)
-
-
-def pattern_zeros(weights: list[torch.Tensor], n: int, m: int) -> int:
-    """Zeros an N:M pattern gives the layers in ``weights``: ``n/m`` of those that divide by ``m``.
-
-    >>> pattern_zeros([torch.zeros(2, 8), torch.zeros(2, 3)], 2, 4)
-    8
-    """
-    return sum(w.numel() * n // m for w in weights if divides(w, m))

@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from ..api import PruneConfig
-from ..errors import FcptsError
 from .activations import input_norms
 from .allocation import allocate
 from .calibration import Calibration
 from .importance import get_importance
-from .layers import prunable_layers
+from .layers import require_prunable_layers
 from .masks import layer_counts, row_balanced_flags, target_zeros
 from .patterns import divides, nm_prune_flags, parse_pattern
 
@@ -30,10 +29,7 @@ def pattern_of(config: PruneConfig) -> tuple[int, int] | None:
 
 def prunable(model: nn.Module, config: PruneConfig) -> dict[str, nn.Module]:
     """The config's prunable layers of ``model`` by name, in module order (one clear error if none)."""
-    layers = dict(prunable_layers(model, config.layer_filter))
-    if not layers:
-        raise FcptsError("the model has no prunable layer (Conv1d/2d/3d or Linear accepted by the layer filter)")
-    return layers
+    return dict(require_prunable_layers(model, config.layer_filter))
 
 
 def layer_scores(

@@ -7,7 +7,7 @@ intact. It holds the number of completed steps, the student's state dict (with t
 the loss history so far and the config. It is read with ``torch.load(weights_only=True)``: tensors,
 numbers, strings, lists and dicts only; nothing is ever unpickled.
 
-The calibration batches need no saved state: :meth:`fcpts.calibration.Calibration.stream` recomputes
+The calibration batches need no saved state: :meth:`fcpts.core.calibration.Calibration.stream` recomputes
 the batch at any position from the seed.
 
 >>> import tempfile

@@ -1,21 +1,11 @@
-"""FCPTS (Gong et al., AAAI 2024) in one file: losses, the learning loop, and the method.
+"""The settings of FCPTS: :class:`FCPTSConfig`, every option of the method with its default.
 
-    L = L_rec(teacher(x), student(x)) + λ · |S(t) − S*|
-
-* every prunable layer has one threshold ``t_l``; its mask is ``|W_l| > t_l`` (:mod:`fcpts.sparsify`);
-* ``S(t) = Σ n_l s_l(t_l) / Σ n_l`` is exact in value, and differentiable through the KDE bridge
-  ``ds_l/dt_l = p̂_l(t_l)`` (:mod:`fcpts.bridge`), so the control loss moves the thresholds;
-* ``L_rec``: KL divergence with temperature between the dense teacher's and the sparse student's
-  logits (``loss="kl"``), or, for a model whose output holds embeddings rather than logits (a
-  sentence encoder, ``last_hidden_state``), ``1 − cosine`` (``"cosine"``) or MSE (``"mse"``) on the
-  output vectors; ``"auto"`` chooses kl or cosine by the output kind. Plus optional MSE on chosen
-  intermediate modules (block-wise feature matching);
-* thresholds and the kept weights are optimised jointly (Adam); the reconstruction loss reaches
-  the thresholds through a sigmoid surrogate of the mask (``threshold_grad``);
-* for the last 10% of the steps (``freeze_masks_at``) the masks are held at finalize's exact
-  global count, so the kept weights adapt to the final masks and :func:`fcpts.sparsify.finalize`
-  (zero count exactly ``round(S* · N)``) changes no mask; the ablation measured it against learning
-  the thresholds to the last step (README, Ablation).
+The defaults were measured on the reference CNN (README, Benchmark); the ablation's alternatives
+(histogram density, no surrogate, squared control loss, learning the thresholds to the last step,
+the refit before learning) are options here. A bad value fails when the config is made, with one
+:class:`~fcpts.errors.FcptsError`; the mask's own options are checked by
+:func:`~fcpts.method.threshold_mask.validate_mask_options`, the same check :class:`ThresholdMask`
+runs.
 """
 
 from __future__ import annotations
@@ -26,9 +16,8 @@ from ..api import PruneConfig
 from ..core.allocation import ALLOCATIONS
 from ..core.importance import get_importance
 from ..errors import FcptsError
-from .bridge import BANDWIDTH_RULES, DENSITIES
 from .losses import RECONSTRUCTION_LOSSES
-from .threshold_mask import THRESHOLD_GRADS
+from .threshold_mask import validate_mask_options
 
 
 @dataclass
@@ -87,13 +76,5 @@ class FCPTSConfig(PruneConfig):
             raise FcptsError(f"kde_samples must be ≥ 2, got {self.kde_samples}")
         get_importance(self.importance)
         ALLOCATIONS.get(self.init)
-        if isinstance(self.bandwidth, str) and self.bandwidth not in BANDWIDTH_RULES:
-            raise FcptsError(
-                f"unknown bandwidth rule {self.bandwidth!r}; choose from {sorted(BANDWIDTH_RULES)} or a number"
-            )
-        if not isinstance(self.bandwidth, str) and not self.bandwidth > 0:
-            raise FcptsError(f"bandwidth must be a rule name or a number > 0, got {self.bandwidth!r}")
-        if self.threshold_grad not in THRESHOLD_GRADS:
-            raise FcptsError(f"threshold_grad must be one of {THRESHOLD_GRADS}, got {self.threshold_grad!r}")
-        DENSITIES.get(self.density)
+        validate_mask_options(self.threshold_grad, self.density, self.bandwidth)
         self.feature_modules = tuple(self.feature_modules)

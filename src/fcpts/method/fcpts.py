@@ -1,21 +1,13 @@
-"""FCPTS (Gong et al., AAAI 2024) in one file: losses, the learning loop, and the method.
+"""The registered method ``fcpts``: :func:`run_fcpts` ties the pieces together.
 
     L = L_rec(teacher(x), student(x)) + λ · |S(t) − S*|
 
-* every prunable layer has one threshold ``t_l``; its mask is ``|W_l| > t_l`` (:mod:`fcpts.sparsify`);
-* ``S(t) = Σ n_l s_l(t_l) / Σ n_l`` is exact in value, and differentiable through the KDE bridge
-  ``ds_l/dt_l = p̂_l(t_l)`` (:mod:`fcpts.bridge`), so the control loss moves the thresholds;
-* ``L_rec``: KL divergence with temperature between the dense teacher's and the sparse student's
-  logits (``loss="kl"``), or, for a model whose output holds embeddings rather than logits (a
-  sentence encoder, ``last_hidden_state``), ``1 − cosine`` (``"cosine"``) or MSE (``"mse"``) on the
-  output vectors; ``"auto"`` chooses kl or cosine by the output kind. Plus optional MSE on chosen
-  intermediate modules (block-wise feature matching);
-* thresholds and the kept weights are optimised jointly (Adam); the reconstruction loss reaches
-  the thresholds through a sigmoid surrogate of the mask (``threshold_grad``);
-* for the last 10% of the steps (``freeze_masks_at``) the masks are held at finalize's exact
-  global count, so the kept weights adapt to the final masks and :func:`fcpts.sparsify.finalize`
-  (zero count exactly ``round(S* · N)``) changes no mask; the ablation measured it against learning
-  the thresholds to the last step (README, Ablation).
+:func:`run_fcpts` copies the dense model as the teacher, :func:`prepare_from_config` puts the
+thresholds on the student (:func:`~fcpts.method.prepare.prepare` with every mask option of the
+config, the importance score or N:M pattern they apply to from :func:`layer_score_fns`, and the
+optional least-squares refit of the kept weights), :func:`~fcpts.method.learn.learn` learns
+thresholds and kept weights, :func:`~fcpts.method.prepare.finalize` makes the count exact, and
+BatchNorm is optionally recalibrated.
 """
 
 from __future__ import annotations
@@ -45,7 +37,7 @@ from .threshold_mask import LayerScore
 def prepare_from_config(
     model: nn.Module, teacher: nn.Module, calibration: Calibration, config: FCPTSConfig
 ) -> tuple[Prepared, FCPTSConfig]:
-    """:func:`fcpts.prepare` ``model`` (in place) with every option of ``config``; the config :func:`learn` takes.
+    """:func:`.prepare` ``model`` (in place) with every option of ``config``; the config :func:`learn` takes.
 
     The importance score and an N:M pattern decide what the thresholds apply to; with a pattern
     the mask is fixed (``learn_thresholds`` off in the returned config). ``refit_init`` fits the
@@ -58,14 +50,14 @@ def prepare_from_config(
         model,
         config.target_sparsity,
         config.init,
-        config.layer_filter,
-        config.kde_samples,
-        config.bandwidth,
-        config.threshold_grad,
-        config.seed,
-        config.density,
-        score_fns,
-        sparsities,
+        layer_filter=config.layer_filter,
+        kde_samples=config.kde_samples,
+        bandwidth_rule=config.bandwidth,
+        threshold_grad=config.threshold_grad,
+        seed=config.seed,
+        density=config.density,
+        score_fns=score_fns,
+        sparsities=sparsities,
     )
     if sparsities is not None:  # N:M: the pattern's own zero count (layers that do not divide stay dense)
         zeros = sum(round(s * layer.numel) for s, layer in zip(sparsities, prepared.layers, strict=True))

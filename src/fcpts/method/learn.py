@@ -1,26 +1,21 @@
-"""FCPTS (Gong et al., AAAI 2024) in one file: losses, the learning loop, and the method.
+"""The learning loop of FCPTS: :func:`learn` minimises ``L_rec + λ·L_c`` over thresholds and kept weights.
 
-    L = L_rec(teacher(x), student(x)) + λ · |S(t) − S*|
-
-* every prunable layer has one threshold ``t_l``; its mask is ``|W_l| > t_l`` (:mod:`fcpts.sparsify`);
-* ``S(t) = Σ n_l s_l(t_l) / Σ n_l`` is exact in value, and differentiable through the KDE bridge
-  ``ds_l/dt_l = p̂_l(t_l)`` (:mod:`fcpts.bridge`), so the control loss moves the thresholds;
-* ``L_rec``: KL divergence with temperature between the dense teacher's and the sparse student's
-  logits (``loss="kl"``), or, for a model whose output holds embeddings rather than logits (a
-  sentence encoder, ``last_hidden_state``), ``1 − cosine`` (``"cosine"``) or MSE (``"mse"``) on the
-  output vectors; ``"auto"`` chooses kl or cosine by the output kind. Plus optional MSE on chosen
-  intermediate modules (block-wise feature matching);
-* thresholds and the kept weights are optimised jointly (Adam); the reconstruction loss reaches
-  the thresholds through a sigmoid surrogate of the mask (``threshold_grad``);
-* for the last 10% of the steps (``freeze_masks_at``) the masks are held at finalize's exact
-  global count, so the kept weights adapt to the final masks and :func:`fcpts.sparsify.finalize`
-  (zero count exactly ``round(S* · N)``) changes no mask; the ablation measured it against learning
-  the thresholds to the last step (README, Ablation).
+:func:`learn` reads top-down: it sets the models up (:func:`_set_up`), builds Adam's two groups
+(:func:`_param_groups`: thresholds at a constant rate, kept weights with a cosine decay), and
+runs the steps of a :class:`_Loop` (optimizer, schedule, history, checkpoints) on the losses of
+an :class:`_Objective` (the teacher's outputs, cached where they fit, the reconstruction and
+feature losses, the control loss on the bridged global sparsity). At ``freeze_masks_at`` the masks
+are held at finalize's exact count (:meth:`~fcpts.method.prepare.Prepared.hold_masks`). In a
+process group each rank computes on its shard of the global batch (:func:`_rank_shard`) and the
+gradients are summed over the ranks (:mod:`fcpts.core.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,7 +32,7 @@ from ..errors import FcptsError
 from .checkpoint import has_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
 from .config import FCPTSConfig
 from .losses import RECONSTRUCTION_LOSSES, control_loss, resolve_loss
-from .prepare import Prepared, exact_keep_masks
+from .prepare import Prepared
 
 
 class _FeatureTap:
@@ -107,7 +102,7 @@ def learn(
     ``init_process_group``), ``config.batch_size`` is the *global* batch: every rank reads the same
     global batch and computes on its own contiguous shard of it (``batch_size / world_size``
     samples; shard sizes differ by at most one), and each rank's gradients, weighted by its share of
-    the batch, are summed over the ranks before every step (:mod:`fcpts.distributed`). Every rank
+    the batch, are summed over the ranks before every step (:mod:`fcpts.core.distributed`). Every rank
     thus takes the step one process takes on the whole batch (equal up to float rounding: the sums
     run in another order) and all ranks end with identical thresholds and weights. The data and the
     model must be the same on every rank; rank 0's weights are broadcast at the start and the end.
@@ -115,157 +110,256 @@ def learn(
     **Checkpoints.** With ``options.checkpoint_every = N`` the training state (step, student with
     thresholds, optimizer, scheduler, RNG, history) goes to ``options.checkpoint_dir`` every N steps
     (by rank 0); ``options.resume`` continues from it and reaches the same result, bit for bit, as
-    an uninterrupted run with the same options (:mod:`fcpts.checkpoint`).
+    an uninterrupted run with the same options (:mod:`fcpts.method.checkpoint`).
     """
     options = RunOptions() if options is None else options
-    student = prepared.model
+    _set_up(prepared, teacher, config)
+    groups, schedules = _param_groups(prepared, config)
+    if not groups or config.iters == 0:
+        return []
+    _check_run(config, options)
+    # Every rank starts from rank 0's model (one built without a fixed seed differs between processes).
+    distributed.broadcast_module(prepared.model)
+    distributed.broadcast_module(teacher)
+    loop = _Loop.create(prepared, groups, schedules, config, options)
+    with (
+        _only_trained_need_grad(prepared.model, loop.trained),
+        _Objective(prepared, teacher, calibration, config) as objective,
+    ):
+        loop.resume()
+        stream = calibration.stream(start_step=loop.first_step)
+        for step in _steps(loop.first_step, config, options):
+            if step == loop.freeze_step:  # allocation learned: the remaining steps only reconstruct
+                prepared.hold_masks()
+            # The weights changed in the last step: every learning layer's KDE bandwidth at once,
+            # before the forward pass's surrogate masks and the bridge read them.
+            prepared.refresh_bandwidths()
+            inputs, index, share = _rank_shard(*next(stream))
+            loop.step(step, objective(inputs, index), share)
+        # Identical on every rank whatever the backend's reduction order: rank 0's result for all.
+        distributed.broadcast_module(prepared.model)
+    return loop.history
+
+
+def _set_up(prepared: Prepared, teacher: nn.Module, config: FCPTSConfig) -> None:
+    """Both models in eval mode, the teacher without gradients, the thresholds learning or held."""
     teacher.eval().requires_grad_(False)
-    student.eval()  # BatchNorm uses the dense running statistics; the kept weights adapt to them
-    thresholds = prepared.threshold_parameters()
-    for p in thresholds:
+    prepared.model.eval()  # BatchNorm uses the dense running statistics; the kept weights adapt to them
+    for p in prepared.threshold_parameters():
         p.requires_grad_(config.learn_thresholds)
     if not config.learn_thresholds:
         # A fixed allocation: hold the initial masks, so that the kept weights learning cannot move
         # weights across the (fixed) thresholds. Before a resume restores the learned weights, so
         # a resumed run freezes the same masks.
-        for layer in prepared.layers:
-            layer.mask.freeze(layer.weight)
+        prepared.freeze_masks()
+
+
+Schedule = Callable[[int], float]
+
+
+def _param_groups(prepared: Prepared, config: FCPTSConfig) -> tuple[list[dict[str, Any]], list[Schedule]]:
+    """Adam's parameter groups and their learning-rate factors: thresholds, then the kept weights.
+
+    Thresholds keep a constant rate to track the target to the end; the weights (every other
+    parameter of the student that requires a gradient, unless ``lr_weight`` is 0) decay (cosine) to 0.
+    """
+    thresholds = prepared.threshold_parameters()
     threshold_ids = {id(p) for p in thresholds}
-    weights = [p for p in student.parameters() if p.requires_grad and id(p) not in threshold_ids]
+    weights = [p for p in prepared.model.parameters() if p.requires_grad and id(p) not in threshold_ids]
     if config.lr_weight <= 0:
         weights = []
-    # Thresholds keep a constant rate to track the target to the end; the weights decay (cosine) to 0.
-    groups, schedules = [], []
+    groups: list[dict[str, Any]] = []
+    schedules: list[Schedule] = []
     if config.learn_thresholds:
         groups.append({"params": thresholds, "lr": config.lr_threshold})
         schedules.append(lambda i: 1.0)
     if weights:
         groups.append({"params": weights, "lr": config.lr_weight})
         schedules.append(lambda i: 0.5 * (1 + math.cos(math.pi * i / config.iters)))
-    if not groups or config.iters == 0:
-        return []
+    return groups, schedules
+
+
+def _check_run(config: FCPTSConfig, options: RunOptions) -> None:
+    """Refuse to overwrite another run's checkpoint, and a global batch smaller than the process group."""
     if options.checkpoint_every and not options.resume and has_checkpoint(options.checkpoint_dir):  # type: ignore[arg-type]
         raise FcptsError(
             f"{options.checkpoint_dir} already holds a checkpoint: resume it (--resume) or choose another directory"
         )
-    rank, world = distributed.rank(), distributed.world_size()
+    world = distributed.world_size()
     if config.batch_size < world:
         raise FcptsError(f"batch_size {config.batch_size} (the global batch) is smaller than the {world} processes")
-    # Every rank starts from rank 0's model (one built without a fixed seed differs between processes).
-    distributed.broadcast_module(student)
-    distributed.broadcast_module(teacher)
-    optimizer = torch.optim.Adam(groups)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
-    # Parameters outside the optimizer need no gradient; their flags are restored at the end.
-    flags = [(p, p.requires_grad) for p in student.parameters()]
-    trained = {id(p) for g in groups for p in g["params"]}
+
+
+@contextlib.contextmanager
+def _only_trained_need_grad(model: nn.Module, trained: list[nn.Parameter]) -> Iterator[None]:
+    """Inside, only the ``trained`` parameters of ``model`` require a gradient; the flags come back on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    trained_ids = {id(p) for p in trained}
     for p, _ in flags:
-        p.requires_grad_(id(p) in trained)
-    teacher_tap = _FeatureTap(teacher, config.feature_modules)
-    student_tap = _FeatureTap(student, config.feature_modules)
-    # Without feature matching, the teacher's outputs on a tensor calibration set are computed
-    # once (N, C) instead of once per step: a quarter of the step time on the reference CNN.
-    # Only while they fit TEACHER_CACHE_BYTES; otherwise (and for streamed data) once per batch.
-    reconstruction = None  # chosen from the student's first output (logits or embeddings: the "auto" loss)
-    cached = None
-    if calibration.tensor is not None and not config.feature_modules:
-        cached = cache_teacher_outputs(teacher, calibration, config.batch_size, TEACHER_CACHE_BYTES)
-    history: list[dict[str, float]] = []
-    start = 0
-    # The step that freezes the masks (none with fixed masks; at iters or beyond: never reached).
-    freeze_step = math.ceil(config.freeze_masks_at * config.iters) if config.learn_thresholds else None
-    if options.resume:
-        state = load_checkpoint(options.checkpoint_dir, config.to_dict())  # type: ignore[arg-type]
-        start, history = restore_checkpoint(state, student, optimizer, scheduler)
-        if state.get("frozen_masks") is not None:  # frozen before the checkpoint: the masks of then
-            _hold_masks(prepared, thresholds, state["frozen_masks"])
-    trained_params = [p for g in groups for p in g["params"]]
-    stream = calibration.stream(start_step=start)
-    progress = options.progress and distributed.is_main()
+        p.requires_grad_(id(p) in trained_ids)
     try:
-        steps = range(start, config.iters)
-        # disable=None: tqdm hides the bar when stderr is not a terminal (CI logs, pipes).
-        disable = None if progress else True
-        for step in tqdm(steps, desc="fcpts", initial=start, total=config.iters, disable=disable, leave=False):
-            if step == freeze_step:  # allocation learned: the remaining steps only reconstruct
-                _hold_masks(prepared, thresholds)
-            # The weights changed in the last step: every learning layer's KDE bandwidth at once,
-            # before the forward pass's surrogate masks and the bridge read them.
-            prepared.refresh_bandwidths()
-            inputs, index = next(stream)
-            total = batch_size_of(inputs)
-            if world > 1:  # this rank's shard of the global batch
-                if total < world:
-                    raise FcptsError(f"a calibration batch of {total} samples cannot be split over {world} processes")
-                inputs, index = shard(inputs, rank, world), shard(index, rank, world)
-            share = batch_size_of(inputs) / total
-            if cached is not None and index is not None:
-                target_logits = cached[index.to(cached.device)]
-            else:
-                with torch.no_grad():
-                    target_logits = output_logits(call_model(teacher, inputs))
-                check_finite(target_logits, TEACHER_OUTPUTS)
-            output = call_model(student, inputs)
-            if reconstruction is None:
-                reconstruction = RECONSTRUCTION_LOSSES[resolve_loss(config.loss, output)]
-            rec = reconstruction(output_logits(output), target_logits, config.temperature)
-            feat = sum(
-                (
-                    F.mse_loss(student_tap.outputs[n].float(), teacher_tap.outputs[n].float())
-                    for n in config.feature_modules
-                ),
-                torch.zeros((), device=rec.device),
-            )
-            sparsity = prepared.global_sparsity()
-            ctrl = control_loss(sparsity, config.target_sparsity, config.control_loss)
-            loss = rec + config.feature_weight * feat + config.control_weight * ctrl
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.all_reduce_gradients(trained_params, share)
-            optimizer.step()
-            scheduler.step()
-            # The logged losses are the global batch's (weighted sum over ranks, as for the gradients).
-            stats = torch.stack([loss.detach(), rec.detach(), feat.detach()]).float() * share
-            loss_value, rec_value, feat_value = distributed.all_reduce_sum_(stats).tolist()
-            history.append(
-                {"step": step, "loss": loss_value, "rec": rec_value, "feature": feat_value, "sparsity": sparsity.item()}
-            )
-            if options.checkpoint_every and (step + 1) % options.checkpoint_every == 0 and distributed.is_main():
-                save_checkpoint(
-                    options.checkpoint_dir,  # type: ignore[arg-type]
-                    step + 1,
-                    student,
-                    optimizer,
-                    scheduler,
-                    history,
-                    config.to_dict(),
-                    _frozen_masks(prepared),
-                )
-        # Identical on every rank whatever the backend's reduction order: rank 0's result for all.
-        distributed.broadcast_module(student)
+        yield
     finally:
-        teacher_tap.close()
-        student_tap.close()
         for p, flag in flags:
             p.requires_grad_(flag)
-    return history
 
 
-def _hold_masks(prepared: Prepared, thresholds: list[nn.Parameter], masks: list[torch.Tensor] | None = None) -> None:
-    """Freeze every layer's mask at the exact target count, or at ``masks`` (a checkpoint's); t stops learning.
+def _steps(first_step: int, config: FCPTSConfig, options: RunOptions) -> Iterable[int]:
+    """Steps ``first_step .. iters - 1``, behind a progress bar on the main rank if ``options.progress``."""
+    show = options.progress and distributed.is_main()
+    # disable=None: tqdm hides the bar when stderr is not a terminal (CI logs, pipes).
+    disable = None if show else True
+    return tqdm(
+        range(first_step, config.iters),
+        desc="fcpts",
+        initial=first_step,
+        total=config.iters,
+        disable=disable,
+        leave=False,
+    )
 
-    The exact count is finalize's (:func:`fcpts.sparsify.exact_keep_masks`): the remaining steps
-    reconstruct under the final masks, and finalize then changes no mask.
+
+def _rank_shard(inputs: Any, index: torch.Tensor | None) -> tuple[Any, torch.Tensor | None, float]:
+    """This rank's contiguous shard of a global batch (its row indices too), and its share of the batch."""
+    rank, world = distributed.rank(), distributed.world_size()
+    total = batch_size_of(inputs)
+    if world > 1:
+        if total < world:
+            raise FcptsError(f"a calibration batch of {total} samples cannot be split over {world} processes")
+        inputs, index = shard(inputs, rank, world), shard(index, rank, world)
+    return inputs, index, batch_size_of(inputs) / total
+
+
+@dataclass
+class _Losses:
+    """One step's losses on this rank's shard: the total, its reconstruction and feature parts, and ``S(t)``."""
+
+    total: torch.Tensor
+    rec: torch.Tensor
+    feature: torch.Tensor
+    sparsity: torch.Tensor
+
+    def logged(self, step: int, share: float) -> dict[str, float]:
+        """The history entry: the global batch's losses (weighted sum over ranks, as for the gradients)."""
+        stats = torch.stack([self.total.detach(), self.rec.detach(), self.feature.detach()]).float() * share
+        loss, rec, feature = distributed.all_reduce_sum_(stats).tolist()
+        return {"step": step, "loss": loss, "rec": rec, "feature": feature, "sparsity": self.sparsity.item()}
+
+
+class _Objective:
+    """``L = L_rec + feature_weight · L_feat + λ · L_c`` on a batch; a context manager that removes its hooks.
+
+    Without feature matching, the teacher's outputs on a tensor calibration set are computed once
+    (N, C) instead of once per step (a quarter of the step time on the reference CNN), while they
+    fit :data:`TEACHER_CACHE_BYTES`; otherwise (and for streamed data) once per batch. The
+    reconstruction loss is chosen from the student's first output (``"auto"``: logits or embeddings).
     """
-    masks = exact_keep_masks(prepared) if masks is None else masks
-    for layer, keep in zip(prepared.layers, masks, strict=True):
-        layer.mask.frozen_keep = keep.to(layer.weight.device)
-    for p in thresholds:
-        p.requires_grad_(False)
-        p.grad = None  # Adam skips a parameter without a gradient
+
+    def __init__(self, prepared: Prepared, teacher: nn.Module, calibration: Calibration, config: FCPTSConfig) -> None:
+        self.prepared, self.teacher, self.config = prepared, teacher, config
+        self.teacher_tap = _FeatureTap(teacher, config.feature_modules)
+        self.student_tap = _FeatureTap(prepared.model, config.feature_modules)
+        self.reconstruction: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
+        self.cached = None  # (only without feature matching: then the taps hold no hook)
+        if calibration.tensor is not None and not config.feature_modules:
+            self.cached = cache_teacher_outputs(teacher, calibration, config.batch_size, TEACHER_CACHE_BYTES)
+
+    def __enter__(self) -> _Objective:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.teacher_tap.close()
+        self.student_tap.close()
+
+    def target(self, inputs: Any, index: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's outputs on the batch: cached rows, or a forward pass (checked finite)."""
+        if self.cached is not None and index is not None:
+            return self.cached[index.to(self.cached.device)]
+        with torch.no_grad():
+            target = output_logits(call_model(self.teacher, inputs))
+        check_finite(target, TEACHER_OUTPUTS)
+        return target
+
+    def __call__(self, inputs: Any, index: torch.Tensor | None) -> _Losses:
+        config = self.config
+        target = self.target(inputs, index)
+        output = call_model(self.prepared.model, inputs)
+        if self.reconstruction is None:
+            self.reconstruction = RECONSTRUCTION_LOSSES[resolve_loss(config.loss, output)]
+        rec = self.reconstruction(output_logits(output), target, config.temperature)
+        student, teacher = self.student_tap.outputs, self.teacher_tap.outputs
+        feat = sum(
+            (F.mse_loss(student[n].float(), teacher[n].float()) for n in config.feature_modules),
+            torch.zeros((), device=rec.device),
+        )
+        sparsity = self.prepared.global_sparsity()
+        ctrl = control_loss(sparsity, config.target_sparsity, config.control_loss)
+        total = rec + config.feature_weight * feat + config.control_weight * ctrl
+        return _Losses(total, rec, feat, sparsity)
 
 
-def _frozen_masks(prepared: Prepared) -> list[torch.Tensor] | None:
-    """Every layer's frozen mask, or None while the masks still follow the thresholds."""
-    masks = [layer.mask.frozen_keep for layer in prepared.layers]
-    return None if any(m is None for m in masks) else masks  # type: ignore[return-value]
+@dataclass
+class _Loop:
+    """The state of one learning run: the optimizer over the trained parameters, its schedule and the history."""
+
+    prepared: Prepared
+    config: FCPTSConfig
+    options: RunOptions
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    trained: list[nn.Parameter]
+    history: list[dict[str, float]] = field(default_factory=list)
+    first_step: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        prepared: Prepared,
+        groups: list[dict[str, Any]],
+        schedules: list[Schedule],
+        config: FCPTSConfig,
+        options: RunOptions,
+    ) -> _Loop:
+        optimizer = torch.optim.Adam(groups)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
+        trained = [p for g in groups for p in g["params"]]
+        return cls(prepared, config, options, optimizer, scheduler, trained)
+
+    @property
+    def freeze_step(self) -> int | None:
+        """The step that holds the masks (None with fixed masks; at ``iters`` or beyond: never reached)."""
+        config = self.config
+        return math.ceil(config.freeze_masks_at * config.iters) if config.learn_thresholds else None
+
+    def resume(self) -> None:
+        """With ``options.resume``: the checkpoint's step, history, states and held masks."""
+        if not self.options.resume:
+            return
+        state = load_checkpoint(self.options.checkpoint_dir, self.config.to_dict())  # type: ignore[arg-type]
+        self.first_step, self.history = restore_checkpoint(state, self.prepared.model, self.optimizer, self.scheduler)
+        if state.get("frozen_masks") is not None:  # frozen before the checkpoint: the masks of then
+            self.prepared.hold_masks(state["frozen_masks"])
+
+    def step(self, step: int, losses: _Losses, share: float) -> None:
+        """Backward, the gradients summed over the ranks, one optimizer and schedule step; log; checkpoint."""
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        distributed.all_reduce_gradients(self.trained, share)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.history.append(losses.logged(step, share))
+        every = self.options.checkpoint_every
+        if every and (step + 1) % every == 0 and distributed.is_main():
+            save_checkpoint(
+                self.options.checkpoint_dir,  # type: ignore[arg-type]
+                step + 1,
+                self.prepared.model,
+                self.optimizer,
+                self.scheduler,
+                self.history,
+                self.config.to_dict(),
+                self.prepared.frozen_masks(),
+            )

@@ -1,21 +1,10 @@
-"""FCPTS (Gong et al., AAAI 2024) in one file: losses, the learning loop, and the method.
+"""The losses of FCPTS: reconstruction of the teacher's outputs, and the control of the global sparsity.
 
-    L = L_rec(teacher(x), student(x)) + λ · |S(t) − S*|
-
-* every prunable layer has one threshold ``t_l``; its mask is ``|W_l| > t_l`` (:mod:`fcpts.sparsify`);
-* ``S(t) = Σ n_l s_l(t_l) / Σ n_l`` is exact in value, and differentiable through the KDE bridge
-  ``ds_l/dt_l = p̂_l(t_l)`` (:mod:`fcpts.bridge`), so the control loss moves the thresholds;
-* ``L_rec``: KL divergence with temperature between the dense teacher's and the sparse student's
-  logits (``loss="kl"``), or, for a model whose output holds embeddings rather than logits (a
-  sentence encoder, ``last_hidden_state``), ``1 − cosine`` (``"cosine"``) or MSE (``"mse"``) on the
-  output vectors; ``"auto"`` chooses kl or cosine by the output kind. Plus optional MSE on chosen
-  intermediate modules (block-wise feature matching);
-* thresholds and the kept weights are optimised jointly (Adam); the reconstruction loss reaches
-  the thresholds through a sigmoid surrogate of the mask (``threshold_grad``);
-* for the last 10% of the steps (``freeze_masks_at``) the masks are held at finalize's exact
-  global count, so the kept weights adapt to the final masks and :func:`fcpts.sparsify.finalize`
-  (zero count exactly ``round(S* · N)``) changes no mask; the ablation measured it against learning
-  the thresholds to the last step (README, Ablation).
+``L_rec``: the KL divergence with temperature between the dense teacher's and the sparse student's
+logits (``"kl"``), or, for a model whose output holds embeddings rather than logits (a sentence
+encoder, ``last_hidden_state``), ``1 − cosine`` (``"cosine"``) or MSE (``"mse"``) on the output
+vectors; ``"auto"`` (:func:`resolve_loss`) chooses kl or cosine by the output kind.
+:data:`RECONSTRUCTION_LOSSES` names them. ``L_c`` (:func:`control_loss`): ``|S − S*|`` or its square.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The mask lifecycle: ``prepare`` puts a learnable threshold on every prunable layer, ``finalize``
+"""The mask lifecycle: :func:`prepare` puts a learnable threshold on every prunable layer, :func:`finalize`
 takes it off and leaves a plain ``nn.Module`` with exactly the target number of zeros.
 
 While prepared, each chosen layer's ``weight`` is a :mod:`torch.nn.utils.parametrize`
@@ -6,11 +6,15 @@ parametrization: the stored tensor (``parametrizations.weight.original``) holds 
 learnable weights, and reading ``module.weight`` gives ``W * (|W| > t)``. Nothing else of the
 model changes. :func:`finalize` removes the parametrization (the module gets its own class back)
 and writes the masked weights into the plain ``weight`` parameter.
+
+In between, :class:`Prepared` is the model's view of all its masks at once: the global sparsity
+``S(t)`` (one batched bridge), the KDE bandwidths (one batched quantile), holding the masks fixed
+(:meth:`Prepared.hold_masks`, :meth:`Prepared.freeze_masks`) and the exact global count
+(:func:`exact_keep_masks`).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,9 +23,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..core.allocation import allocate
-from ..core.checks import check_finite, validate_target
-from ..core.layers import LayerFilter, default_layer_filter, prunable_layers
-from ..core.masks import lowest_scores, target_zeros, threshold_for_sparsity
+from ..core.checks import check_finite_weights, validate_target
+from ..core.layers import LayerFilter, default_layer_filter, require_prunable_layers
+from ..core.masks import global_cut, target_zeros, threshold_for_sparsity, warn_unless_exact
 from ..errors import FcptsError
 from .bridge import DENSITIES, bandwidth, bridged_global_sparsity
 from .threshold_mask import LayerScore, ThresholdMask
@@ -58,11 +62,36 @@ class Prepared:
     def total(self) -> int:
         return sum(layer.numel for layer in self.layers)
 
-    def thresholds(self) -> list[float]:
-        return [layer.mask.threshold.item() for layer in self.layers]
-
     def threshold_parameters(self) -> list[nn.Parameter]:
         return [layer.mask.log_threshold for layer in self.layers]
+
+    def frozen_masks(self) -> list[torch.Tensor] | None:
+        """Every layer's held mask, or None while the masks still follow the thresholds."""
+        if not all(layer.mask.is_frozen for layer in self.layers):
+            return None
+        return [layer.mask.frozen_keep for layer in self.layers]  # type: ignore[misc]
+
+    def hold_masks(self, masks: Sequence[torch.Tensor] | None = None) -> None:
+        """Hold every layer's mask at the exact target count (:func:`exact_keep_masks`), or at ``masks``.
+
+        The thresholds stop learning (no gradient: Adam skips them). Held at the exact count, the
+        remaining steps reconstruct under the final masks and :func:`finalize` changes no mask.
+        """
+        masks = exact_keep_masks(self) if masks is None else masks
+        for layer, keep in zip(self.layers, masks, strict=True):
+            layer.mask.hold(keep)
+        self._stop_thresholds()
+
+    def freeze_masks(self) -> None:
+        """Hold every layer's current mask (a fixed allocation); the thresholds stop learning."""
+        for layer in self.layers:
+            layer.mask.freeze(layer.weight)
+        self._stop_thresholds()
+
+    def _stop_thresholds(self) -> None:
+        for p in self.threshold_parameters():
+            p.requires_grad_(False)
+            p.grad = None  # Adam skips a parameter without a gradient
 
     def layer_sparsities(self) -> list[torch.Tensor]:
         """Each layer's bridged sparsity (exact value, KDE gradient)."""
@@ -72,14 +101,14 @@ class Prepared:
         """``S(t) = Σ n_l s_l / Σ n_l``: exact value, differentiable in the thresholds.
 
         The same value and gradients as summing :meth:`layer_sparsities`, in one vectorised bridge
-        for all layers that still learn (:func:`fcpts.bridge.bridged_global_sparsity`); a frozen
+        for all layers that still learn (:func:`fcpts.method.bridge.bridged_global_sparsity`); a frozen
         layer adds a constant.
         """
         total = self.total
         value = torch.zeros((), device=self.layers[0].weight.device)
         learning: dict[str, list[PreparedLayer]] = {}  # density → the layers whose threshold decides
         for layer in self.layers:
-            if layer.mask.frozen_keep is None:
+            if not layer.mask.is_frozen:
                 learning.setdefault(layer.mask.density, []).append(layer)
             else:
                 value = value + layer.mask.sparsity(layer.weight).to(value.device) * (layer.numel / total)
@@ -88,7 +117,7 @@ class Prepared:
             scores = [layer.mask.score(layer.weight) for layer in layers]
             t = torch.stack([layer.mask.log_threshold for layer in layers]).exp()  # (L,)
             exact = torch.stack([(s <= tl).float().mean() for s, tl in zip(scores, t.detach(), strict=True)])
-            samples = [layer.mask.kde_values(s) for layer, s in zip(layers, scores, strict=True)]
+            samples = [layer.mask.kde.values(s) for layer, s in zip(layers, scores, strict=True)]
             lengths = torch.tensor([len(x) for x in samples], device=t.device)
             index = torch.repeat_interleave(torch.arange(len(layers), device=t.device), lengths)  # (M,) sample → layer
             h = torch.stack([layer.mask.bandwidth_of(layer.weight) for layer in layers]).float()  # (L,)
@@ -108,22 +137,22 @@ class Prepared:
         over a (layers, m) stack instead of one per layer.
         """
         if layers is None:
-            layers = [layer for layer in self.layers if layer.mask.frozen_keep is None]
+            layers = [layer for layer in self.layers if not layer.mask.is_frozen]
         groups: dict[tuple[int, str | float], list[PreparedLayer]] = {}
         for layer in layers:
-            if not layer.mask.bandwidth_current(layer.weight):
-                key = (layer.mask.kde_index.numel(), layer.mask.bandwidth_rule)
-                groups.setdefault(key, []).append(layer)
+            if not layer.mask.kde.is_current(layer.weight):
+                groups.setdefault((layer.mask.kde.size, layer.mask.kde.rule), []).append(layer)
         for (_, rule), group in groups.items():
-            stacked = torch.stack([layer.mask.kde_values(layer.mask.score(layer.weight)) for layer in group])  # (G, m)
+            stacked = torch.stack([layer.mask.kde.values(layer.mask.score(layer.weight)) for layer in group])  # (G, m)
             for layer, h in zip(group, bandwidth(stacked, rule), strict=True):
-                layer.mask.set_bandwidth(layer.weight, h)
+                layer.mask.kde.store(layer.weight, h)
 
 
 def prepare(
     model: nn.Module,
     target_sparsity: float,
     init: str = "erk",
+    *,
     layer_filter: LayerFilter = default_layer_filter,
     kde_samples: int = 4096,
     bandwidth_rule: str | float = "silverman",
@@ -135,24 +164,24 @@ def prepare(
 ) -> Prepared:
     """Give every prunable layer of ``model`` (in place) a threshold initialised by ``init``.
 
-    ``init`` is an allocation rule (``erk``, ``uniform``, ``global``: see :mod:`fcpts.allocation`);
-    ``density`` the smoothed CDF behind the sparsity's gradient (``kde`` or ``histogram``).
-    ``score_fns`` (one per layer, None: ``|W|``) set what each threshold applies to; the allocation
-    then sees those scores. ``sparsities`` (one per layer) replaces the allocation.
+    ``init`` is an allocation rule (``erk``, ``uniform``, ``global``, ``lamp``: see
+    :mod:`fcpts.core.allocation`); ``kde_samples``, ``bandwidth_rule``, ``threshold_grad`` and
+    ``density`` (the smoothed CDF behind the sparsity's gradient, ``kde`` or ``histogram``) are
+    each layer's :class:`ThresholdMask` options, ``seed`` draws its KDE subsample. ``score_fns``
+    (one per layer, None: ``|W|``) set what each threshold applies to; the allocation then sees
+    those scores. ``sparsities`` (one per layer) replaces the allocation.
 
     >>> p = prepare(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), 0.5, init="uniform")
     >>> [layer.name for layer in p.layers], round(p.global_sparsity().item(), 2)
     (['0', '2'], 0.5)
     """
     validate_target(target_sparsity)
-    chosen = prunable_layers(model, layer_filter)
-    if not chosen:
-        raise FcptsError("the model has no prunable layer (Conv1d/2d/3d or Linear accepted by the layer filter)")
+    chosen = require_prunable_layers(model, layer_filter)
     for name, module in chosen:
         if parametrize.is_parametrized(module, "weight"):
             raise FcptsError(f"layer {name!r} already has a weight parametrization; finalize it first")
-        # A NaN/Inf weight would make every threshold, the KDE and the loss NaN: stop here, by name.
-        check_finite(module.weight.detach(), f"the weight of layer {name!r}")
+    # A NaN/Inf weight would make every threshold, the KDE and the loss NaN: stop here, by name.
+    check_finite_weights(chosen)
     weights = [module.weight.detach() for _, module in chosen]
     fns = list(score_fns) if score_fns is not None else [None] * len(chosen)
     scores = [w if fn is None else fn(w) for w, fn in zip(weights, fns, strict=True)]
@@ -161,8 +190,16 @@ def prepare(
     generator = torch.Generator().manual_seed(seed)
     layers = []
     for (name, module), w, score, fn, s in zip(chosen, weights, scores, fns, sparsities, strict=True):
-        t = threshold_for_sparsity(score, s)
-        mask = ThresholdMask(w, t, kde_samples, bandwidth_rule, threshold_grad, generator, density=density, score_fn=fn)
+        mask = ThresholdMask(
+            w,
+            threshold_for_sparsity(score, s),
+            kde_samples=kde_samples,
+            bandwidth_rule=bandwidth_rule,
+            threshold_grad=threshold_grad,
+            generator=generator,
+            density=density,
+            score_fn=fn,
+        )
         requires_grad, order = module.weight.requires_grad, list(module._parameters)
         parametrize.register_parametrization(module, "weight", mask)
         layers.append(PreparedLayer(name, module, mask, s, requires_grad, order))
@@ -173,52 +210,39 @@ def prepare(
 def exact_keep_masks(prepared: Prepared) -> list[torch.Tensor]:
     """Each layer's keep-mask (weight-shaped bool) with exactly ``round(S* · N)`` zeros in all.
 
-    The learned thresholds corrected by the smallest common factor: one global cut of the scores
-    ``|w| / t_l`` (:func:`fcpts.masks.exact_global_masks`; frozen masks rank their kept weights
-    first, :meth:`ThresholdMask.ranking_score`). :func:`finalize` applies them.
+    The learned thresholds corrected by the smallest common factor: one global cut
+    (:func:`fcpts.core.masks.global_cut`, as :func:`~fcpts.core.masks.exact_global_masks`) of the
+    scores ``|w| / t_l``, where a frozen mask ranks its kept weights first
+    (:meth:`ThresholdMask.ranking_score`). :func:`finalize` applies them.
     """
-    k = target_zeros(prepared.target_sparsity, prepared.total)
-    scores = [layer.mask.ranking_score(layer.weight).flatten().cpu() for layer in prepared.layers]
-    pruned = lowest_scores(scores, k)
-    return [
-        ~flags.view(layer.weight.shape).to(layer.weight.device)
-        for layer, flags in zip(prepared.layers, pruned, strict=True)
-    ]
+    scores = [layer.mask.ranking_score(layer.weight) for layer in prepared.layers]
+    weights = [layer.weight for layer in prepared.layers]
+    return global_cut(scores, weights, target_zeros(prepared.target_sparsity, prepared.total))
 
 
 def finalize(prepared: Prepared) -> nn.Module:
     """Remove every threshold and return the plain model with exactly ``round(S* · N)`` zeros.
 
-    The learned thresholds are corrected by the smallest common factor that makes the global zero
-    count exact: one global cut of the scores ``|w| / t_l`` (as :func:`fcpts.masks.exact_global_masks`;
-    a frozen mask ranks its kept weights above its pruned ones, see
-    :meth:`ThresholdMask.ranking_score`); the kept weights keep their learned values. Afterwards
-    the model holds no parametrization, hook, buffer or attribute of fcpts.
+    The masks are :func:`exact_keep_masks`: the learned thresholds corrected by the smallest
+    common factor that makes the global zero count exact; the kept weights keep their learned
+    values. Afterwards the model holds no parametrization, hook, buffer or attribute of fcpts.
 
     >>> net = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 3))
     >>> plain = finalize(prepare(net, 0.7))
     >>> int(sum((m.weight == 0).sum() for m in plain)), type(plain[0]).__name__
     (91, 'Linear')
     """
-    layers = prepared.layers
+    k = target_zeros(prepared.target_sparsity, prepared.total)
     with torch.no_grad():
-        k = target_zeros(prepared.target_sparsity, prepared.total)
-        for layer, keep in zip(layers, exact_keep_masks(prepared), strict=True):
-            flags = ~keep
+        for layer, keep in zip(prepared.layers, exact_keep_masks(prepared), strict=True):
             module = layer.module
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
             # Removal re-registers ``weight`` last; put it back in place so parameters(),
             # named_parameters() and state_dict() keep the dense model's order.
             module._parameters = {k: module._parameters[k] for k in layer.parameter_order}
-            weight = module.weight
             # masked_fill, not mul: a negative weight times 0 is -0.0, which the compressed export
-            # (fcpts.export) would have to store as a kept value to stay bit-exact.
-            weight.masked_fill_(flags, 0.0)
-            weight.requires_grad_(layer.weight_requires_grad)
-    zeros = sum(int((layer.module.weight == 0).sum()) for layer in layers)
-    if zeros != k:
-        warnings.warn(
-            f"{zeros} zeros instead of the target {k}: the model already had more exact zeros than the target",
-            stacklevel=2,
-        )
+            # (fcpts.deploy) would have to store as a kept value to stay bit-exact.
+            module.weight.masked_fill_(~keep, 0.0)
+            module.weight.requires_grad_(layer.weight_requires_grad)
+    warn_unless_exact([layer.module.weight for layer in prepared.layers], k)
     return prepared.model
