@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -90,6 +91,10 @@ class PruneConfig:
         return out
 
 
+#: Steps between checkpoints when a checkpoint directory is given without an interval.
+DEFAULT_CHECKPOINT_EVERY = 100
+
+
 @dataclass
 class RunOptions:
     """How a run executes, apart from what it computes (the method's config).
@@ -106,16 +111,19 @@ class RunOptions:
     device: str | torch.device = "cpu"
     progress: bool = False
     checkpoint_dir: str | None = None  # where learn() keeps checkpoint.pt (replaced atomically)
-    checkpoint_every: int = 0  # save the training state every N steps; 0: never
+    checkpoint_every: int | None = None  # steps between checkpoints (default: 100, or the resumed checkpoint's)
     resume: bool = False  # continue from the checkpoint in checkpoint_dir: same config, same result
+    #: What the run reads (model spec, weights and data hashes...): recorded in a checkpoint, and a
+    #: resume on other inputs is refused. :func:`prune` adds the model's and the calibration data's hashes.
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.device)
-        if self.checkpoint_every < 0:
-            raise FcptsError(f"checkpoint_every must be ≥ 0, got {self.checkpoint_every}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise FcptsError(f"checkpoint_every must be ≥ 1 (omit it for the default), got {self.checkpoint_every}")
         if self.checkpoint_dir is not None:
             self.checkpoint_dir = os.fspath(self.checkpoint_dir)
-        elif self.checkpoint_every or self.resume:
+        elif self.checkpoint_every is not None or self.resume:
             raise FcptsError("checkpoint_every and resume need a checkpoint_dir")
 
 
@@ -209,6 +217,26 @@ def make_config(method: str, **options: Any) -> PruneConfig:
     return entry.config_cls(**{**entry.defaults, **options})
 
 
+def _digest(tensors: list[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 of named tensors' bytes (names, shapes and dtypes included), first 16 hex digits."""
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(model: nn.Module, calibration_data: CalibrationData) -> dict[str, str]:
+    """Hashes of the model's weights and of the calibration data (a tensor or dict of tensors; else none)."""
+    prints = {"model weights": _digest(list(model.state_dict().items()))}
+    if isinstance(calibration_data, torch.Tensor):
+        prints["calibration data"] = _digest([("x", calibration_data)])
+    elif isinstance(calibration_data, dict):
+        prints["calibration data"] = _digest(sorted(calibration_data.items()))
+    return prints
+
+
 def prune(
     model: nn.Module, calibration_data: CalibrationData, config: PruneConfig, options: RunOptions | None = None
 ) -> PruneResult:
@@ -231,6 +259,9 @@ def prune(
     student = copy.deepcopy(model).to(options.device)
     # In a process group every rank prunes rank 0's model, so all ranks return the same result.
     distributed.broadcast_module(student)
+    if options.checkpoint_dir is not None:  # a resume must read the same model and data
+        prints = {**options.fingerprint, **fingerprint(student, calibration_data)}
+        options = dataclasses.replace(options, fingerprint=prints)
     calibration = Calibration(calibration_data, config.batch_size, config.seed, options.device)
     check_fits(student.eval(), calibration.first())
     history = entry.run(student, calibration, config, options)

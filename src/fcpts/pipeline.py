@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,22 @@ def job_inputs(job: Job) -> list[str]:
         if spec:
             paths += [spec.partition(":")[2], spec.rpartition(":")[0]]  # prefix:PATH, or path.py:factory
     return [p for p in paths if p]
+
+
+def job_fingerprint(job: Job) -> dict[str, Any]:
+    """What a checkpoint of ``job`` records of its inputs: the specs, the weights file's hash, the sample count."""
+    prints: dict[str, Any] = {
+        "model spec": resolved_spec(job.model),
+        "data spec": job.data,
+        "calibration samples": job.calib_samples,
+    }
+    if job.weights:
+        h = hashlib.sha256()
+        with open(job.weights, "rb") as f:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+        prints["weights file"] = h.hexdigest()[:16]
+    return prints
 
 
 def load_inputs(
@@ -206,6 +223,8 @@ def _run(job: Job, options: RunOptions) -> Done | None:
             job.model, job.data, job.weights, job.random_weights, job.eval_data, job.data_settings, options.device
         )
         calibration = data.calibration.subset(job.calib_samples, job.config.seed)
+    if options.checkpoint_dir is not None:  # a resume must read the same inputs (prune adds the data's hash)
+        options = dataclasses.replace(options, fingerprint={**options.fingerprint, **job_fingerprint(job)})
     result = prune(model, calibration.x, job.config, options)  # a tensor, or a dict of token tensors for text
     done = None
     with distributed.all_or_none():

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import pipeline
-from ..api import METHODS, Method, PruneResult, RunOptions, make_config, prune, resolve_device
+from ..api import DEFAULT_CHECKPOINT_EVERY, METHODS, Method, PruneResult, RunOptions, make_config, prune, resolve_device
 from ..core import distributed
 from ..core.calibration import rows
 from ..core.evaluate import accuracy, global_sparsity
@@ -22,7 +22,7 @@ from ..deploy.export import export
 from ..errors import FcptsError
 from ..models.specs import load_model
 from ..pipeline import DataSettings, Job, evaluation_warnings, load_inputs, split_accuracy
-from .parser import DEFAULT_CHECKPOINT_EVERY, METHOD_FLAGS, build_parser
+from .parser import METHOD_FLAGS, build_parser
 
 
 def _config(args: argparse.Namespace) -> tuple[Any, RunOptions]:
@@ -62,13 +62,15 @@ def _run_options(args: argparse.Namespace, entry: Method) -> RunOptions:
         for flag in ("checkpoint_dir", "resume", "checkpoint_every"):
             if getattr(args, flag) is not None:
                 raise FcptsError(f"--{flag.replace('_', '-')} does not apply to method {args.method!r}")
-    if checkpoint_dir is not None and every is None:
-        every = DEFAULT_CHECKPOINT_EVERY
+    if every is not None and every < 1:
+        raise FcptsError(
+            f"--checkpoint-every must be ≥ 1, got {every} (omit it for every {DEFAULT_CHECKPOINT_EVERY} steps)"
+        )
     return RunOptions(
         device=args.device,
         progress=not args.no_progress,
         checkpoint_dir=checkpoint_dir,
-        checkpoint_every=every or 0,
+        checkpoint_every=every,
         resume=args.resume is not None,
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from ..api import METHODS
+from ..api import DEFAULT_CHECKPOINT_EVERY, METHODS
 from ..core.allocation import ALLOCATIONS
 from ..core.importance import IMPORTANCES
 from ..data.images import NORMALIZATIONS
@@ -37,9 +37,6 @@ METHOD_FLAGS = (
     "refit_samples",
     "freeze_masks_at",
 )
-
-#: Steps between checkpoints when --checkpoint-dir or --resume is given without --checkpoint-every.
-DEFAULT_CHECKPOINT_EVERY = 100
 
 
 def _add_model_data_args(p: argparse.ArgumentParser) -> None:

@@ -23,6 +23,7 @@ the batch at any position from the seed.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.checks import check_finite
 from ..errors import FcptsError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -68,11 +70,15 @@ def save_checkpoint(
     history: list[dict[str, float]],
     config: dict[str, Any],
     frozen_masks: list[torch.Tensor] | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    every: int = 0,
 ) -> Path:
     """Write the training state after ``step`` completed steps to ``directory/checkpoint.pt``, atomically.
 
     ``frozen_masks`` (one bool tensor per layer) are masks held fixed by then: they depend on the
     weights at the moment they were frozen, so the state dict alone cannot give them back.
+    ``fingerprint`` names what the run read (model, weights, data: :func:`fcpts.api.fingerprint`);
+    a resume with other inputs is refused. ``every``: the checkpoint interval, kept on resume.
     """
     directory = Path(directory)
     state = {
@@ -85,6 +91,8 @@ def save_checkpoint(
         "history": history,
         "config": config,
         "frozen_masks": None if frozen_masks is None else [m.detach().cpu() for m in frozen_masks],
+        "fingerprint": fingerprint or {},
+        "every": every,
     }
     path = checkpoint_path(directory)
     tmp = None
@@ -104,12 +112,27 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(directory: str | os.PathLike[str], config: dict[str, Any]) -> dict[str, Any]:
-    """The state saved in ``directory``, after checking that it was made with the same ``config``.
+#: What a checkpoint must hold (besides ``format``), and of which type.
+REQUIRED = {
+    "step": int,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "rng": dict,
+    "history": list,
+    "config": dict,
+}
+
+
+def load_checkpoint(
+    directory: str | os.PathLike[str], config: dict[str, Any], fingerprint: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The state saved in ``directory``, after checking that it was made with the same ``config`` and inputs.
 
     ``config`` is :meth:`fcpts.api.PruneConfig.to_dict` of the run that resumes: every field must
     equal the checkpoint's (another value would make another run). The run options (device,
-    progress, checkpoint interval) are not part of it and may change.
+    progress, checkpoint interval) are not part of it and may change. ``fingerprint``: every entry
+    the checkpoint also recorded must be equal (the same model, weights and calibration data).
     """
     path = checkpoint_path(directory)
     if not path.is_file():
@@ -117,9 +140,19 @@ def load_checkpoint(directory: str | os.PathLike[str], config: dict[str, Any]) -
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: unpickling errors of many kinds
-        raise FcptsError(f"cannot read checkpoint {path}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError):  # not torch's paragraphs on turning the protection off
+            first = "it holds Python objects that fcpts never unpickles"
+        raise FcptsError(
+            f"cannot read checkpoint {path} (truncated, corrupt or not an fcpts checkpoint): {first}"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FcptsError(f"{path} is not an fcpts checkpoint (format {FORMAT})")
+    broken = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind)]
+    if broken:
+        raise FcptsError(f"{path} is an incomplete fcpts checkpoint: no valid {', '.join(broken)}")
+    _check_fingerprint(directory, state.get("fingerprint") or {}, fingerprint or {})
+    _check_finite_state(path, state)
     saved = state["config"]
     changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
     if changed:
@@ -131,6 +164,28 @@ def load_checkpoint(directory: str | os.PathLike[str], config: dict[str, Any]) -
     return state
 
 
+def _check_finite_state(path: Path, state: dict[str, Any]) -> None:
+    """A NaN or Inf in the saved weights or optimizer state would make the whole resumed model NaN."""
+    for name, tensor in state["model"].items():
+        if isinstance(tensor, torch.Tensor):
+            check_finite(tensor, f"checkpoint {path}: {name!r}")
+    for i, entry in enumerate(state["optimizer"].get("state", {}).values()):
+        for key, value in entry.items() if isinstance(entry, dict) else ():
+            if isinstance(value, torch.Tensor):
+                check_finite(value, f"checkpoint {path}: the optimizer's {key} of parameter {i}")
+
+
+def _check_fingerprint(directory: str | os.PathLike[str], saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse a resume whose inputs (model, weights, calibration data) differ from the checkpoint's."""
+    changed = [k for k in saved if k in now and saved[k] != now[k]]
+    if changed:
+        diff = ", ".join(f"{k}: {saved[k]!r} → {now[k]!r}" for k in changed)
+        raise FcptsError(
+            f"the checkpoint in {directory} belongs to a run on other inputs ({diff}); "
+            "resume with the same model, weights and data, or start a fresh run with another checkpoint directory"
+        )
+
+
 def restore_checkpoint(
     state: dict[str, Any],
     model: nn.Module,
@@ -140,9 +195,9 @@ def restore_checkpoint(
     """Put a loaded state back into the model, optimizer, scheduler and RNGs; returns (step, history)."""
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as exc:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as exc:  # another model or optimizer layout
         raise FcptsError(f"the checkpoint does not fit the model: {str(exc).splitlines()[0]}") from exc
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     return int(state["step"]), list(state["history"])

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..api import RunOptions
+from ..api import DEFAULT_CHECKPOINT_EVERY, RunOptions
 from ..core import distributed
 from ..core.calibration import Calibration, batch_size_of, call_model, shard
 from ..core.checks import check_finite
@@ -313,6 +313,7 @@ class _Loop:
     trained: list[nn.Parameter]
     history: list[dict[str, float]] = field(default_factory=list)
     first_step: int = 0
+    every: int = 0  # steps between checkpoints (0: none)
 
     @classmethod
     def create(
@@ -326,7 +327,8 @@ class _Loop:
         optimizer = torch.optim.Adam(groups)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
         trained = [p for g in groups for p in g["params"]]
-        return cls(prepared, config, options, optimizer, scheduler, trained)
+        every = 0 if options.checkpoint_dir is None else options.checkpoint_every or DEFAULT_CHECKPOINT_EVERY
+        return cls(prepared, config, options, optimizer, scheduler, trained, every=every)
 
     @property
     def freeze_step(self) -> int | None:
@@ -338,28 +340,49 @@ class _Loop:
         """With ``options.resume``: the checkpoint's step, history, states and held masks."""
         if not self.options.resume:
             return
-        state = load_checkpoint(self.options.checkpoint_dir, self.config.to_dict())  # type: ignore[arg-type]
+        directory = self.options.checkpoint_dir
+        state = load_checkpoint(directory, self.config.to_dict(), self.options.fingerprint)  # type: ignore[arg-type]
+        if int(state["step"]) > self.config.iters:
+            raise FcptsError(
+                f"the checkpoint in {directory} is at step {state['step']}, past --iters {self.config.iters}"
+            )
         self.first_step, self.history = restore_checkpoint(state, self.prepared.model, self.optimizer, self.scheduler)
+        if self.options.checkpoint_every is None and state.get("every"):  # keep the checkpoint's own interval
+            self.every = int(state["every"])
         if state.get("frozen_masks") is not None:  # frozen before the checkpoint: the masks of then
             self.prepared.hold_masks(state["frozen_masks"])
 
     def step(self, step: int, losses: _Losses, share: float) -> None:
         """Backward, the gradients summed over the ranks, one optimizer and schedule step; log; checkpoint."""
         self.optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
+        if losses.total.requires_grad:  # nothing to train once held masks meet lr_weight 0
+            losses.total.backward()
         distributed.all_reduce_gradients(self.trained, share)
         self.optimizer.step()
         self.scheduler.step()
-        self.history.append(losses.logged(step, share))
-        every = self.options.checkpoint_every
-        if every and (step + 1) % every == 0 and distributed.is_main():
-            save_checkpoint(
-                self.options.checkpoint_dir,  # type: ignore[arg-type]
-                step + 1,
-                self.prepared.model,
-                self.optimizer,
-                self.scheduler,
-                self.history,
-                self.config.to_dict(),
-                self.prepared.frozen_masks(),
+        entry = losses.logged(step, share)  # the global batch's losses: the same on every rank
+        self.history.append(entry)
+        if not math.isfinite(entry["loss"]):
+            raise FcptsError(
+                f"the loss became non-finite ({entry['loss']}) at step {step} (reconstruction {entry['rec']}): "
+                "stopped, nothing written; try a lower --lr-weight or --lr-threshold"
             )
+        if self.every and (step + 1) % self.every == 0:
+            # Rank 0 writes; every rank learns whether that worked before the next collective.
+            with distributed.all_or_none():
+                if distributed.is_main():
+                    self.save(step + 1)
+
+    def save(self, steps_done: int) -> None:
+        save_checkpoint(
+            self.options.checkpoint_dir,  # type: ignore[arg-type]
+            steps_done,
+            self.prepared.model,
+            self.optimizer,
+            self.scheduler,
+            self.history,
+            self.config.to_dict(),
+            self.prepared.frozen_masks(),
+            fingerprint=self.options.fingerprint,
+            every=self.every,
+        )
