@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import fcpts
+from fcpts.core.masks import target_zeros
 from tests.helpers import TINY_LAYERS, TINY_TOTAL, TinyNet, count_zeros
 
 TARGETS = [0.1, 0.5, 0.77, 0.9, 0.99]
@@ -74,8 +75,10 @@ def test_finalize_warns_when_the_model_already_has_more_zeros(tiny_net):
     with torch.no_grad():
         tiny_net.fc1.weight.zero_()  # 560 zeros > round(0.1 * 743)
     prepared = fcpts.prepare(tiny_net, 0.1, init="uniform")
-    with pytest.warns(UserWarning, match="zeros instead of the target"):
-        fcpts.finalize(prepared)
+    message = "560 zeros instead of the target 74: the model already had more exact zeros than the target"
+    with pytest.warns(UserWarning, match=f"^{message}$"):
+        plain = fcpts.finalize(prepared)
+    assert count_zeros(plain) == {"conv1": 0, "conv2": 0, "fc1": 560, "fc2": 0}  # nothing more pruned
 
 
 def test_prepare_twice_and_no_prunable_layer_are_errors(tiny_net):
@@ -163,7 +166,8 @@ def test_prune_of_a_model_with_frozen_params_restores_the_flags(tiny_net, calib_
 def test_no_warnings_on_a_normal_finalize(tiny_net):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fcpts.finalize(fcpts.prepare(tiny_net, 0.9))
+        plain = fcpts.finalize(fcpts.prepare(tiny_net, 0.9))
+    assert sum(count_zeros(plain).values()) == target_zeros(0.9, TINY_TOTAL) == 669
 
 
 def test_finalize_keeps_parameter_order(tiny_net, calib_x):
