@@ -1,57 +1,33 @@
-"""Shared fixtures: tiny models, calibration data, a factory file, npz data, a Fashion-MNIST subset."""
+"""Shared fixtures: tiny models, calibration data, a factory file, npz data, a Fashion-MNIST subset.
+
+Plain helpers (TinyNet, writers, constants) live in :mod:`tests.helpers`.
+"""
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from fcpts.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, read_idx
+from fcpts.data.fashion_mnist import read_idx
+from tests.helpers import (
+    FASHION_DIR,
+    FASHION_STEMS,
+    HAVE_FASHION,
+    TINY_MODEL_SOURCE,
+    TinyNet,
+    write_idx,
+    write_npz,
+)
 
 # The test machine has 2 cores shared with other work: two intra-op threads oversubscribe them and
 # make a ResNet backward pass ~25x slower. One thread keeps the suite fast; subprocesses inherit it.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-FASHION_DIR = DEFAULT_FASHION_MNIST_DIR
-FASHION_STEMS = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-HAVE_FASHION = all((FASHION_DIR / f"{s}.gz").is_file() or (FASHION_DIR / s).is_file() for s in FASHION_STEMS)
-
-
-class TinyNet(nn.Module):
-    """conv(1→3, 3×3) → conv(3→5, 3×3) → Linear(80→7) → Linear(7→3) for 1×8×8 inputs.
-
-    Prunable weights: 27 + 135 + 560 + 21 = 743 (prime), so round(s·N) is never trivial.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 3, 3)
-        self.conv2 = nn.Conv2d(3, 5, 3)
-        self.fc1 = nn.Linear(80, 7)
-        self.fc2 = nn.Linear(7, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
-
-
-TINY_TOTAL = 27 + 135 + 560 + 21
-TINY_LAYERS = ["conv1", "conv2", "fc1", "fc2"]
 
 
 @pytest.fixture
@@ -78,60 +54,10 @@ def calib_x() -> torch.Tensor:
     return torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(123))
 
 
-def count_zeros(model: nn.Module, names: list[str] | None = None) -> dict[str, int]:
-    """Zeros of the weight of every Conv/Linear (or of the named modules)."""
-    out = {}
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and (names is None or name in names):
-            out[name] = int((m.weight == 0).sum())
-    return out
-
-
-# --- CLI helpers -------------------------------------------------------------------------------
-
-TINY_MODEL_SOURCE = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-
-    def factory():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
-
-
-    def no_prunable():
-        return nn.Sequential(nn.Flatten(), nn.ReLU())
-
-
-    def not_a_module():
-        return 42
-    """
-)
-
-#: Prunable weights of ``factory``: conv 4·1·3·3 + linear 10·144.
-FACTORY_TOTAL = 36 + 1440
-
-
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     path = tmp_path / "tiny_model.py"
     path.write_text(TINY_MODEL_SOURCE)
-    return path
-
-
-def load_factory(path: Path, name: str = "factory") -> nn.Module:
-    from fcpts.models.specs import load_model
-
-    return load_model(f"{path}:{name}")
-
-
-def write_npz(path: Path, n: int = 48, size: int = 8, seed: int = 0, labels: bool = True) -> Path:
-    rng = np.random.default_rng(seed)
-    arrays = {"x": rng.integers(0, 256, (n, size, size), dtype=np.uint8)}
-    if labels:
-        arrays["y"] = rng.integers(0, 10, n)
-    np.savez(path, **arrays)
     return path
 
 
@@ -152,27 +78,6 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str,
         return code, captured.out, captured.err
 
     return run
-
-
-# --- IDX helpers and a Fashion-MNIST subset --------------------------------------------------------
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C}
-    codes.update({np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E})
-    dtype = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
-    header = bytes([0, 0, codes[np.dtype(dtype)], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(dtype).tobytes()
-
-
-def write_idx(path: Path, array: np.ndarray) -> Path:
-    data = idx_bytes(array)
-    if path.suffix == ".gz":
-        with gzip.open(path, "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,14 @@
-"""The one-call API: prune results, determinism, BatchNorm handling, calibration inputs, errors."""
+"""fcpts.prune and its result: exact counts for every method, N:M groups, determinism, errors."""
 
 from __future__ import annotations
 
-import copy
-import signal
-from contextlib import contextmanager
-
 import pytest
 import torch
-from conftest import TINY_LAYERS, TINY_TOTAL, count_zeros
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 import fcpts
-from fcpts.core.batchnorm import recalibrate_batchnorm
+from tests.helpers import TINY_LAYERS, TINY_TOTAL, count_zeros
 
 
 def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -91,132 +86,6 @@ def test_same_seed_gives_identical_masks_and_weights(tiny_net, calib_x):
     assert a.history == b.history and len(a.history) == 6
 
 
-def test_magnitude_methods_are_deterministic(bn_net, calib_x):
-    for method in ("uniform-magnitude", "erk-magnitude", "global-magnitude", "lamp-magnitude"):
-        a = fcpts.prune(bn_net, calib_x, fcpts.make_config(method, target_sparsity=0.5))
-        b = fcpts.prune(bn_net, calib_x, fcpts.make_config(method, target_sparsity=0.5))
-        assert all(
-            torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
-        )
-
-
-# --- BatchNorm -----------------------------------------------------------------------------------
-
-
-def test_recalibrate_batchnorm_is_a_no_op_without_batchnorm():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 6), nn.LayerNorm(6), nn.Dropout(0.5), nn.Linear(6, 2)).train()
-    net[1].eval()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    modes = [m.training for m in net.modules()]
-    assert recalibrate_batchnorm(net, [torch.randn(8, 6) for _ in range(3)]) == 0
-    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
-    assert [m.training for m in net.modules()] == modes
-
-
-def test_recalibrate_batchnorm_computes_the_exact_average(bn_net, calib_x):
-    bn = bn_net[1]
-    bn.momentum = 0.3
-    dropout_net = nn.Sequential(bn_net, nn.Dropout(0.5)).eval()
-    batches = list(calib_x.split(16))  # 4 equal batches
-    assert recalibrate_batchnorm(dropout_net, batches) == 1
-    with torch.no_grad():
-        feats = bn_net[0](calib_x)  # (64, 4, 6, 6)
-    expected_mean = feats.mean(dim=(0, 2, 3))
-    per_batch_var = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats.split(16)])
-    assert torch.allclose(bn.running_mean, expected_mean, atol=1e-6, rtol=1e-5)
-    assert torch.allclose(bn.running_var, per_batch_var.mean(0), atol=1e-6, rtol=1e-5)
-    assert int(bn.num_batches_tracked) == 4
-    # Modes and momentum are restored.
-    assert bn.momentum == 0.3
-    assert not any(m.training for m in dropout_net.modules())
-    # Independent of batch order.
-    reversed_net = copy.deepcopy(dropout_net)
-    recalibrate_batchnorm(reversed_net, batches[::-1])
-    assert torch.allclose(reversed_net[0][1].running_mean, bn.running_mean, atol=1e-6)
-
-
-def test_fcpts_keeps_dense_batchnorm_statistics_by_default(bn_net, calib_x):
-    dense = copy.deepcopy(bn_net)
-    result = fcpts.prune(bn_net, calib_x, fcpts.FCPTSConfig(target_sparsity=0.7, iters=4, batch_size=16))
-    bn, dense_bn = result.model[1], dense[1]
-    assert torch.equal(bn.running_mean, dense_bn.running_mean)
-    assert torch.equal(bn.running_var, dense_bn.running_var)
-    assert int(bn.num_batches_tracked) == 7
-    # ...and recalibrates them when asked to.
-    result = fcpts.prune(
-        bn_net, calib_x, fcpts.FCPTSConfig(target_sparsity=0.7, iters=2, batch_size=16, recalibrate_bn=True)
-    )
-    assert not torch.equal(result.model[1].running_mean, dense_bn.running_mean)
-    assert int(result.model[1].num_batches_tracked) == 4  # 64 samples in batches of 16
-
-
-@pytest.mark.parametrize("method", ["uniform-magnitude", "erk-magnitude", "global-magnitude", "lamp-magnitude"])
-def test_magnitude_baselines_recalibrate_batchnorm_by_default(bn_net, calib_x, method):
-    dense_bn = copy.deepcopy(bn_net[1])
-    result = fcpts.prune(bn_net, calib_x, fcpts.make_config(method, target_sparsity=0.6, batch_size=32))
-    model = result.model
-    with torch.no_grad():
-        feats = model[0](calib_x)  # the pruned conv's outputs
-    assert torch.allclose(model[1].running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-6, rtol=1e-5)
-    assert int(model[1].num_batches_tracked) == 2
-    assert not torch.equal(model[1].running_mean, dense_bn.running_mean)
-    # Off on request: the dense statistics stay.
-    result = fcpts.prune(
-        bn_net, calib_x, fcpts.make_config(method, target_sparsity=0.6, batch_size=32, recalibrate_bn=False)
-    )
-    assert torch.equal(result.model[1].running_mean, dense_bn.running_mean)
-    assert torch.equal(result.model[1].running_var, dense_bn.running_var)
-
-
-# --- calibration inputs ----------------------------------------------------------------------------
-
-
-def test_calibration_accepts_dataset_dataloader_and_dicts(tiny_net, calib_x):
-    labels = torch.zeros(len(calib_x), dtype=torch.long)
-    k = round(0.5 * TINY_TOTAL)
-    config = fcpts.FCPTSConfig(target_sparsity=0.5, iters=3, batch_size=16)
-    for data in (TensorDataset(calib_x, labels), DataLoader(TensorDataset(calib_x, labels), batch_size=16)):
-        assert fcpts.prune(tiny_net, data, config).zeros == k
-
-    class KwargNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(4, 2)
-
-        def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"logits": self.fc(pixel_values)}
-
-    batches = [{"pixel_values": torch.randn(8, 4)} for _ in range(3)]
-    result = fcpts.prune(KwargNet(), batches, fcpts.FCPTSConfig(target_sparsity=0.5, iters=4))
-    assert result.zeros == 4
-
-
-@contextmanager
-def time_limit(seconds: int):
-    def fail(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def test_one_shot_iterator_calibration_is_replayed():
-    """A generator of batches is not re-iterable: its batches are kept, so 5 iterations over 3
-    batches finish (a regression: the stream once looped forever on the exhausted generator)."""
-    net = nn.Sequential(nn.Linear(8, 4))
-    batches = (torch.randn(4, 8) for _ in range(3))
-    with time_limit(5):
-        result = fcpts.prune(net, batches, fcpts.FCPTSConfig(target_sparsity=0.5, iters=5))
-    assert result.zeros == 16
-    assert len(result.history) == 5
-
-
 # --- errors --------------------------------------------------------------------------------------
 
 
@@ -273,21 +142,53 @@ def test_no_prunable_layer_raises(calib_x):
             fcpts.prune(net, calib_x, fcpts.make_config(method, target_sparsity=0.5))
 
 
-@pytest.mark.parametrize(
-    ("option", "value"),
-    [
-        ("temperature", 0.0),
-        ("lr_weight", -1.0),
-        ("lr_threshold", -1.0),
-        ("control_weight", -1.0),
-        ("init", "bogus"),
-        ("bandwidth", "bogus"),
-        ("bandwidth", 0.0),
-        ("kde_samples", 1),
-        ("density", "parzen"),
-    ],
-)
-def test_invalid_fcpts_options_are_rejected_up_front(option, value):
-    """E.g. ``temperature=0`` would divide the logits by 0 and turn every weight into NaN."""
-    with pytest.raises(fcpts.FcptsError, match=option if option != "kde_samples" else "kde_samples"):
-        fcpts.FCPTSConfig(target_sparsity=0.5, **{option: value})
+#: Every registered method with the extra options that keep it fast on the tiny net.
+FAST = {"fcpts": {"iters": 3, "batch_size": 16}}
+ALL_METHODS = sorted(fcpts.METHODS)
+#: (method, extra options) for every method, plus fcpts thresholding the Wanda score.
+CASES = [(m, FAST.get(m, {})) for m in ALL_METHODS] + [
+    ("fcpts", {**FAST["fcpts"], "importance": "wanda"}),
+    ("fcpts", {**FAST["fcpts"], "importance": "wanda", "refit_init": True}),
+]
+IDS = [f"{m}-{e.get('importance', '')}{'-refit' if e.get('refit_init') else ''}" for m, e in CASES]
+
+
+def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: m.weight.detach() for n, m in fcpts.prunable_layers(model)}
+
+
+# --- every method: exact global count, exact N:M groups -------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "extra"), CASES, ids=IDS)
+def test_every_method_reaches_the_exact_global_count(method, extra, tiny_net, calib_x):
+    config = fcpts.make_config(method, target_sparsity=0.77, **extra)
+    result = fcpts.prune(tiny_net, calib_x, config)
+    zeros = sum(int((w == 0).sum()) for w in prunable_weights(result.model).values())
+    assert zeros == result.zeros == round(0.77 * TINY_TOTAL)
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "1:3"])
+@pytest.mark.parametrize(("method", "extra"), CASES, ids=IDS)
+def test_every_method_makes_exact_nm_groups(method, extra, pattern, tiny_net, calib_x):
+    n, m = (int(v) for v in pattern.split(":"))
+    config = fcpts.make_config(method, target_sparsity=n / m, pattern=pattern, **extra)
+    result = fcpts.prune(tiny_net, calib_x, config)
+    divisible = 0
+    for name, w in prunable_weights(result.model).items():
+        rows = w.flatten(1)
+        if rows.shape[1] % m:
+            assert int((w == 0).sum()) == 0, f"{name} should stay dense"
+            continue
+        divisible += w.numel()
+        assert ((rows.view(rows.shape[0], -1, m) == 0).sum(-1) == n).all(), name
+    # TinyNet: 2:4 divides only fc1 (80 inputs); 1:3 divides conv1 (9) and conv2 (27).
+    assert divisible == {"2:4": 560, "1:3": 27 + 135}[pattern]
+    assert result.zeros == divisible * n // m
+
+
+def test_pattern_must_match_the_target():
+    with pytest.raises(fcpts.FcptsError, match=r"means sparsity 0\.5"):
+        fcpts.make_config("wanda", target_sparsity=0.6, pattern="2:4")
+    with pytest.raises(fcpts.FcptsError, match="N:M"):
+        fcpts.make_config("wanda", target_sparsity=0.5, pattern="4:2")

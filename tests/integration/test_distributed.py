@@ -21,12 +21,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import FACTORY_TOTAL, TINY_TOTAL, TinyNet, load_factory
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import fcpts
-from fcpts import distributed
+from fcpts.core import distributed
+from tests.helpers import FACTORY_TOTAL, TINY_TOTAL, TinyNet, load_factory
 
 MASK_TOLERANCE = 0.005  # fraction of prunable weights whose mask may differ from the one-process run
 RTOL, ATOL = 1e-4, 1e-5  # weights and thresholds vs the one-process run

@@ -9,6 +9,7 @@ streamed calibration data is never materialised.
 from __future__ import annotations
 
 import errno
+import importlib
 import math
 import os
 import pathlib
@@ -21,16 +22,18 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from conftest import load_factory
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, TensorDataset
 
 import fcpts
-import fcpts.method
 from fcpts.core.calibration import Calibration
 from fcpts.core.checks import check_finite_inputs
 from fcpts.files import check_output_dir
+from tests.helpers import load_factory
+
+# fcpts.method.learn is the function (re-exported by fcpts.method), not the module.
+learn_module = importlib.import_module("fcpts.method.learn")
 
 
 def prune_args(model_file: Path, npz_file: Path, out: Path, *extra: object) -> list[object]:
@@ -182,7 +185,7 @@ def test_nonfinite_teacher_output_is_caught(monkeypatch, budget):
     with torch.no_grad():
         net[0].weight.fill_(100.0)
     if budget is not None:
-        monkeypatch.setattr(fcpts.method, "TEACHER_CACHE_BYTES", budget)
+        monkeypatch.setattr(learn_module, "TEACHER_CACHE_BYTES", budget)
     with pytest.raises(fcpts.FcptsError, match="the dense model's output on the calibration data contains non-finite"):
         fcpts.prune(net, torch.ones(32, 4), fcpts.FCPTSConfig(target_sparsity=0.5, iters=2, batch_size=8))
 
@@ -428,7 +431,7 @@ def test_teacher_outputs_streamed_over_budget(tiny_net, calib_x, monkeypatch):
     import copy
 
     _, cached_history = run_learn(copy.deepcopy(tiny_net), calib_x, iters=7)
-    monkeypatch.setattr(fcpts.method, "TEACHER_CACHE_BYTES", 700)
+    monkeypatch.setattr(learn_module, "TEACHER_CACHE_BYTES", 700)
     teacher, history = run_learn(tiny_net, calib_x, iters=7)
     assert (teacher.calls, teacher.rows) == (1 + 7, 1 + 7 * 16)  # the probe, then one batch per step
     # Same batches, same targets: the two paths learn the same thing.

@@ -9,7 +9,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import FACTORY_TOTAL, load_factory
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -17,6 +16,7 @@ import fcpts
 from fcpts.data.images import load_imagefolder
 from fcpts.data.specs import DATA_SPECS, load_data
 from fcpts.data.text import load_text
+from tests.helpers import FACTORY_TOTAL, load_factory
 
 IMAGE_FEATURES = datasets.Features(
     {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"]), "name": datasets.Value("string")}

@@ -3,6 +3,7 @@ equal bit for bit to an uninterrupted one (in process, and after a SIGKILL of th
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -11,17 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-import fcpts.checkpoint
 import pytest
 import torch
-from conftest import TinyNet
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 import fcpts
-import fcpts.method
-from fcpts.core.calibration import Calibration
 from fcpts.method.checkpoint import CHECKPOINT_NAME
+from tests.helpers import TinyNet
+
+# fcpts.method.learn is the function (re-exported by fcpts.method), not the module.
+learn_module = importlib.import_module("fcpts.method.learn")
 
 
 def assert_same_model(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -35,37 +36,6 @@ def leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
 
 
-# --- the calibration stream ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", ["tensor", "dataset", "small-tensor", "batches"])
-def test_stream_restarts_at_any_position(kind, calib_x):
-    data = {
-        "tensor": calib_x[:50],  # 3 full batches of 16 per epoch, 2 rows dropped
-        "dataset": TensorDataset(calib_x[:50], torch.zeros(50)),
-        "small-tensor": calib_x[:10],  # smaller than one batch: every batch is the whole set
-        "batches": [calib_x[i : i + 16] for i in range(0, 48, 16)],
-    }[kind]
-    cal = Calibration(data, batch_size=16, seed=5)
-    full = [inputs for (inputs, _), _ in zip(cal.stream(), range(11), strict=False)]
-    for start in (0, 1, 3, 7):
-        tail = [inputs for (inputs, _), _ in zip(cal.stream(start_step=start), range(11 - start), strict=False)]
-        assert all(torch.equal(a, b) for a, b in zip(full[start:], tail, strict=True))
-
-
-def test_tensor_stream_order_is_one_permutation_per_epoch_from_the_seed(calib_x):
-    """The order of a fresh run is unchanged by the replayable stream: permutation e is the e-th
-    ``randperm`` of one generator seeded by the seed (so earlier benchmark results still hold)."""
-    cal = Calibration(calib_x[:40], batch_size=16, seed=3)  # 2 full batches per epoch
-    got = [index for (_, index), _ in zip(cal.stream(), range(6), strict=False)]
-    gen = torch.Generator().manual_seed(3)
-    want = []
-    for _ in range(3):
-        perm = torch.randperm(40, generator=gen)
-        want += [perm[:16], perm[16:32]]
-    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
-
-
 # --- resume in process -------------------------------------------------------------------------
 
 
@@ -76,7 +46,7 @@ class Interrupt(Exception):
 def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     """Make learn() raise in the middle of ``step`` (0-based): after its forward, before its update."""
     calls = {"n": 0}
-    original = fcpts.method.control_loss
+    original = learn_module.control_loss
 
     def control_loss(*args, **kwargs):
         if calls["n"] == step:
@@ -84,7 +54,7 @@ def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
         calls["n"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(fcpts.method, "control_loss", control_loss)
+    monkeypatch.setattr(learn_module, "control_loss", control_loss)
 
 
 @pytest.mark.parametrize(
@@ -97,18 +67,19 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(monkeypatch, t
     torch.manual_seed(0)
     net = TinyNet()
     options = {"target_sparsity": 0.7, "iters": 24, "batch_size": 16, "seed": 4, **extra}  # 4 batches per epoch
-    reference = fcpts.prune(net, data, fcpts.FCPTSConfig(**options))
+    config = fcpts.FCPTSConfig(**options)
+    reference = fcpts.prune(net, data, config)
 
     ckpt = tmp_path / "ckpt"
     with monkeypatch.context() as m:
         interrupt_at_step(m, 13)
         with pytest.raises(Interrupt):
-            fcpts.prune(net, data, fcpts.FCPTSConfig(**options, checkpoint_dir=ckpt, checkpoint_every=5))
+            fcpts.prune(net, data, config, fcpts.RunOptions(checkpoint_dir=ckpt, checkpoint_every=5))
     state = torch.load(ckpt / CHECKPOINT_NAME, weights_only=True)
     assert state["step"] == 10 and len(state["history"]) == 10
     assert (state["frozen_masks"] is not None) == bool(extra)
 
-    resumed = fcpts.prune(net, data, fcpts.FCPTSConfig(**options, checkpoint_dir=ckpt, checkpoint_every=5, resume=True))
+    resumed = fcpts.prune(net, data, config, fcpts.RunOptions(checkpoint_dir=ckpt, checkpoint_every=5, resume=True))
     assert_same_model(resumed.model.state_dict(), reference.model.state_dict())
     assert resumed.history == reference.history
     assert resumed.zeros == reference.zeros == round(0.7 * resumed.numel)
@@ -116,8 +87,8 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(monkeypatch, t
 
 
 def test_checkpoint_holds_the_training_state_and_loads_without_unpickling(tmp_path, tiny_net, calib_x):
-    config = fcpts.FCPTSConfig(0.5, iters=6, batch_size=16, checkpoint_dir=tmp_path, checkpoint_every=3)
-    fcpts.prune(tiny_net, calib_x, config)
+    config = fcpts.FCPTSConfig(0.5, iters=6, batch_size=16)
+    fcpts.prune(tiny_net, calib_x, config, fcpts.RunOptions(checkpoint_dir=tmp_path, checkpoint_every=3))
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]  # no temporary file left
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)  # tensors and plain data only
     assert state["step"] == 6
@@ -127,12 +98,14 @@ def test_checkpoint_holds_the_training_state_and_loads_without_unpickling(tmp_pa
     assert len(state["optimizer"]["state"]) == len(list(tiny_net.parameters())) + 4  # + 4 thresholds
     assert state["scheduler"]["last_epoch"] == 6
     assert state["rng"]["cpu"].dtype == torch.uint8
-    assert state["config"] == config.to_dict()
+    assert state["config"] == config.to_dict()  # the method's settings only: no run options
+    assert not {"device", "progress", "checkpoint_dir", "checkpoint_every", "resume"} & set(state["config"])
     assert [h["step"] for h in state["history"]] == list(range(6))
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint(monkeypatch, tmp_path, tiny_net, calib_x):
-    config = fcpts.FCPTSConfig(0.5, iters=4, batch_size=16, checkpoint_dir=tmp_path, checkpoint_every=2)
+    config = fcpts.FCPTSConfig(0.5, iters=4, batch_size=16)
+    options = fcpts.RunOptions(checkpoint_dir=tmp_path, checkpoint_every=2)
     original = torch.save
     calls = {"n": 0}
 
@@ -145,29 +118,35 @@ def test_a_failed_save_keeps_the_previous_checkpoint(monkeypatch, tmp_path, tiny
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(fcpts.FcptsError, match=r"cannot write checkpoint .*: No space left on device"):
-        fcpts.prune(tiny_net, calib_x, config)
+        fcpts.prune(tiny_net, calib_x, config, options)
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["step"] == 2
 
 
 def test_checkpoint_misuse_gives_one_clear_error(tmp_path, tiny_net, calib_x):
-    base = {"target_sparsity": 0.5, "iters": 4, "batch_size": 16}
-    with pytest.raises(fcpts.FcptsError, match="need a checkpoint_dir"):
-        fcpts.FCPTSConfig(**base, checkpoint_every=2)
-    with pytest.raises(fcpts.FcptsError, match="checkpoint_every must be ≥ 0"):
-        fcpts.FCPTSConfig(**base, checkpoint_dir=tmp_path, checkpoint_every=-1)
+    config = fcpts.FCPTSConfig(target_sparsity=0.5, iters=4, batch_size=16)
+    Run = fcpts.RunOptions
+    with pytest.raises(fcpts.FcptsError, match=r"^checkpoint_every and resume need a checkpoint_dir$"):
+        Run(checkpoint_every=2)
+    with pytest.raises(fcpts.FcptsError, match=r"^checkpoint_every and resume need a checkpoint_dir$"):
+        Run(resume=True)
+    with pytest.raises(fcpts.FcptsError, match=r"^checkpoint_every must be ≥ 0, got -1$"):
+        Run(checkpoint_dir=tmp_path, checkpoint_every=-1)
     with pytest.raises(fcpts.FcptsError, match="no checkpoint to resume"):
-        fcpts.prune(tiny_net, calib_x, fcpts.FCPTSConfig(**base, checkpoint_dir=tmp_path / "none", resume=True))
+        fcpts.prune(tiny_net, calib_x, config, Run(checkpoint_dir=tmp_path / "none", resume=True))
 
-    fcpts.prune(tiny_net, calib_x, fcpts.FCPTSConfig(**base, checkpoint_dir=tmp_path, checkpoint_every=2))
+    fcpts.prune(tiny_net, calib_x, config, Run(checkpoint_dir=tmp_path, checkpoint_every=2))
     with pytest.raises(fcpts.FcptsError, match="already holds a checkpoint"):  # a fresh run never overwrites it
-        fcpts.prune(tiny_net, calib_x, fcpts.FCPTSConfig(**base, checkpoint_dir=tmp_path, checkpoint_every=2))
-    other = fcpts.FCPTSConfig(**{**base, "iters": 8}, checkpoint_dir=tmp_path, resume=True)
+        fcpts.prune(tiny_net, calib_x, config, Run(checkpoint_dir=tmp_path, checkpoint_every=2))
+    other = fcpts.FCPTSConfig(target_sparsity=0.5, iters=8, batch_size=16)
     with pytest.raises(fcpts.FcptsError, match=r"other options \(iters: 4 → 8\)"):
-        fcpts.prune(tiny_net, calib_x, other)
+        fcpts.prune(tiny_net, calib_x, other, Run(checkpoint_dir=tmp_path, resume=True))
+    # Run options are not part of the config: resuming with others (no more saves, progress on) is allowed.
+    resumed = fcpts.prune(tiny_net, calib_x, config, Run(checkpoint_dir=tmp_path, resume=True, progress=True))
+    assert resumed.zeros == round(0.5 * resumed.numel)
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
     with pytest.raises(fcpts.FcptsError, match="cannot read checkpoint"):
-        fcpts.prune(tiny_net, calib_x, fcpts.FCPTSConfig(**base, checkpoint_dir=tmp_path, resume=True))
+        fcpts.prune(tiny_net, calib_x, config, Run(checkpoint_dir=tmp_path, resume=True))
 
 
 # --- the command line: flags, and a SIGKILL ----------------------------------------------------------
@@ -214,7 +193,7 @@ def test_cli_checkpoint_flags(run_cli, model_file, npz_file, tmp_path):
     )
     assert code == 0, err
     report = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert report["config"]["checkpoint_every"] == 3
+    assert report["run_options"]["checkpoint_every"] == 3 and "checkpoint_every" not in report["config"]
     assert torch.load(tmp_path / "c" / CHECKPOINT_NAME, weights_only=True)["step"] == 6
     # A finished run resumes from its last checkpoint without learning more: the same weights.
     code, _, err = run_cli(*args, "--out", tmp_path / "d", "--resume", tmp_path / "c")
