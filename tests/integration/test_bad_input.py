@@ -13,7 +13,10 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-from blackbox import (
+from safetensors.torch import load_file
+
+import fcpts
+from tests.integration.blackbox import (
     MODEL,
     REPORT,
     TOTAL,
@@ -27,9 +30,6 @@ from blackbox import (
     write_data,
     write_model,
 )
-from safetensors.torch import load_file
-
-import fcpts
 
 
 @pytest.fixture

@@ -27,7 +27,9 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-from blackbox import (
+from safetensors.torch import load_file
+
+from tests.integration.blackbox import (
     CHECKPOINT,
     MODEL,
     REPORT,
@@ -41,7 +43,6 @@ from blackbox import (
     write_data,
     write_model,
 )
-from safetensors.torch import load_file
 
 LAUNCHER = textwrap.dedent(
     """

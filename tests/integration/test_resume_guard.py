@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from blackbox import (
+
+from tests.integration.blackbox import (
     CHECKPOINT,
     assert_one_line_error,
     cli,

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from blackbox import (
+from torch import nn
+
+import fcpts
+from tests.integration.blackbox import (
     MODEL,
     REPORT,
     assert_one_line_error,
@@ -27,9 +30,6 @@ from blackbox import (
     write_data,
     write_model,
 )
-from torch import nn
-
-import fcpts
 
 
 def payload_source(marker: Path) -> str:

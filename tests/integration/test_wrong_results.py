@@ -9,10 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from blackbox import CHECKPOINT, assert_one_line_error, cli, prune_args, read_report, write_data, write_model
 from torch import nn
 
 import fcpts
+from tests.integration.blackbox import (
+    CHECKPOINT,
+    assert_one_line_error,
+    cli,
+    prune_args,
+    read_report,
+    write_data,
+    write_model,
+)
 
 # --- non-finite values: a restored checkpoint, the loss -----------------------------------------------
 

@@ -11,7 +11,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import TinyNet
 from torch import nn
 
 import fcpts
@@ -21,6 +20,7 @@ from fcpts.core.masks import exact_global_masks, target_zeros
 from fcpts.method.checkpoint import CHECKPOINT_NAME
 from fcpts.method.prepare import exact_keep_masks
 from fcpts.method.threshold_mask import ThresholdMask, validate_mask_options
+from tests.helpers import TinyNet
 
 LEARN = importlib.import_module("fcpts.method.learn")  # the module (fcpts.method.learn is the function)
 
