@@ -19,7 +19,9 @@ from .core.layers import default_layer_filter, exclude, prunable_layers
 from .data import load_data, register_data_spec
 from .deploy import export, load
 from .errors import FcptsError
-from .method import FCPTSConfig, Prepared, ThresholdMask, finalize, learn, prepare
+from .method import FCPTSConfig, Prepared, ThresholdMask
+from .method.learn import learn
+from .method.prepare import finalize, prepare
 from .models import load_model, register_model_spec
 from .models.reference import ReferenceCNN, load_reference_model
 from .registry import Registry

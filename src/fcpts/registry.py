@@ -28,6 +28,9 @@ from .errors import FcptsError
 
 T = TypeVar("T")
 
+#: ``register(name)`` without an item: the decorator form (None is a value one may register).
+_DECORATE = object()
+
 
 class Registry(Generic[T]):
     """Name → plug-in, in registration order; a read-only mapping apart from :meth:`register`."""
@@ -40,12 +43,12 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]: ...
     @overload
     def register(self, name: str, item: T) -> T: ...
-    def register(self, name: str, item: Any = None) -> Any:
+    def register(self, name: str, item: Any = _DECORATE) -> Any:
         """Register ``item`` as ``name`` (returns it), or as a decorator without ``item``.
 
         Registering a name again replaces the earlier entry (a user may override a built-in).
         """
-        if item is not None:
+        if item is not _DECORATE:
             self._items[name] = item
             return item
 

@@ -99,18 +99,18 @@ def test_cli_prune_export_load_end_to_end(tmp_path: Path, model_file: Path, run_
         "--method", "global-magnitude", "--out", runs, "--no-progress",
     )  # fmt: skip
     assert code == 0, err
-    pruned = fcpts.load(runs)  # a prune output directory loads as dense
+    pruned = fcpts.load(runs, trust_model_code=True)  # a prune output directory (our own file spec) loads as dense
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = pruned(x)
     assert fcpts.global_sparsity(pruned) == pytest.approx(round(0.8 * 1476) / 1476)
     for fmt in ("dense", "compressed", "onnx"):
         extra = ["--input-shape", "1,8,8"] if fmt == "onnx" else []
-        code, out, err = run_cli("export", runs, "--format", fmt, "--out", tmp_path / fmt, *extra)
+        code, out, err = run_cli("export", runs, "--format", fmt, "--out", tmp_path / fmt, "--trust-model-code", *extra)
         assert code == 0, err
         assert f"format {fmt}:" in out and "bytes" in out
         with torch.no_grad():
-            got = fcpts.load(tmp_path / fmt)(x)
+            got = fcpts.load(tmp_path / fmt, trust_model_code=True)(x)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     weights = runs / "model.safetensors"
     plain = ["eval", "--model", f"{model_file}:factory", "--weights", weights, "--data", f"npz:{data}"]
@@ -120,7 +120,7 @@ def test_cli_prune_export_load_end_to_end(tmp_path: Path, model_file: Path, run_
     assert code == 0, err
     top1 = [line for line in out_plain.splitlines() if line.startswith("top-1")]
     assert top1 and top1[0] in out_sparse.splitlines() and "of 2 layers sparse" in out_sparse
-    code, _, err = run_cli("export", runs, "--format", "onnx", "--out", tmp_path / "o2")
+    code, _, err = run_cli("export", runs, "--format", "onnx", "--out", tmp_path / "o2", "--trust-model-code")
     assert code == 2 and "needs an example input" in err
     code, _, err = run_cli("export", runs, "--format", "dense", "--out", tmp_path / "dense")
     assert code == 2 and "already exists" in err

@@ -27,6 +27,7 @@ from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, TensorDataset
 
 import fcpts
+from fcpts import files
 from fcpts.core.calibration import Calibration
 from fcpts.core.checks import check_finite_inputs
 from fcpts.files import check_output_dir
@@ -382,6 +383,10 @@ def test_rename_into_place_fails(run_cli, model_file, npz_file, parent, monkeypa
         return real_rename(self, target)
 
     monkeypatch.setattr(pathlib.Path, "rename", rename)
+    # The atomic exchange (renameat2) fails the same way on a read-only file system.
+    monkeypatch.setattr(
+        files, "_exchange", lambda a, b: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system"))
+    )
     code, stdout, stderr = run_cli(*fcpts_args(model_file, npz_file, out, *(["--overwrite"] if existing else [])))
     assert code == 2 and stderr.startswith(f"fcpts: error: cannot write output directory {out}: Read-only file system")
     assert stdout == "" and leftovers(parent, out) == []

@@ -130,7 +130,7 @@ def test_checkpoint_misuse_gives_one_clear_error(tmp_path, tiny_net, calib_x):
         Run(checkpoint_every=2)
     with pytest.raises(fcpts.FcptsError, match=r"^checkpoint_every and resume need a checkpoint_dir$"):
         Run(resume=True)
-    with pytest.raises(fcpts.FcptsError, match=r"^checkpoint_every must be ≥ 0, got -1$"):
+    with pytest.raises(fcpts.FcptsError, match=r"^checkpoint_every must be ≥ 1 \(omit it for the default\), got -1$"):
         Run(checkpoint_dir=tmp_path, checkpoint_every=-1)
     with pytest.raises(fcpts.FcptsError, match="no checkpoint to resume"):
         fcpts.prune(tiny_net, calib_x, config, Run(checkpoint_dir=tmp_path / "none", resume=True))

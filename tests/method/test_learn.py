@@ -83,10 +83,10 @@ def test_without_the_control_loss_nothing_moves_the_thresholds(tiny_net, calib_x
         lr_threshold=0.05, control_weight=0.0, freeze_masks_at=1.0,
     )  # fmt: skip
     prepared = fcpts.prepare(copy.deepcopy(tiny_net), 0.8, sparsities=[0.2] * 4, threshold_grad="none")
-    thresholds = prepared.thresholds()
+    thresholds = [layer.mask.threshold.item() for layer in prepared.layers]
     history = fcpts.learn(prepared, tiny_net, Calibration(calib_x, 16), config)
     assert {h["sparsity"] for h in history} == {history[0]["sparsity"]}
-    assert prepared.thresholds() == thresholds
+    assert [layer.mask.threshold.item() for layer in prepared.layers] == thresholds
 
 
 #: fcpts's top-1 lead over uniform magnitude pruning on the reference CNN at 0.9 (1000 test images).

@@ -78,7 +78,7 @@ def predict(model: nn.Module, x: torch.Tensor | dict[str, torch.Tensor], batch_s
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``model`` on images ``x`` (N, C, H, W) with labels ``y`` (N,).
 
-    >>> from fcpts.models import ReferenceCNN
+    >>> from fcpts.models.reference import ReferenceCNN
     >>> 0.0 <= accuracy(ReferenceCNN(), torch.rand(4, 1, 28, 28), torch.arange(4)) <= 1.0
     True
     """

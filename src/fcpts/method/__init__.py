@@ -20,10 +20,11 @@ lifecycle, and :class:`Prepared`, all masks at once), :mod:`.losses`, :mod:`.lea
 :mod:`.checkpoint` (resume), and :mod:`.fcpts`, the registered method that ties them together.
 """
 
-from . import fcpts
+# The functions prepare/learn/finalize are re-exported by the package ``fcpts``, not here: their
+# names are this package's modules (``fcpts.method.learn`` stays the module).
+from . import fcpts, learn, prepare
 from .config import FCPTSConfig
-from .learn import learn
-from .prepare import Prepared, finalize, prepare
+from .prepare import Prepared
 from .threshold_mask import ThresholdMask
 
-__all__ = ["FCPTSConfig", "Prepared", "ThresholdMask", "fcpts", "finalize", "learn", "prepare"]
+__all__ = ["FCPTSConfig", "Prepared", "ThresholdMask", "fcpts", "learn", "prepare"]

@@ -62,8 +62,10 @@ class FCPTSConfig(PruneConfig):
         for name in ("lr_threshold", "lr_weight", "control_weight", "feature_weight"):
             if not getattr(self, name) >= 0:
                 raise FcptsError(f"{name} must be ≥ 0, got {getattr(self, name)!r}")
-        if self.loss != "auto":
-            RECONSTRUCTION_LOSSES.get(self.loss)
+        if self.loss != "auto" and self.loss not in RECONSTRUCTION_LOSSES:
+            raise FcptsError(
+                f"unknown loss {self.loss!r}; choose from auto, {', '.join(RECONSTRUCTION_LOSSES.names())}"
+            )
         if not self.temperature > 0:
             raise FcptsError(f"temperature must be > 0, got {self.temperature!r}")
         if not 0.0 <= self.freeze_masks_at <= 1.0:

@@ -41,7 +41,9 @@ def validate_mask_options(threshold_grad: str, density: str, bandwidth: str | fl
         raise FcptsError(f"threshold_grad must be one of {THRESHOLD_GRADS}, got {threshold_grad!r}")
     DENSITIES.get(density)  # an unknown density: one error naming the choices
     if isinstance(bandwidth, str) and bandwidth not in BANDWIDTH_RULES:
-        raise FcptsError(f"unknown bandwidth rule {bandwidth!r}; choose from {sorted(BANDWIDTH_RULES)} or a number")
+        raise FcptsError(
+            f"unknown bandwidth rule {bandwidth!r}; choose from {', '.join(BANDWIDTH_RULES.names())} or a number"
+        )
     if not isinstance(bandwidth, str) and not bandwidth > 0:
         raise FcptsError(f"bandwidth must be a rule name or a number > 0, got {bandwidth!r}")
 
