@@ -34,7 +34,7 @@ from .core import distributed
 from .core.calibration import call_model, check_fits, rows, to_device
 from .core.checks import nonfinite_summary
 from .core.evaluate import accuracy, is_logits_output, output_logits
-from .core.fidelity import model_fidelity
+from .core.fidelity import classifier_fidelity, model_fidelity
 from .data import DataSource, Split, load_data
 from .errors import FcptsError
 from .files import check_output_dir
@@ -70,6 +70,7 @@ class Job:
     config: PruneConfig
     options: RunOptions = field(default_factory=RunOptions)
     weights: str | None = None
+    weights_map: str | None = None  # how --weights' names map onto the model's (KEY_MAPS: "order")
     random_weights: bool = False
     eval_data: str | None = None  # held-out evaluation data (default: the data spec's own evaluation split)
     calib_samples: int = 4096
@@ -133,9 +134,10 @@ def load_inputs(
     eval_data: str | None = None,
     settings: DataSettings | None = None,
     device: str | torch.device = "cpu",
+    weights_map: str | None = None,
 ) -> tuple[nn.Module, DataSource]:
     """The model and the data of a run; ``eval_data`` replaces the data's evaluation split."""
-    model = load_model(model_spec, weights, device=device, random_weights=random_weights)
+    model = load_model(model_spec, weights, device=device, random_weights=random_weights, key_map=weights_map)
     options = dataclasses.asdict(settings or DataSettings())
     base = {k: options.pop(k) for k in ("data_dir", "image_size", "channels")}
     # The tokenizer is loaded only if the data holds text (an hf: image model may have none).
@@ -169,13 +171,16 @@ def outputs_embeddings(model: nn.Module, split: Split) -> bool:
 
 
 def split_accuracy(model: nn.Module, split: Split) -> float | None:
-    """Top-1 on a labelled split of a classifier; None without labels or for an embedding model."""
+    """Top-1 on a labelled split of a classifier; None without labels, for an embedding model, or
+    when the data names its class count and the model has another (ImageNet logits on Fashion-MNIST)."""
     # An embedding model's argmax is no prediction (e.g. a labelled hf-dataset).
     if split.y is None or outputs_embeddings(model, split):
         return None
     logits = output_logits(probe_output(model, split))
     if logits.dim() != 2:
         raise FcptsError(f"the model returned scores of shape {tuple(logits.shape)}, not (N, classes)")
+    if split.classes is not None and split.classes != logits.shape[1]:
+        return None  # the class indices mean nothing to this model: fidelity instead
     labels = split.y
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < logits.shape[1]:
         raise FcptsError(
@@ -220,7 +225,14 @@ def _run(job: Job, options: RunOptions) -> Done | None:
     # Every stage either succeeds on all ranks or fails on all of them (distributed.all_or_none).
     with distributed.all_or_none():
         model, data = load_inputs(
-            job.model, job.data, job.weights, job.random_weights, job.eval_data, job.data_settings, options.device
+            job.model,
+            job.data,
+            job.weights,
+            job.random_weights,
+            job.eval_data,
+            job.data_settings,
+            options.device,
+            job.weights_map,
         )
         calibration = data.calibration.subset(job.calib_samples, job.config.seed)
     if options.checkpoint_dir is not None:  # a resume must read the same inputs (prune adds the data's hash)
@@ -238,8 +250,12 @@ def _report_and_write(
 ) -> Done:
     dense_acc, sparse_acc = split_accuracy(model, data.evaluation), split_accuracy(result.model, data.evaluation)
     extra: dict[str, Any] = {"random_weights": job.random_weights, "evaluation_data_spec": job.eval_data}
+    if job.weights_map is not None:
+        extra["weights_map"] = job.weights_map
     if outputs_embeddings(model, data.evaluation):  # embeddings: fidelity to the dense model on the data
         extra["fidelity"] = model_fidelity(result.model, model, data.evaluation.x)
+    elif dense_acc is None:  # no top-1 that means anything: the sparse model's agreement with the dense one
+        extra["fidelity"] = classifier_fidelity(result.model, model, data.evaluation.x)
     report = build_report(
         result,
         model_spec=resolved_spec(job.model),

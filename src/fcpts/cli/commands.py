@@ -89,6 +89,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         config=config,
         options=options,
         weights=args.weights,
+        weights_map=args.weights_map,
         random_weights=args.random_weights,
         eval_data=args.eval_data,
         calib_samples=args.calib_samples,
@@ -99,9 +100,14 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if done is None:
         return  # another rank of a torchrun job: rank 0 prints
     print(_summary(done.result, done.dense_accuracy, done.sparse_accuracy))
-    if "fidelity" in done.report:
-        f = done.report["fidelity"]
+    f = done.report.get("fidelity")
+    if f is not None and "mean_cosine" in f:
         print(f"fidelity         mean cosine {f['mean_cosine']:.4f}, recall@1 {f['recall_at_1']:.2%}")
+    elif f is not None:
+        print(
+            f"fidelity         top-1 agreement {f['top1_agreement']:.2%}, top-5 {f['top5_agreement']:.2%}, "
+            f"KL {f['kl']:.4f} (sparse vs dense)"
+        )
     if args.random_weights:
         print("note             random weights (--random-weights): no pretrained weights were loaded")
     print(f"wrote {done.out}/model.safetensors, report.json, allocation.png")
@@ -122,13 +128,14 @@ def _summary(result: PruneResult, dense_acc: float | None, sparse_acc: float | N
 def cmd_eval(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     model, data = load_inputs(
-        args.model, args.data, args.weights, args.random_weights, None, _data_settings(args), device
+        args.model, args.data, args.weights, args.random_weights, None, _data_settings(args), device, args.weights_map
     )
     split = data.evaluation
     if args.limit is not None:
         if args.limit < 1:
             raise FcptsError(f"--limit must be ≥ 1, got {args.limit}")
-        split = Split(rows(split.x, slice(0, args.limit)), None if split.y is None else split.y[: args.limit])
+        labels = None if split.y is None else split.y[: args.limit]
+        split = Split(rows(split.x, slice(0, args.limit)), labels, split.classes)
     for warning in evaluation_warnings(model, split):
         print(f"fcpts: warning: {warning}", file=sys.stderr)
     sparsity = global_sparsity(model)
@@ -140,7 +147,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     acc = split_accuracy(model, split)
     print(f"model     {args.model}" + (f" ({args.weights})" if args.weights else ""))
     print(f"data      {data.name} ({len(split)} samples)")
-    print(f"top-1     {'n/a (no labels)' if acc is None else f'{acc:.2%}'}")
+    why = "no labels" if split.y is None else "the labels are not the model's classes"
+    print(f"top-1     {f'n/a ({why})' if acc is None else f'{acc:.2%}'}")
     print(f"sparsity  {sparsity:.6f}")
     if kernels:
         print(f"kernels   {kernels}")

@@ -13,6 +13,7 @@ from ..deploy.export import FORMATS
 from ..method.bridge import DENSITIES
 from ..method.config import FCPTSConfig
 from ..method.losses import RECONSTRUCTION_LOSSES
+from ..models.specs import KEY_MAPS
 
 #: Flags that set a method's config field of the same name; only some methods take each.
 METHOD_FLAGS = (
@@ -43,10 +44,16 @@ def _add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="built-in name (refcnn, refvit, minilm), torchvision:NAME, timm:NAME, hf:DIR, "
-        "path/to/file.py:factory or package.module:factory",
+        help="built-in name (refcnn, refvit, efficientnet_lite1, efficientnet_lite2, minilm), torchvision:NAME, "
+        "timm:NAME, hf:DIR, path/to/file.py:factory or package.module:factory",
     )
     p.add_argument("--weights", help="weights file (safetensors, or a torch.save state dict; never unpickled)")
+    p.add_argument(
+        "--weights-map",
+        choices=KEY_MAPS.names(),
+        help="--weights names its tensors differently (another implementation of the architecture): "
+        "order pairs the file's entries with the model's by position, checking every shape",
+    )
     p.add_argument(
         "--random-weights",
         action="store_true",

@@ -1,4 +1,5 @@
-"""Fidelity of a pruned embedding model to its dense original: mean cosine and retrieval recall@1.
+"""Fidelity of a pruned model to its dense original: for embeddings, mean cosine and retrieval
+recall@1; for a classifier without meaningful labels, top-1/top-5 agreement and KL divergence.
 
 For models that output embeddings rather than class logits (sentence encoders), accuracy has no
 labels to use; what matters is whether the sparse model still embeds like the dense one:
@@ -44,3 +45,33 @@ def model_fidelity(
     """
     s, d = predict(sparse, inputs, batch_size), predict(dense, inputs, batch_size)
     return embedding_fidelity(s.flatten(1), d.flatten(1))
+
+
+def logit_fidelity(sparse: torch.Tensor, dense: torch.Tensor) -> dict[str, float]:
+    """``{"top1_agreement", "top5_agreement", "kl"}`` of sparse logits (N, K) against dense ones (N, K).
+
+    Top-1 agreement: the sparse argmax is the dense one; top-5: the dense argmax is among the sparse
+    top 5; ``kl``: mean ``KL(p_dense || p_sparse)`` in nats. For a classifier on data whose labels
+    are not its classes (an ImageNet model on Fashion-MNIST), where top-1 accuracy means nothing.
+
+    >>> dense = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    >>> logit_fidelity(dense, dense)
+    {'top1_agreement': 1.0, 'top5_agreement': 1.0, 'kl': 0.0}
+    >>> logit_fidelity(dense[[1, 0]], dense)["top1_agreement"]
+    0.0
+    """
+    if sparse.shape != dense.shape or sparse.ndim != 2:
+        raise ValueError(f"expected two (N, K) logit matrices of one shape, got {sparse.shape} and {dense.shape}")
+    target = dense.argmax(1, keepdim=True)  # (N, 1)
+    top1 = (sparse.argmax(1, keepdim=True) == target).float().mean().item()
+    top5 = (sparse.topk(min(5, sparse.shape[1]), 1).indices == target).any(1).float().mean().item()
+    log_d, log_s = F.log_softmax(dense.float(), 1), F.log_softmax(sparse.float(), 1)
+    kl = F.kl_div(log_s, log_d, log_target=True, reduction="batchmean").clamp(min=0).item()
+    return {"top1_agreement": top1, "top5_agreement": top5, "kl": kl}
+
+
+def classifier_fidelity(
+    sparse: nn.Module, dense: nn.Module, inputs: torch.Tensor | dict[str, torch.Tensor], batch_size: int = 256
+) -> dict[str, float]:
+    """:func:`logit_fidelity` of two classifiers' logits on held-out ``inputs``."""
+    return logit_fidelity(predict(sparse, inputs, batch_size), predict(dense, inputs, batch_size))

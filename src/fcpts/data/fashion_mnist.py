@@ -91,8 +91,12 @@ def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> DataSo
     arrays = {k: read_idx(p) for k, p in paths.items()}  # type: ignore[arg-type]
     return DataSource(
         "fashion-mnist",
-        calibration=Split(_images_to_tensor(arrays["train_x"]), torch.from_numpy(arrays["train_y"].astype(np.int64))),
-        evaluation=Split(_images_to_tensor(arrays["test_x"]), torch.from_numpy(arrays["test_y"].astype(np.int64))),
+        calibration=Split(
+            _images_to_tensor(arrays["train_x"]), torch.from_numpy(arrays["train_y"].astype(np.int64)), classes=10
+        ),
+        evaluation=Split(
+            _images_to_tensor(arrays["test_x"]), torch.from_numpy(arrays["test_y"].astype(np.int64)), classes=10
+        ),
     )
 
 

@@ -163,7 +163,7 @@ def load_imagefolder(
 
     x = preprocess_images(opened(), image_size=image_size, channels=channels, crop=crop, normalize=normalize)
     labels = [label for _, label in files]
-    split = Split(x, torch.tensor(labels, dtype=torch.int64))
+    split = Split(x, torch.tensor(labels, dtype=torch.int64), classes=len(classes))
     return DataSource(f"imagefolder:{directory}", split, split)
 
 

@@ -26,10 +26,15 @@ from ..registry import Registry
 
 @dataclass
 class Split:
-    """Images ``x`` (N, C, H, W) float32 in [0, 1] (or a dict of token tensors) and optional labels ``y`` (N,)."""
+    """Images ``x`` (N, C, H, W) float32 in [0, 1] (or a dict of token tensors) and optional labels ``y`` (N,).
+
+    ``classes`` is how many classes the labels name, where the data spec knows it (Fashion-MNIST: 10):
+    a model with another number of outputs is judged by fidelity to the dense model, not top-1.
+    """
 
     x: torch.Tensor | dict[str, torch.Tensor]
     y: torch.Tensor | None = None
+    classes: int | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.x.values()))) if isinstance(self.x, dict) else len(self.x)
@@ -39,7 +44,7 @@ class Split:
         if n is None or n >= len(self):
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        return Split(rows(self.x, idx), None if self.y is None else self.y[idx])
+        return Split(rows(self.x, idx), None if self.y is None else self.y[idx], self.classes)
 
 
 @dataclass

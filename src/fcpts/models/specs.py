@@ -1,13 +1,16 @@
 """Model specs: built-in models, ecosystem prefixes (``torchvision:``, ``timm:``, ``hf:``), and factories.
 
-Built-in names live in :data:`BUILTIN_MODELS` (:mod:`.reference` registers ``refcnn`` and ``refvit``)
+Built-in names live in :data:`BUILTIN_MODELS` (:mod:`.reference` registers ``refcnn`` and ``refvit``,
+:mod:`.efficientnet_lite` ``efficientnet_lite1`` and ``efficientnet_lite2``, with an :class:`InputConfig`)
 and :data:`ALIASES` (:mod:`.zoo`: ``minilm``); spec prefixes in :data:`MODEL_SPECS` (:mod:`.zoo`: the
 ecosystem ones); a spec ``PREFIX:ARG`` whose prefix is not registered is a ``file.py:factory`` or
 ``package.module:factory``.
 
 A ``file.py:factory`` or ``package.module:factory`` spec imports and runs the user's own code,
 exactly as ``python file.py`` would: only use specs you trust. Weights are never unpickled:
-safetensors, or ``torch.load(weights_only=True)`` for a ``torch.save`` state dict.
+safetensors, or ``torch.load(weights_only=True)`` for a ``torch.save`` state dict. A state dict in
+another naming of the same architecture loads with ``key_map="order"`` (``--weights-map order``,
+:func:`map_by_order`): entries paired by position, every shape checked.
 """
 
 from __future__ import annotations
@@ -47,16 +50,45 @@ MODEL_SPECS: Registry[ModelSpec] = Registry("model spec prefix")
 
 
 @dataclass(frozen=True)
+class InputConfig:
+    """The images a model was trained on: ``channels``×``image_size``×``image_size``, normalised with
+    ``normalize`` (a :data:`fcpts.data.images.NORMALIZATIONS` name) after scaling pixels to [0, 1].
+
+    ImageNet evaluation resizes to ``round(image_size / crop_pct)`` and crops the central
+    ``image_size`` square (:meth:`resize_and_crop`: ``--image-size`` and ``--crop`` for ``imagefolder:``).
+
+    >>> InputConfig(240, normalize="inception", crop_pct=0.882).resize_and_crop()
+    (272, 240)
+    """
+
+    image_size: int
+    channels: int = 3
+    normalize: str = "none"
+    crop_pct: float = 1.0
+
+    def resize_and_crop(self) -> tuple[int, int]:
+        """``(resize, crop)`` of the standard evaluation preprocessing."""
+        return round(self.image_size / self.crop_pct), self.image_size
+
+
+@dataclass(frozen=True)
 class BuiltinModel:
-    """A built-in model name: ``factory()`` builds it; ``weights`` is its file in ``fcpts/models/weights/``."""
+    """A built-in model name: ``factory()`` builds it; ``weights`` is its file in ``fcpts/models/weights/``
+    or a function that finds it (e.g. in an installed package, raising :class:`FcptsError` if absent);
+    ``key_map`` (a :data:`KEY_MAPS` name) maps that file's names onto the model's; ``input_config``
+    says what images the model expects."""
 
     factory: Callable[[], nn.Module]
-    weights: str | None = None
+    weights: str | Callable[[], Path] | None = None
+    input_config: InputConfig | None = None
+    key_map: str | None = None
 
     def weights_path(self) -> Path | None:
         """Path of the packaged weights file (None for a model without one)."""
         if self.weights is None:
             return None
+        if callable(self.weights):
+            return self.weights()
         return Path(str(importlib.resources.files("fcpts.models") / "weights" / self.weights))
 
 
@@ -233,32 +265,86 @@ def check_state_dict_fits(
         raise FcptsError(f"weights in {source} do not match {model_name}: {'; '.join(problems)}")
 
 
+def map_by_order(
+    state: dict[str, torch.Tensor], model: nn.Module, source: str, model_name: str = "the model"
+) -> dict[str, torch.Tensor]:
+    """``state`` renamed to ``model``'s keys by position: the i-th entry of the file is the i-th of the
+    model's ``state_dict()`` (parameters, buffers, BatchNorm's running stats and ``num_batches_tracked``).
+
+    For a checkpoint of the same architecture in another naming (``_blocks.0._depthwise_conv`` vs
+    ``blocks.0.0.conv_dw``). The counts must match and every pair's shape must agree, else one
+    :class:`FcptsError` names the first pair that does not.
+
+    >>> a = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    >>> b = nn.ModuleDict({"first": nn.Linear(2, 3), "second": nn.Linear(3, 1)})
+    >>> list(map_by_order(a.state_dict(), b, "a.pt"))
+    ['first.weight', 'first.bias', 'second.weight', 'second.bias']
+    >>> map_by_order(a.state_dict(), nn.Linear(2, 3), "a.pt")
+    Traceback (most recent call last):
+    ...
+    fcpts.errors.FcptsError: weights in a.pt do not map onto the model by order: 4 entries in the file, 2 in the model
+    """
+    expected = model.state_dict()
+    problem = None
+    for i, ((src, tensor), (dst, want)) in enumerate(zip(state.items(), expected.items(), strict=False)):
+        if tensor.shape != want.shape or tensor.is_floating_point() != want.is_floating_point():
+            found, wanted = f"{tuple(tensor.shape)} {tensor.dtype}", f"{tuple(want.shape)} {want.dtype}"
+            problem = f"entry {i}, {src} {found} in the file vs {dst} {wanted} in the model"
+            break
+    if problem is None and len(state) != len(expected):
+        problem = f"{len(state)} entries in the file, {len(expected)} in the model"
+    if problem is not None:
+        raise FcptsError(f"weights in {source} do not map onto {model_name} by order: {problem}")
+    return dict(zip(expected, state.values(), strict=True))
+
+
+#: ``--weights-map`` choices: name → ``map(state, model, source, model_name) -> state in the model's names``.
+KEY_MAPS: Registry[Callable[..., dict[str, torch.Tensor]]] = Registry("weights map")
+KEY_MAPS.register("order", map_by_order)
+
+
+def model_input_config(spec: str) -> InputConfig | None:
+    """The :class:`InputConfig` of a built-in model (None for other specs, whose inputs fcpts does not know).
+
+    >>> model_input_config("refcnn") is None
+    True
+    """
+    return BUILTIN_MODELS[spec].input_config if spec in BUILTIN_MODELS else None
+
+
 def load_model(
     spec: str,
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     random_weights: bool = False,
+    key_map: str | None = None,
 ) -> nn.Module:
     """Build a model from a spec and load its weights; returns it in eval mode on ``device``.
 
-    ``spec`` is a built-in name (``refcnn``, ``refvit``, ``minilm``), a registered prefix
+    ``spec`` is a built-in name (``refcnn``, ``refvit``, ``efficientnet_lite1/2``, ``minilm``), a registered prefix
     (``torchvision:NAME``, ``timm:NAME``, ``hf:DIR``), ``path/to/file.py:factory`` or
     ``package.module:factory``. ``weights`` (safetensors or a ``torch.save`` state dict) replaces
     the model's own (packaged, cached or in its directory). ``random_weights`` allows a model
     without any weights (ecosystem specs refuse that otherwise); a built-in model keeps its
-    initialisation instead of the packaged weights.
+    initialisation instead of the packaged weights. ``key_map`` (:data:`KEY_MAPS`: ``"order"``)
+    loads a ``weights`` file whose names differ from the model's (another implementation of the
+    same architecture): entries are paired by position, and every shape is checked.
 
     >>> load_model("refcnn").fc.out_features
     10
     """
+    if key_map is not None:
+        KEY_MAPS.get(key_map)  # an unknown name fails before any loading
+        if weights is None:
+            raise FcptsError(f"a weights map ({key_map!r}) applies to a weights file: pass --weights FILE with it")
     prefix, _, arg = spec.partition(":")
     if spec in BUILTIN_MODELS:
         builtin = BUILTIN_MODELS[spec]
         model = builtin.factory()
         if weights is None and not random_weights:
-            weights = builtin.weights_path()
+            weights, key_map = builtin.weights_path(), builtin.key_map
     elif spec in ALIASES:
-        return load_model(ALIASES[spec](), weights, device, random_weights)
+        return load_model(ALIASES[spec](), weights, device, random_weights, key_map)
     elif prefix in MODEL_SPECS:
         if not arg:
             raise FcptsError(f"model spec {spec!r} is incomplete: expected {MODEL_SPECS[prefix].usage}")
@@ -282,6 +368,8 @@ def load_model(
         )
     if weights is not None:
         state = load_state_dict(weights)
+        if key_map is not None:
+            state = KEY_MAPS.get(key_map)(state, model, str(weights), f"model {spec!r}")
         check_state_dict_fits(model, state, str(weights), f"model {spec!r}")
         try:
             model.load_state_dict(state)
