@@ -261,6 +261,14 @@ def test_eval_with_data_that_does_not_fit_the_model(work):
     assert_one_line_error(code, err, stdout=out)
 
 
+def test_labels_beyond_the_models_classes_are_one_line(work):
+    """The tiny model has 10 outputs; a label 12 would index past them (a wrong top-1, or a crash)."""
+    data = work / "labels.npz"
+    np.savez(data, x=np.zeros((8, 8, 8), np.uint8), y=np.array([0, 1, 2, 3, 4, 5, 6, 12]))
+    code, out, err = cli("eval", "--model", f"{work / 'tiny_model.py'}:factory", "--data", f"npz:{data}")
+    assert_one_line_error(code, err, "labels run from 0 to 12 but the model has 10 classes", stdout=out)
+
+
 @pytest.mark.parametrize("factory", ["returns_none", "returns_int"])
 def test_eval_of_a_model_whose_output_is_not_logits(work, factory):
     model = write_model(work, EVAL_MODELS, name="eval_models.py")
