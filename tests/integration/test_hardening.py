@@ -33,8 +33,8 @@ from fcpts.core.checks import check_finite_inputs
 from fcpts.files import check_output_dir
 from tests.helpers import load_factory
 
-# fcpts.method.learn is the function (re-exported by fcpts.method), not the module.
-learn_module = importlib.import_module("fcpts.method.learn")
+# The batch objective (teacher cache, losses) lives in fcpts.method.objective.
+learn_module = importlib.import_module("fcpts.method.objective")
 
 
 def prune_args(model_file: Path, npz_file: Path, out: Path, *extra: object) -> list[object]:

@@ -21,8 +21,8 @@ import fcpts
 from fcpts.method.checkpoint import CHECKPOINT_NAME
 from tests.helpers import TinyNet
 
-# fcpts.method.learn is the function (re-exported by fcpts.method), not the module.
-learn_module = importlib.import_module("fcpts.method.learn")
+# The batch objective (teacher cache, losses) lives in fcpts.method.objective.
+learn_module = importlib.import_module("fcpts.method.objective")
 
 
 def assert_same_model(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

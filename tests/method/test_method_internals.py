@@ -22,7 +22,7 @@ from fcpts.method.prepare import exact_keep_masks
 from fcpts.method.threshold_mask import ThresholdMask, validate_mask_options
 from tests.helpers import TinyNet
 
-LEARN = importlib.import_module("fcpts.method.learn")  # the module (fcpts.method.learn is the function)
+LEARN = importlib.import_module("fcpts.method.objective")  # where the step's losses are computed
 
 
 def mlp(seed: int = 0, quantum: float | None = None) -> nn.Sequential:

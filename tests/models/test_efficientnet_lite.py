@@ -15,7 +15,8 @@ from fcpts.core.fidelity import logit_fidelity
 from fcpts.data.specs import Split
 from fcpts.errors import FcptsError
 from fcpts.models import efficientnet_lite
-from fcpts.models.specs import BUILTIN_MODELS, load_model, load_state_dict, map_by_order, model_input_config
+from fcpts.models.specs import BUILTIN_MODELS, load_model, model_input_config
+from fcpts.models.state_dicts import load_state_dict, map_by_order
 from fcpts.pipeline import split_accuracy
 
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import fcpts
-from fcpts.models.specs import load_model, load_state_dict
+from fcpts.models.specs import load_model
+from fcpts.models.state_dicts import load_state_dict
 from tests.helpers import FACTORY_TOTAL, load_factory
 
 

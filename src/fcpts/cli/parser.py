@@ -13,7 +13,7 @@ from ..deploy.export import FORMATS
 from ..method.bridge import DENSITIES
 from ..method.config import FCPTSConfig
 from ..method.losses import RECONSTRUCTION_LOSSES
-from ..models.specs import KEY_MAPS
+from ..models.state_dicts import KEY_MAPS
 
 #: Flags that set a method's config field of the same name; only some methods take each.
 METHOD_FLAGS = (
@@ -169,6 +169,10 @@ def _add_fcpts_options(g: argparse._ArgumentGroup) -> None:
         help="learn the per-layer thresholds (default); --no-learn-thresholds keeps the --init masks "
         "fixed and only reconstructs the kept weights",
     )
+    _add_refit_and_freeze_options(g)
+
+
+def _add_refit_and_freeze_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--refit-init",
         action=argparse.BooleanOptionalAction,

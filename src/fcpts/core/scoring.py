@@ -6,12 +6,11 @@ zeros per layer under an allocation (summing to exactly ``round(S*·N)``), the f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..api import PruneConfig
 from .activations import input_norms
 from .allocation import allocate
 from .calibration import Calibration
@@ -19,6 +18,9 @@ from .importance import get_importance
 from .layers import require_prunable_layers
 from .masks import layer_counts, row_balanced_flags, target_zeros
 from .patterns import divides, nm_prune_flags, parse_pattern
+
+if TYPE_CHECKING:  # the configs' type only: core/ imports nothing above it at run time
+    from ..api import PruneConfig
 
 
 def pattern_of(config: PruneConfig) -> tuple[int, int] | None:

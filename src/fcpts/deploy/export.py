@@ -55,7 +55,8 @@ from torch import nn
 
 from ..errors import FcptsError
 from ..files import MODEL_NAME, REPORT_NAME, atomic_directory, check_output_dir, save_weights
-from ..models.specs import check_state_dict_fits, imports_code, load_model, load_state_dict
+from ..models.specs import imports_code, load_model
+from ..models.state_dicts import check_state_dict_fits, load_state_dict
 from ..registry import Registry
 from .compressed import COMPRESSED_FORMAT, COMPRESSED_VERSION, dense_safetensors_bytes, load_compressed, save_compressed
 from .onnx import ONNX_ATOL, OnnxModule, export_onnx

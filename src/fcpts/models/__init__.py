@@ -9,16 +9,14 @@ from . import efficientnet_lite, reference, zoo
 from .specs import (
     ALIASES,
     BUILTIN_MODELS,
-    KEY_MAPS,
     MODEL_SPECS,
     InputConfig,
     load_model,
-    load_state_dict,
-    map_by_order,
     model_input_config,
     register_model_spec,
     resolved_spec,
 )
+from .state_dicts import KEY_MAPS, load_state_dict, map_by_order
 
 __all__ = [
     "ALIASES",

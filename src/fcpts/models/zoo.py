@@ -79,7 +79,7 @@ def build_torchvision(arg: str, weights: Any, random_weights: bool) -> tuple[nn.
             f"torchvision:{name}: its pretrained weights ({default}) are not in the local cache {cached}; "
             + HOW_TO_PASS_WEIGHTS
         )
-    from .specs import check_state_dict_fits, load_state_dict
+    from .state_dicts import check_state_dict_fits, load_state_dict
 
     state = load_state_dict(cached)
     check_state_dict_fits(model, state, str(cached), f"torchvision:{name}")
