@@ -7,20 +7,8 @@ An export directory holds one model file and ``export.json`` (format, model spec
 * ``onnx``: ``model.onnx``, the model's graph (PyTorch's ``torch.export``-based exporter, dynamic
   batch dimension), checked against PyTorch's outputs with onnxruntime when it is written.
 
-**fcpts-bitmask v1.** One safetensors file. A floating-point tensor ``K`` of the state dict is stored
-compressed when that is smaller than storing it dense, as two entries:
-
-* ``K.values``: 1-D, ``K``'s dtype, the stored entries of ``K`` in row-major (C) order;
-* ``K.bitmask``: 1-D uint8, ``numpy.packbits`` of the row-major keep-mask of ``K`` (most significant
-  bit first, the last byte padded with 0 bits), ``ceil(numel / 8)`` bytes.
-
-An entry is stored unless its bits are those of ``+0.0``; a ``-0.0`` is stored as a value, so the
-loader restores every tensor **bit for bit** (``fcpts.finalize`` writes ``+0.0`` for pruned weights).
-The header's ``__metadata__`` holds ``format = "fcpts-bitmask"``, ``version = "1"`` and ``sparse``:
-a JSON object ``{K: {"shape": [...], "dtype": "float32"}}`` naming the compressed tensors. Every
-other tensor (biases, norms, buffers, integer tensors) is stored dense under its own name. At
-sparsity ``s`` a float32 tensor costs about ``(1 - s) * 4 + 1/8`` bytes per weight instead of 4:
-``0.156×`` of dense at 0.9.
+The compressed format is described in :mod:`fcpts.deploy.compressed` (about ``0.156×`` of dense
+at 0.9, restored bit for bit).
 
 :func:`load` returns an ``nn.Module`` for every format: for dense and compressed the model rebuilt
 from its spec (``export.json``'s ``model_spec``, or a ``model`` you pass) with the stored weights;
