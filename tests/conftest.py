@@ -154,6 +154,17 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str,
     return run
 
 
+def cli_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The stderr of an ``fcpts prune`` (refcnn, fashion-mnist) whose flags the parser refuses: exit 2, one line."""
+    from fcpts.cli.commands import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["prune", "--model", "refcnn", "--data", "fashion-mnist", "--sparsity", "0.9", "--out", "o", *args])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("fcpts: error: ") and err.count("\n") == 1
+    return err
+
+
 # --- IDX helpers and a Fashion-MNIST subset --------------------------------------------------------
 
 

@@ -13,7 +13,10 @@ gradients are summed over the ranks (:mod:`fcpts.core.distributed`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import statistics
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,16 +26,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..api import DEFAULT_CHECKPOINT_EVERY, RunOptions
+from ..api import DEFAULT_CHECKPOINT_EVERY, History, RunOptions
 from ..core import distributed
 from ..core.calibration import Calibration, batch_size_of, call_model, shard
 from ..core.checks import check_finite
 from ..core.evaluate import output_logits
 from ..errors import FcptsError
-from .checkpoint import has_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
+from . import budget
+from .checkpoint import checkpoint_config, has_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
 from .config import FCPTSConfig
 from .losses import RECONSTRUCTION_LOSSES, control_loss, resolve_loss
-from .prepare import Prepared
+from .prepare import Prepared, exact_keep_masks
+from .speed import cache_dtype, in_format, resolve_memory_format, teacher_autocast
 
 
 class _FeatureTap:
@@ -69,22 +74,33 @@ TEACHER_OUTPUTS = "the dense model's output on the calibration data"
 
 @torch.no_grad()
 def cache_teacher_outputs(
-    teacher: nn.Module, calibration: Calibration, batch_size: int, budget_bytes: int
+    teacher: nn.Module,
+    calibration: Calibration,
+    batch_size: int,
+    budget_bytes: int,
+    *,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    precision: str = "float32",
 ) -> torch.Tensor | None:
     """The teacher's outputs on every row of a tensor calibration set, on its device; None to stream.
 
     One sample gives the output size; the cache (preallocated: no list + concatenate peak) is
-    built only if ``N × output size`` fits ``budget_bytes``.
+    built only if ``N × output size`` fits ``budget_bytes``. The batches go in ``memory_format``;
+    a ``"bfloat16"`` ``precision`` runs the teacher under bf16 autocast and keeps the cache in bf16.
     """
     x, device = calibration.tensor, calibration.device
     if x is None:
         return None
-    probe = output_logits(call_model(teacher, x[:1].to(device)))  # (1, C...)
-    if len(x) * probe[0].numel() * probe.element_size() > budget_bytes:
+    with teacher_autocast(precision, device):
+        probe = output_logits(call_model(teacher, in_format(x[:1].to(device), memory_format)))  # (1, C...)
+    dtype = cache_dtype(precision, probe.dtype)
+    if len(x) * probe[0].numel() * dtype.itemsize > budget_bytes:
         return None
-    cached = torch.empty((len(x), *probe.shape[1:]), dtype=probe.dtype, device=device)
+    cached = torch.empty((len(x), *probe.shape[1:]), dtype=dtype, device=device)
     for i in range(0, len(x), batch_size):
-        cached[i : i + batch_size] = output_logits(call_model(teacher, x[i : i + batch_size].to(device)))
+        with teacher_autocast(precision, device):
+            batch = in_format(x[i : i + batch_size].to(device), memory_format)
+            cached[i : i + batch_size] = output_logits(call_model(teacher, batch))
     check_finite(cached, TEACHER_OUTPUTS)
     return cached
 
@@ -95,8 +111,14 @@ def learn(
     calibration: Calibration,
     config: FCPTSConfig,
     options: RunOptions | None = None,
-) -> list[dict[str, float]]:
+    *,
+    started: float | None = None,
+) -> History:
     """Minimise ``L_rec + L_c`` over thresholds and kept weights; returns the per-step loss history.
+
+    **Time budget.** With ``config.time_budget_s``, ``iters`` is sized to finish the run started at
+    ``started`` (a :func:`fcpts.method.budget.clock` reading; default: now) within the budget;
+    the history's ``run`` records the chosen ``iters`` and the timings (:mod:`fcpts.method.budget`).
 
     **Data parallel.** Inside an initialised process group (``torchrun``, or your own
     ``init_process_group``), ``config.batch_size`` is the *global* batch: every rank reads the same
@@ -113,32 +135,128 @@ def learn(
     an uninterrupted run with the same options (:mod:`fcpts.method.checkpoint`).
     """
     options = RunOptions() if options is None else options
+    started = budget.clock() if started is None else started
     _set_up(prepared, teacher, config)
     groups, schedules = _param_groups(prepared, config)
     if not groups or config.iters == 0:
-        return []
+        return History()
     _check_run(config, options)
     # Every rank starts from rank 0's model (one built without a fixed seed differs between processes).
     distributed.broadcast_module(prepared.model)
     distributed.broadcast_module(teacher)
-    loop = _Loop.create(prepared, groups, schedules, config, options)
+    memory_format = resolve_memory_format(prepared.model, config.memory_format)
+    prepared.model.to(memory_format=memory_format)
+    teacher.to(memory_format=memory_format)
+    trained = [p for g in groups for p in g["params"]]
+    run: dict[str, Any] = {}
     with (
-        _only_trained_need_grad(prepared.model, loop.trained),
-        _Objective(prepared, teacher, calibration, config) as objective,
+        _only_trained_need_grad(prepared.model, trained),
+        _Objective(prepared, teacher, calibration, config, memory_format) as objective,
     ):
-        loop.resume()
-        stream = calibration.stream(start_step=loop.first_step)
-        for step in _steps(loop.first_step, config, options):
-            if step == loop.freeze_step:  # allocation learned: the remaining steps only reconstruct
-                prepared.hold_masks()
-            # The weights changed in the last step: every learning layer's KDE bandwidth at once,
-            # before the forward pass's surrogate masks and the bridge read them.
-            prepared.refresh_bandwidths()
-            inputs, index, share = _rank_shard(*next(stream))
-            loop.step(step, objective(inputs, index), share)
+        if config.time_budget_s is not None:
+            config, run = _sized_config(prepared, objective, calibration, config, options, started)
+            groups, schedules = _param_groups(prepared, config)  # the schedules of the sized iters
+        history = _run_steps(prepared, objective, calibration, groups, schedules, config, options)
+        prepared.model.to(memory_format=torch.contiguous_format)  # the model comes back as it came
         # Identical on every rank whatever the backend's reduction order: rank 0's result for all.
         distributed.broadcast_module(prepared.model)
+    if run:
+        run["time_budget"]["learned_s"] = round(budget.clock() - started, 3)
+    return History(history, run=run)
+
+
+def _run_steps(
+    prepared: Prepared,
+    objective: _Objective,
+    calibration: Calibration,
+    groups: list[dict[str, Any]],
+    schedules: list[Schedule],
+    config: FCPTSConfig,
+    options: RunOptions,
+) -> list[dict[str, float]]:
+    """The learning steps of a :class:`_Loop` (from its checkpoint with ``options.resume``); the history."""
+    if config.iters == 0:  # a time budget spent before learning
+        return []
+    loop = _Loop.create(prepared, groups, schedules, config, options)
+    loop.resume()
+    stream = calibration.stream(start_step=loop.first_step)
+    for step in _steps(loop.first_step, config, options):
+        if step == loop.freeze_step:  # allocation learned: the remaining steps only reconstruct
+            prepared.hold_masks()
+        # The weights changed in the last step: every learning layer's KDE bandwidth at once,
+        # before the forward pass's surrogate masks and the bridge read them.
+        prepared.refresh_bandwidths()
+        inputs, index, share = _rank_shard(*next(stream))
+        loop.step(step, objective(inputs, index), share)
     return loop.history
+
+
+def _sized_config(
+    prepared: Prepared,
+    objective: _Objective,
+    calibration: Calibration,
+    config: FCPTSConfig,
+    options: RunOptions,
+    started: float,
+) -> tuple[FCPTSConfig, dict[str, Any]]:
+    """``config`` with the ``iters`` that fit its time budget (:mod:`.budget`), and what the sizing found.
+
+    A resume keeps the iters its checkpoint was sized to. Otherwise probe steps are timed on a
+    throwaway optimizer, one exact mask cut stands for finalize, and the model, the thresholds and
+    the RNG are put back: the run that follows is the plain run with the chosen iters. Every rank
+    takes rank 0's choice.
+    """
+    budget_s = config.time_budget_s
+    assert budget_s is not None
+    if options.resume:
+        saved = checkpoint_config(options.checkpoint_dir)  # type: ignore[arg-type]
+        if saved.get("time_budget_s") == budget_s and isinstance(saved.get("iters"), int):
+            sized = dataclasses.replace(config, iters=saved["iters"])
+            return sized, {"iters": sized.iters, "time_budget": {"budget_s": budget_s, "resumed": True}}
+        return config, {}  # not a sized run's checkpoint: load_checkpoint names the difference
+    state = {k: v.detach().clone() for k, v in prepared.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    groups, schedules = _param_groups(prepared, config)
+    quiet = dataclasses.replace(options, checkpoint_dir=None, checkpoint_every=None, resume=False, progress=False)
+    probe = _Loop.create(prepared, groups, schedules, config, quiet)
+    stream = calibration.stream()
+    times = []
+    for step in range(budget.WARMUP_STEPS + budget.MEASURED_STEPS):
+        start = budget.clock()
+        prepared.refresh_bandwidths()
+        inputs, index, share = _rank_shard(*next(stream))
+        probe.step(step, objective(inputs, index), share)
+        times.append(budget.clock() - start)
+    start = budget.clock()
+    exact_keep_masks(prepared)
+    finalize_s = budget.clock() - start
+    with torch.no_grad():
+        prepared.model.load_state_dict(state)
+    torch.set_rng_state(rng)
+    for p in probe.trained:
+        p.grad = None
+    step_s = statistics.median(times[budget.WARMUP_STEPS :])
+    spent_s = budget.clock() - started
+    chosen = torch.tensor(
+        [budget.sized_iters(budget_s, spent_s, step_s, finalize_s, config.iters)], device=calibration.device
+    )
+    distributed.broadcast_tensors([chosen])  # every rank runs rank 0's count
+    iters = int(chosen.item())
+    if iters == 0:
+        warnings.warn(
+            f"the time budget of {budget_s:g} s was spent before learning ({spent_s:.1f} s): "
+            "no learning step, the initial allocation is finalized",
+            stacklevel=3,
+        )
+    facts = {
+        "budget_s": budget_s,
+        "iters_cap": config.iters,
+        "step_s": round(step_s, 6),
+        "finalize_s": round(finalize_s, 6),
+        "spent_before_learning_s": round(spent_s, 3),
+        "probe_steps": len(times),
+    }
+    return dataclasses.replace(config, iters=iters), {"iters": iters, "time_budget": facts}
 
 
 def _set_up(prepared: Prepared, teacher: nn.Module, config: FCPTSConfig) -> None:
@@ -255,14 +373,29 @@ class _Objective:
     reconstruction loss is chosen from the student's first output (``"auto"``: logits or embeddings).
     """
 
-    def __init__(self, prepared: Prepared, teacher: nn.Module, calibration: Calibration, config: FCPTSConfig) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        teacher: nn.Module,
+        calibration: Calibration,
+        config: FCPTSConfig,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> None:
         self.prepared, self.teacher, self.config = prepared, teacher, config
+        self.memory_format, self.device = memory_format, calibration.device
         self.teacher_tap = _FeatureTap(teacher, config.feature_modules)
         self.student_tap = _FeatureTap(prepared.model, config.feature_modules)
         self.reconstruction: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
         self.cached = None  # (only without feature matching: then the taps hold no hook)
         if calibration.tensor is not None and not config.feature_modules:
-            self.cached = cache_teacher_outputs(teacher, calibration, config.batch_size, TEACHER_CACHE_BYTES)
+            self.cached = cache_teacher_outputs(
+                teacher,
+                calibration,
+                config.batch_size,
+                TEACHER_CACHE_BYTES,
+                memory_format=memory_format,
+                precision=config.teacher_precision,
+            )
 
     def __enter__(self) -> _Objective:
         return self
@@ -278,13 +411,14 @@ class _Objective:
         """The teacher's outputs on the batch: cached rows, or a forward pass (checked finite)."""
         if self.cached is not None and index is not None:
             return self.cached[index.to(self.cached.device)]
-        with torch.no_grad():
+        with torch.no_grad(), teacher_autocast(self.config.teacher_precision, self.device):
             target = output_logits(call_model(self.teacher, inputs))
         check_finite(target, TEACHER_OUTPUTS)
         return target
 
     def __call__(self, inputs: Any, index: torch.Tensor | None) -> _Losses:
         config = self.config
+        inputs = in_format(inputs, self.memory_format)
         target = self.target(inputs, index)
         output = call_model(self.prepared.model, inputs)
         if self.reconstruction is None:
