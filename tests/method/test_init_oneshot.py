@@ -64,3 +64,27 @@ def test_unknown_init_is_refused():
 
 def test_cli_bad_init(capsys):
     assert "argument --init: invalid choice: 'sparsegtp'" in cli_error(capsys, "--init", "sparsegtp")
+
+
+def test_allocation_reaches_the_one_shot_method(tiny_net, calib_x):
+    reference = oneshot(tiny_net, calib_x, "sparsegpt", allocation="global")
+    config = fcpts.FCPTSConfig(target_sparsity=0.7, batch_size=16, init="sparsegpt", allocation="global")
+    student = copy.deepcopy(tiny_net)
+    run_oneshot(student, Calibration(calib_x, 16), config, fcpts.RunOptions())
+    for name in TINY_LAYERS:
+        assert torch.equal(getattr(student, name).weight, getattr(reference, name).weight)
+
+
+def test_allocation_needs_a_one_shot_init():
+    with pytest.raises(FcptsError, match="applies to a one-shot init"):
+        fcpts.FCPTSConfig(target_sparsity=0.5, allocation="global")
+    with pytest.raises(FcptsError, match="nope"):
+        fcpts.FCPTSConfig(target_sparsity=0.5, init="sparsegpt", allocation="nope")
+
+
+def test_cli_allocation_without_a_one_shot_init(run_cli):
+    code, _, err = run_cli(
+        "prune", "--model", "refcnn", "--data", "fashion-mnist", "--sparsity", "0.9", "--out", "o",
+        "--allocation", "global",
+    )  # fmt: skip
+    assert code == 2 and err.startswith("fcpts: error: allocation 'global' applies to a one-shot init")

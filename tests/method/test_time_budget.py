@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import TINY_TOTAL, cli_error
@@ -117,3 +119,16 @@ def test_cli_time_budget_does_not_apply_to_one_shot_methods(run_cli):
         "--method", "sparsegpt", "--time-budget", "10m",
     )  # fmt: skip
     assert code == 2 and err == "fcpts: error: --time-budget does not apply to method 'sparsegpt'\n"
+
+
+def test_cli_time_budget_is_reported(run_cli, tmp_path, model_file, npz_file):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        "prune", "--model", f"{model_file}:factory", "--data", f"npz:{npz_file}", "--sparsity", "0.6",
+        "--out", out, "--iters", "7", "--batch-size", "16", "--no-progress", "--time-budget", "10m",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["iters"] == 7 == len(report["loss_history"])  # 10 minutes hold all 7 steps
+    assert report["config"]["time_budget"]["budget_s"] == 600.0
+    assert "time budget      600 s: 7 learning steps" in stdout

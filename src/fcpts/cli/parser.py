@@ -232,7 +232,11 @@ def _add_fcpts_options(g: argparse._ArgumentGroup) -> None:
 
 def _add_score_options(o: argparse._ArgumentGroup) -> None:
     o.add_argument("--importance", choices=IMPORTANCES.names(), help="importance score (fcpts default: magnitude)")
-    o.add_argument("--allocation", choices=ALLOCATIONS.names(), help="per-layer sparsities (default: uniform)")
+    o.add_argument(
+        "--allocation",
+        choices=ALLOCATIONS.names(),
+        help="per-layer sparsities (default: uniform); fcpts: of the one-shot method its --init names",
+    )
     o.add_argument("--damp", type=float, help="sparsegpt/pot: relative Hessian dampening (default: 0.01)")
     o.add_argument("--blocksize", type=int, help="sparsegpt: columns per block (default: 128)")
 

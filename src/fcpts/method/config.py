@@ -44,6 +44,7 @@ class FCPTSConfig(PruneConfig):
     # the initial allocation (erk, uniform, global, lamp, owl), or a one-shot method to start from
     # (sparsegpt, pot, wanda...: its masks, allocation and weights; fcpts.method.fcpts.run_oneshot)
     init: str = "erk"
+    allocation: str | None = None  # with a one-shot init: that method's allocation (None: its default)
     threshold_grad: str = "surrogate"  # "surrogate" or "none" (control loss only moves t)
     bandwidth: str | float = "silverman"
     density: str = "kde"  # the bridge's ds/dt: "kde" (the paper) or "histogram" (ablation)
@@ -87,6 +88,13 @@ class FCPTSConfig(PruneConfig):
                 f"init must be an allocation ({', '.join(ALLOCATIONS.names())}) or a one-shot method "
                 f"({', '.join(oneshot_methods())}), got {self.init!r}"
             )
+        if self.allocation is not None:
+            if self.init in ALLOCATIONS:
+                raise FcptsError(
+                    f"allocation {self.allocation!r} applies to a one-shot init (e.g. init='sparsegpt'); "
+                    f"init {self.init!r} is itself the allocation"
+                )
+            ALLOCATIONS.get(self.allocation)
         if self.memory_format not in MEMORY_FORMATS:
             raise FcptsError(f"memory_format must be one of {MEMORY_FORMATS}, got {self.memory_format!r}")
         if self.teacher_precision not in TEACHER_PRECISIONS:

@@ -29,6 +29,7 @@ from ..core.importance import get_importance
 from ..core.patterns import divides, nm_prune_flags, parse_pattern
 from ..core.refit import refit_layers
 from ..core.scoring import layer_scores, prunable
+from ..errors import FcptsError
 from . import budget
 from .config import FCPTSConfig
 from .learn import learn
@@ -112,8 +113,9 @@ def run_oneshot(model: nn.Module, calibration: Calibration, config: FCPTSConfig,
     """Prune ``model`` in place with the registered one-shot method ``config.init`` (fcpts' start).
 
     Through the method registry, with fcpts' target, pattern, layers, seed and batch size (and its
-    importance score, where the method has one and fcpts' is not the default ``magnitude``); the
-    method's other settings are its defaults (e.g. SparseGPT's BatchNorm recalibration).
+    importance score, where the method has one and fcpts' is not the default ``magnitude``), and
+    ``config.allocation`` if set; the method's other settings are its defaults (e.g. SparseGPT's
+    BatchNorm recalibration).
     """
     entry = METHODS.get(config.init)
     fields = {f.name for f in dataclasses.fields(entry.config_cls)}
@@ -126,6 +128,10 @@ def run_oneshot(model: nn.Module, calibration: Calibration, config: FCPTSConfig,
     }
     if "importance" in fields and config.importance != "magnitude":
         shared["importance"] = config.importance
+    if config.allocation is not None:
+        if "allocation" not in fields:
+            raise FcptsError(f"method {config.init!r} has no allocation to set (allocation {config.allocation!r})")
+        shared["allocation"] = config.allocation
     entry.run(model, calibration, make_config(config.init, **shared), RunOptions(device=calibration.device))
 
 

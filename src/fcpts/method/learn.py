@@ -157,7 +157,8 @@ def learn(
             config, run = _sized_config(prepared, objective, calibration, config, options, started)
             groups, schedules = _param_groups(prepared, config)  # the schedules of the sized iters
         history = _run_steps(prepared, objective, calibration, groups, schedules, config, options)
-        prepared.model.to(memory_format=torch.contiguous_format)  # the model comes back as it came
+        for model in (prepared.model, teacher):  # both come back in the default format
+            model.to(memory_format=torch.contiguous_format)
         # Identical on every rank whatever the backend's reduction order: rank 0's result for all.
         distributed.broadcast_module(prepared.model)
     if run:

@@ -4,11 +4,18 @@
   image batches as NHWC, which the CPU and GPU convolution kernels run faster; ``"contiguous"``
   keeps PyTorch's NCHW; ``"auto"`` (the default) is channels_last for a model with an
   ``nn.Conv2d`` and contiguous otherwise. The model comes back in the contiguous format. Measured
-  (one thread, median of paired steps): forward+backward of the prepared reference CNN, batch 64 at
-  28×28, 157 → 118 ms; a MobileNetV2 at 224, batch 8, 1021 → 765 ms (README, Benchmark).
+  on 2 AVX-512 cores, one thread, medians of alternating pairs: forward+backward of the prepared
+  reference CNN (batch 64, 28×28) 157 → 118 ms, of a MobileNetV2 (timm ``mobilenetv2_100``, random
+  weights, batch 8, 224×224) 1021 → 765 ms; the reference CNN's top-1 after 200 steps at 0.9 is
+  the same (89.74% vs 89.71% contiguous).
 * ``teacher_precision``: ``"bfloat16"`` runs the teacher's no-grad forward under bf16 autocast and
   keeps its cached outputs in bf16 (half the memory); the losses read them as float32. The student
-  always learns in float32. The default stays ``"float32"``.
+  always learns in float32. The teacher's forward: 26.0 → 12.7 ms (reference CNN, channels_last),
+  170 → 93 ms (MobileNetV2); but the reference CNN at 0.9 (200 steps, seeds 0–2) ends at 89.63,
+  89.61, 89.84% against 89.74, 89.83, 89.82% in float32, so the default stays ``"float32"``.
+
+``torch.compile`` of the student was tried on the reference CNN: 117 s to compile, then 198 ms a
+step against 153 ms eager (the parametrized layers recompile per weight shape), so it is not offered.
 """
 
 from __future__ import annotations
