@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -115,3 +116,14 @@ def write_idx(path: Path, array: np.ndarray) -> Path:
     else:
         path.write_bytes(data)
     return path
+
+
+def cli_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """The stderr of an ``fcpts prune`` (refcnn, fashion-mnist) whose flags the parser refuses: exit 2, one line."""
+    from fcpts.cli.commands import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["prune", "--model", "refcnn", "--data", "fashion-mnist", "--sparsity", "0.9", "--out", "o", *args])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("fcpts: error: ") and err.count("\n") == 1
+    return err

@@ -38,7 +38,11 @@ BUILTIN = {
         ],
     ),
     "MODEL_SPECS": (MODEL_SPECS, "model spec prefix", ["hf", "timm", "torchvision"]),
-    "BUILTIN_MODELS": (BUILTIN_MODELS, "built-in model", ["efficientnet_lite1", "efficientnet_lite2", "refcnn", "refvit"]),
+    "BUILTIN_MODELS": (
+        BUILTIN_MODELS,
+        "built-in model",
+        ["efficientnet_lite1", "efficientnet_lite2", "refcnn", "refvit"],
+    ),
     "ALIASES": (ALIASES, "model alias", ["minilm"]),
     "DATA_SPECS": (DATA_SPECS, "data spec", ["fashion-mnist", "hf-dataset", "imagefolder", "npz", "text"]),
     "FORMATS": (FORMATS, "export format", ["compressed", "dense", "onnx"]),

@@ -167,6 +167,21 @@ class PruneResult:
         return {layer.name: layer.sparsity for layer in self.layers}
 
 
+class History(list):  # type: ignore[type-arg]
+    """A method's per-step loss history, and facts of the run for :attr:`PruneResult.config` (``run``).
+
+    E.g. the ``iters`` a time budget chose: :func:`prune` records ``run`` over the config's own fields.
+
+    >>> h = History([{"step": 0}], run={"iters": 1})
+    >>> h, h.run
+    ([{'step': 0}], {'iters': 1})
+    """
+
+    def __init__(self, entries: Any = (), run: dict[str, Any] | None = None) -> None:
+        super().__init__(entries)
+        self.run: dict[str, Any] = dict(run or {})
+
+
 MethodFn = Callable[[nn.Module, Calibration, Any, RunOptions], list[dict[str, float]]]
 
 
@@ -268,4 +283,5 @@ def prune(
     student.eval()
     wall = time.perf_counter() - start
     layers = [LayerResult(n, numel, z) for n, (z, numel) in layer_sparsity(student, config.layer_filter).items()]
-    return PruneResult(student, config.method, config.target_sparsity, layers, history, wall, config.to_dict())
+    recorded = {**config.to_dict(), **getattr(history, "run", {})}  # e.g. the iters a time budget chose
+    return PruneResult(student, config.method, config.target_sparsity, layers, list(history), wall, recorded)

@@ -15,7 +15,12 @@ BAD_OPTIONS = [
     ("control_weight", -1.0, "control_weight must be ≥ 0, got -1.0"),
     ("control_loss", "x", "control_loss must be 'abs' or 'squared', got 'x'"),
     # Unknown plug-in names: the Registry's wording, naming the kind and the choices.
-    ("init", "bogus", "unknown allocation 'bogus'; choose from erk, global, lamp, owl, uniform"),
+    (
+        "init",
+        "bogus",
+        "init must be an allocation (erk, global, lamp, owl, uniform) or a one-shot method (erk-magnitude, "
+        "global-magnitude, lamp-magnitude, owl-wanda, pot, sparsegpt, uniform-magnitude, wanda), got 'bogus'",
+    ),
     ("density", "parzen", "unknown density 'parzen'; choose from histogram, kde"),
     ("importance", "x", "unknown importance 'x'; choose from magnitude, wanda"),
     ("loss", "x", "unknown loss 'x'; choose from auto, cosine, kl, mse"),

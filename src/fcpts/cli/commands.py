@@ -22,7 +22,7 @@ from ..deploy.export import export
 from ..errors import FcptsError
 from ..models.specs import load_model
 from ..pipeline import DataSettings, Job, evaluation_warnings, load_inputs, split_accuracy
-from .parser import METHOD_FLAGS, build_parser
+from .parser import METHOD_FLAGS, build_parser, flag_name
 
 
 def _config(args: argparse.Namespace) -> tuple[Any, RunOptions]:
@@ -35,7 +35,7 @@ def _config(args: argparse.Namespace) -> tuple[Any, RunOptions]:
         if value is None:
             continue
         if flag not in fields:
-            raise FcptsError(f"--{flag.replace('_', '-')} does not apply to method {args.method!r}")
+            raise FcptsError(f"{flag_name(flag)} does not apply to method {args.method!r}")
         settings[flag] = value
     sparsity = args.sparsity
     if sparsity is None:
@@ -120,6 +120,9 @@ def _summary(result: PruneResult, dense_acc: float | None, sparse_acc: float | N
         f"global sparsity  {result.global_sparsity:.6f} ({result.zeros} of {result.numel} weights zero)",
         f"prune time       {result.wall_time_s:.1f} s",
     ]
+    sized = result.config.get("time_budget")
+    if sized:
+        lines.append(f"time budget      {sized['budget_s']:g} s: {result.config['iters']} learning steps")
     if dense_acc is not None and sparse_acc is not None:
         lines.append(f"top-1            dense {dense_acc:.2%} → sparse {sparse_acc:.2%}")
     return "\n".join(lines)

@@ -1,4 +1,8 @@
-"""The ``fcpts`` command line: every command, flag and help text (parsing only; :mod:`.commands` runs them)."""
+"""The ``fcpts`` command line: every command, flag and help text (parsing only; :mod:`.commands` runs them).
+
+About 320 lines, over 300 on purpose: one place lists every flag with its help, grouped by command
+and by the method it applies to, as ``fcpts prune --help`` shows them.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ from ..core.importance import IMPORTANCES
 from ..data.images import NORMALIZATIONS
 from ..deploy.export import FORMATS
 from ..method.bridge import DENSITIES
-from ..method.config import FCPTSConfig
+from ..method.budget import parse_duration
+from ..method.config import FCPTSConfig, oneshot_methods
 from ..method.losses import RECONSTRUCTION_LOSSES
+from ..method.speed import MEMORY_FORMATS, TEACHER_PRECISIONS
 from ..models.state_dicts import KEY_MAPS
 
 #: Flags that set a method's config field of the same name; only some methods take each.
@@ -37,7 +43,22 @@ METHOD_FLAGS = (
     "refit_rank",
     "refit_samples",
     "freeze_masks_at",
+    "memory_format",
+    "teacher_precision",
+    "time_budget_s",
 )
+
+#: The flags of :data:`METHOD_FLAGS` whose name is not the field's (``--time-budget`` sets ``time_budget_s``).
+FLAG_NAMES = {"time_budget_s": "--time-budget"}
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag that sets config field ``field``.
+
+    >>> flag_name("lr_weight"), flag_name("time_budget_s")
+    ('--lr-weight', '--time-budget')
+    """
+    return FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
 def _add_model_data_args(p: argparse.ArgumentParser) -> None:
@@ -134,7 +155,13 @@ def _add_fcpts_options(g: argparse._ArgumentGroup) -> None:
         "--lr-weight", type=float, help=f"kept-weight learning rate, 0 freezes (default: {FCPTSConfig.lr_weight})"
     )
     g.add_argument("--lr-threshold", type=float, help=f"threshold learning rate (default: {FCPTSConfig.lr_threshold})")
-    g.add_argument("--init", choices=ALLOCATIONS.names(), help=f"initial allocation (default: {FCPTSConfig.init})")
+    g.add_argument(
+        "--init",
+        choices=[*ALLOCATIONS.names(), *oneshot_methods()],
+        metavar="RULE|METHOD",
+        help=f"initial allocation ({', '.join(ALLOCATIONS.names())}; default: {FCPTSConfig.init}), or a one-shot "
+        f"method to start from: its masks and weights ({', '.join(oneshot_methods())})",
+    )
     g.add_argument("--threshold-grad", choices=("surrogate", "none"), help="reconstruction gradient to thresholds")
     g.add_argument(
         "--density",
@@ -197,11 +224,34 @@ def _add_refit_and_freeze_options(g: argparse._ArgumentGroup) -> None:
         help="after this fraction of the iterations, hold finalize's exact masks and only reconstruct "
         f"(default: {FCPTSConfig.freeze_masks_at}; 1 learns the thresholds to the last step, as the paper)",
     )
+    g.add_argument(
+        "--time-budget",
+        dest="time_budget_s",
+        type=_duration,
+        metavar="DURATION",
+        help="finish the whole fcpts run within this wall time (90s, 10m, 1h or seconds): the first steps are "
+        "timed and --iters becomes the most steps that fit (at most --iters; a resume keeps the checkpoint's)",
+    )
+    g.add_argument(
+        "--memory-format",
+        choices=MEMORY_FORMATS,
+        help="student, teacher and image batches in this memory format while learning "
+        "(default: auto: channels_last for a model with Conv2d, else contiguous)",
+    )
+    g.add_argument(
+        "--teacher-precision",
+        choices=TEACHER_PRECISIONS,
+        help="the teacher's no-grad forward and cached outputs: float32 (default) or bfloat16 (autocast)",
+    )
 
 
 def _add_score_options(o: argparse._ArgumentGroup) -> None:
     o.add_argument("--importance", choices=IMPORTANCES.names(), help="importance score (fcpts default: magnitude)")
-    o.add_argument("--allocation", choices=ALLOCATIONS.names(), help="per-layer sparsities (default: uniform)")
+    o.add_argument(
+        "--allocation",
+        choices=ALLOCATIONS.names(),
+        help="per-layer sparsities (default: uniform); fcpts: of the one-shot method its --init names",
+    )
     o.add_argument("--damp", type=float, help="sparsegpt/pot: relative Hessian dampening (default: 0.01)")
     o.add_argument("--blocksize", type=int, help="sparsegpt: columns per block (default: 128)")
 
@@ -253,6 +303,13 @@ def _add_export(x: argparse.ArgumentParser) -> None:
         help="allow the model spec recorded in DIR to import and run code (file.py:factory, module:factory); "
         "never for a directory you did not make",
     )
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _shape(text: str) -> tuple[int, ...]:

@@ -17,7 +17,9 @@ differentiable), :mod:`.kde_sample` (a layer's KDE subsample and its cached band
 :mod:`.surrogate` (the fused mask whose ``t``-gradient is a sigmoid's), :mod:`.threshold_mask`
 (one learnable threshold per layer), :mod:`.prepare` (``prepare`` / ``finalize``: the mask
 lifecycle, and :class:`Prepared`, all masks at once), :mod:`.losses`, :mod:`.learn` (the loop),
-:mod:`.checkpoint` (resume), and :mod:`.fcpts`, the registered method that ties them together.
+:mod:`.speed` (the step's memory format and teacher precision), :mod:`.budget` (a time budget
+sizes ``iters``), :mod:`.checkpoint` (resume), and :mod:`.fcpts`, the registered method that ties
+them together (and starts from a one-shot method's result with ``init="sparsegpt"``, ...).
 """
 
 # The functions prepare/learn/finalize are re-exported by the package ``fcpts``, not here: their

@@ -164,6 +164,17 @@ def load_checkpoint(
     return state
 
 
+def checkpoint_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The config a checkpoint was saved with (empty if there is none or it cannot be read: the resume says why)."""
+    path = checkpoint_path(directory)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # no file, or a broken one: load_checkpoint raises the one clear error
+        return {}
+    config = state.get("config") if isinstance(state, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
 def _check_finite_state(path: Path, state: dict[str, Any]) -> None:
     """A NaN or Inf in the saved weights or optimizer state would make the whole resumed model NaN."""
     for name, tensor in state["model"].items():

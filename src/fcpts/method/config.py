@@ -10,13 +10,15 @@ runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from ..api import PruneConfig
+from ..api import METHODS, PruneConfig
 from ..core.allocation import ALLOCATIONS
 from ..core.importance import get_importance
 from ..errors import FcptsError
 from .losses import RECONSTRUCTION_LOSSES
+from .speed import MEMORY_FORMATS, TEACHER_PRECISIONS
 from .threshold_mask import validate_mask_options
 
 
@@ -39,7 +41,10 @@ class FCPTSConfig(PruneConfig):
     loss: str = "auto"  # reconstruction loss on the outputs: auto (kl for logits, cosine otherwise), kl, mse, cosine
     feature_modules: tuple[str, ...] = ()  # names of modules whose outputs are matched by MSE
     feature_weight: float = 1.0
-    init: str = "erk"  # initial allocation: erk, uniform, global, lamp
+    # the initial allocation (erk, uniform, global, lamp, owl), or a one-shot method to start from
+    # (sparsegpt, pot, wanda...: its masks, allocation and weights; fcpts.method.fcpts.run_oneshot)
+    init: str = "erk"
+    allocation: str | None = None  # with a one-shot init: that method's allocation (None: its default)
     threshold_grad: str = "surrogate"  # "surrogate" or "none" (control loss only moves t)
     bandwidth: str | float = "silverman"
     density: str = "kde"  # the bridge's ds/dt: "kde" (the paper) or "histogram" (ablation)
@@ -50,6 +55,9 @@ class FCPTSConfig(PruneConfig):
     refit_damp: float = 0.01
     refit_samples: int = 1024  # calibration samples the refit reads (its cost grows with them; 0: all)
     refit_rank: str = "refitted"  # after the refit, thresholds rank the refitted weights, or the "dense" scores
+    memory_format: str = "auto"  # "auto" (channels_last for a model with Conv2d), "contiguous", "channels_last"
+    teacher_precision: str = "float32"  # the teacher's no-grad forward and output cache: "float32" or "bfloat16"
+    time_budget_s: float | None = None  # wall time of the whole run: iters is sized to fit (at most iters)
 
     method = "fcpts"
 
@@ -77,6 +85,32 @@ class FCPTSConfig(PruneConfig):
         if self.kde_samples < 2:
             raise FcptsError(f"kde_samples must be ≥ 2, got {self.kde_samples}")
         get_importance(self.importance)
-        ALLOCATIONS.get(self.init)
+        if self.init not in ALLOCATIONS and self.init not in oneshot_methods():
+            raise FcptsError(
+                f"init must be an allocation ({', '.join(ALLOCATIONS.names())}) or a one-shot method "
+                f"({', '.join(oneshot_methods())}), got {self.init!r}"
+            )
+        if self.allocation is not None:
+            if self.init in ALLOCATIONS:
+                raise FcptsError(
+                    f"allocation {self.allocation!r} applies to a one-shot init (e.g. init='sparsegpt'); "
+                    f"init {self.init!r} is itself the allocation"
+                )
+            ALLOCATIONS.get(self.allocation)
+        if self.memory_format not in MEMORY_FORMATS:
+            raise FcptsError(f"memory_format must be one of {MEMORY_FORMATS}, got {self.memory_format!r}")
+        if self.teacher_precision not in TEACHER_PRECISIONS:
+            raise FcptsError(f"teacher_precision must be one of {TEACHER_PRECISIONS}, got {self.teacher_precision!r}")
+        if self.time_budget_s is not None and not (self.time_budget_s > 0 and math.isfinite(self.time_budget_s)):
+            raise FcptsError(f"time_budget_s must be > 0 seconds (or None), got {self.time_budget_s!r}")
         validate_mask_options(self.threshold_grad, self.density, self.bandwidth)
         self.feature_modules = tuple(self.feature_modules)
+
+
+def oneshot_methods() -> list[str]:
+    """The registered methods fcpts can start from (``init``): every one without a learning loop of its own.
+
+    >>> "sparsegpt" in oneshot_methods(), "fcpts" in oneshot_methods()
+    (True, False)
+    """
+    return [name for name in METHODS.names() if not METHODS[name].checkpoints]

@@ -20,14 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..api import RunOptions, register_method
+from ..api import METHODS, RunOptions, make_config, register_method
 from ..core.activations import input_norms
+from ..core.allocation import ALLOCATIONS
 from ..core.batchnorm import recalibrate_batchnorm
 from ..core.calibration import Calibration
 from ..core.importance import get_importance
 from ..core.patterns import divides, nm_prune_flags, parse_pattern
 from ..core.refit import refit_layers
 from ..core.scoring import layer_scores, prunable
+from ..errors import FcptsError
+from . import budget
 from .config import FCPTSConfig
 from .learn import learn
 from .prepare import Prepared, finalize, prepare
@@ -43,7 +46,10 @@ def prepare_from_config(
     the mask is fixed (``learn_thresholds`` off in the returned config). ``refit_init`` fits the
     kept weights to ``teacher`` (the dense model) layer by layer before learning.
     """
-    score_fns, sparsities = layer_score_fns(model, calibration, config)
+    if config.init in ALLOCATIONS:
+        score_fns, sparsities = layer_score_fns(model, calibration, config)
+    else:  # a one-shot method's result: its masks, allocation and weights (already in ``model``)
+        score_fns, sparsities = oneshot_score_fns(model, calibration, config)
     if config.pattern is not None:
         config = dataclasses.replace(config, learn_thresholds=False)
     prepared = prepare(
@@ -59,7 +65,7 @@ def prepare_from_config(
         score_fns=score_fns,
         sparsities=sparsities,
     )
-    if sparsities is not None:  # N:M: the pattern's own zero count (layers that do not divide stay dense)
+    if sparsities is not None:  # N:M (layers that do not divide stay dense), or a one-shot start: its own count
         zeros = sum(round(s * layer.numel) for s, layer in zip(sparsities, prepared.layers, strict=True))
         prepared.target_sparsity = zeros / prepared.total
     if config.refit_init:
@@ -88,15 +94,66 @@ def run_fcpts(
     """FCPTS: prepare thresholds (initial allocation), learn them with the kept weights, finalize exactly.
 
     With ``config.pattern`` N:M the mask is fixed (N:M by ``config.importance`` on the dense
-    weights) and only the kept weights are learned: thresholds have no meaning there.
+    weights) and only the kept weights are learned: thresholds have no meaning there. With a
+    one-shot method as ``config.init`` (:func:`run_oneshot`), learning starts from its result.
     """
+    started = budget.clock()  # a time budget counts from here
     teacher = copy.deepcopy(model)
+    if config.init not in ALLOCATIONS:
+        run_oneshot(model, calibration, config, options)
     prepared, config = prepare_from_config(model, teacher, calibration, config)
-    history = learn(prepared, teacher, calibration, config, options)
+    history = learn(prepared, teacher, calibration, config, options, started=started)
     finalize(prepared)
     if config.recalibrate_bn:
         recalibrate_batchnorm(model, calibration.epoch())
     return history
+
+
+def run_oneshot(model: nn.Module, calibration: Calibration, config: FCPTSConfig, options: RunOptions) -> None:
+    """Prune ``model`` in place with the registered one-shot method ``config.init`` (fcpts' start).
+
+    Through the method registry, with fcpts' target, pattern, layers, seed and batch size (and its
+    importance score, where the method has one and fcpts' is not the default ``magnitude``), and
+    ``config.allocation`` if set; the method's other settings are its defaults (e.g. SparseGPT's
+    BatchNorm recalibration).
+    """
+    entry = METHODS.get(config.init)
+    fields = {f.name for f in dataclasses.fields(entry.config_cls)}
+    shared: dict[str, Any] = {
+        "target_sparsity": config.target_sparsity,
+        "pattern": config.pattern,
+        "layer_filter": config.layer_filter,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+    }
+    if "importance" in fields and config.importance != "magnitude":
+        shared["importance"] = config.importance
+    if config.allocation is not None:
+        if "allocation" not in fields:
+            raise FcptsError(f"method {config.init!r} has no allocation to set (allocation {config.allocation!r})")
+        shared["allocation"] = config.allocation
+    entry.run(model, calibration, make_config(config.init, **shared), RunOptions(device=calibration.device))
+
+
+def oneshot_score_fns(
+    model: nn.Module, calibration: Calibration, config: FCPTSConfig
+) -> tuple[list[LayerScore | None] | None, list[float]]:
+    """What the thresholds apply to after a one-shot start, and each layer's sparsity: its zeros.
+
+    The one-shot method left its pruned weights at 0 and its kept ones updated: with each layer's
+    sparsity its share of zeros, :func:`.prepare` places the threshold halfway between 0 and the
+    smallest kept score, so every initial mask is the method's mask exactly (and the allocation
+    is its allocation). The scores are those of :func:`layer_score_fns` (0 for a zero weight);
+    with a pattern, each layer's fixed mask is the method's.
+    """
+    layers = prunable(model, config)
+    with torch.no_grad():
+        keeps = [module.weight != 0 for module in layers.values()]
+    sparsities = [int((~keep).sum()) / keep.numel() for keep in keeps]
+    if config.pattern is not None:
+        return [functools.partial(_constant_score, keep.float()) for keep in keeps], sparsities
+    score_fns, _ = layer_score_fns(model, calibration, config)
+    return score_fns, sparsities
 
 
 def _constant_score(score: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

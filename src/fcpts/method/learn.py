@@ -13,23 +13,28 @@ gradients are summed over the ranks (:mod:`fcpts.core.distributed`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+import statistics
+import warnings
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..api import DEFAULT_CHECKPOINT_EVERY, RunOptions
+from ..api import History, RunOptions
 from ..core import distributed
 from ..core.calibration import Calibration, batch_size_of, shard
 from ..errors import FcptsError
-from .checkpoint import has_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
+from . import budget
+from .checkpoint import checkpoint_config, has_checkpoint
 from .config import FCPTSConfig
-from .objective import _Losses, _Objective
-from .prepare import Prepared
+from .objective import _Objective
+from .prepare import Prepared, exact_keep_masks
+from .speed import resolve_memory_format
+from .steps import Schedule, _Loop
 
 
 def learn(
@@ -38,8 +43,14 @@ def learn(
     calibration: Calibration,
     config: FCPTSConfig,
     options: RunOptions | None = None,
-) -> list[dict[str, float]]:
+    *,
+    started: float | None = None,
+) -> History:
     """Minimise ``L_rec + L_c`` over thresholds and kept weights; returns the per-step loss history.
+
+    **Time budget.** With ``config.time_budget_s``, ``iters`` is sized to finish the run started at
+    ``started`` (a :func:`fcpts.method.budget.clock` reading; default: now) within the budget;
+    the history's ``run`` records the chosen ``iters`` and the timings (:mod:`fcpts.method.budget`).
 
     **Data parallel.** Inside an initialised process group (``torchrun``, or your own
     ``init_process_group``), ``config.batch_size`` is the *global* batch: every rank reads the same
@@ -56,32 +67,136 @@ def learn(
     an uninterrupted run with the same options (:mod:`fcpts.method.checkpoint`).
     """
     options = RunOptions() if options is None else options
+    started = budget.clock() if started is None else started
     _set_up(prepared, teacher, config)
     groups, schedules = _param_groups(prepared, config)
     if not groups or config.iters == 0:
-        return []
+        return History()
     _check_run(config, options)
     # Every rank starts from rank 0's model (one built without a fixed seed differs between processes).
     distributed.broadcast_module(prepared.model)
     distributed.broadcast_module(teacher)
-    loop = _Loop.create(prepared, groups, schedules, config, options)
+    memory_format = resolve_memory_format(prepared.model, config.memory_format)
+    prepared.model.to(memory_format=memory_format)
+    teacher.to(memory_format=memory_format)
+    trained = [p for g in groups for p in g["params"]]
+    run: dict[str, Any] = {}
     with (
-        _only_trained_need_grad(prepared.model, loop.trained),
-        _Objective(prepared, teacher, calibration, config) as objective,
+        _only_trained_need_grad(prepared.model, trained),
+        _Objective(prepared, teacher, calibration, config, memory_format) as objective,
     ):
-        loop.resume()
-        stream = calibration.stream(start_step=loop.first_step)
-        for step in _steps(loop.first_step, config, options):
-            if step == loop.freeze_step:  # allocation learned: the remaining steps only reconstruct
-                prepared.hold_masks()
-            # The weights changed in the last step: every learning layer's KDE bandwidth at once,
-            # before the forward pass's surrogate masks and the bridge read them.
-            prepared.refresh_bandwidths()
-            inputs, index, share = _rank_shard(*next(stream))
-            loop.step(step, objective(inputs, index), share)
+        if config.time_budget_s is not None:
+            config, run = _sized_config(prepared, objective, calibration, config, options, started)
+            groups, schedules = _param_groups(prepared, config)  # the schedules of the sized iters
+        history = _run_steps(prepared, objective, calibration, groups, schedules, config, options)
+        for model in (prepared.model, teacher):  # both come back in the default format
+            model.to(memory_format=torch.contiguous_format)
         # Identical on every rank whatever the backend's reduction order: rank 0's result for all.
         distributed.broadcast_module(prepared.model)
+    if run:
+        run["time_budget"]["learned_s"] = round(budget.clock() - started, 3)
+    return History(history, run=run)
+
+
+def _run_steps(
+    prepared: Prepared,
+    objective: _Objective,
+    calibration: Calibration,
+    groups: list[dict[str, Any]],
+    schedules: list[Schedule],
+    config: FCPTSConfig,
+    options: RunOptions,
+) -> list[dict[str, float]]:
+    """The learning steps of a :class:`_Loop` (from its checkpoint with ``options.resume``); the history."""
+    if config.iters == 0:  # a time budget spent before learning
+        return []
+    loop = _Loop.create(prepared, groups, schedules, config, options)
+    loop.resume()
+    stream = calibration.stream(start_step=loop.first_step)
+    for step in _steps(loop.first_step, config, options):
+        if step == loop.freeze_step:  # allocation learned: the remaining steps only reconstruct
+            prepared.hold_masks()
+        # The weights changed in the last step: every learning layer's KDE bandwidth at once,
+        # before the forward pass's surrogate masks and the bridge read them.
+        prepared.refresh_bandwidths()
+        inputs, index, share = _rank_shard(*next(stream))
+        loop.step(step, objective(inputs, index), share)
     return loop.history
+
+
+def _sized_config(
+    prepared: Prepared,
+    objective: _Objective,
+    calibration: Calibration,
+    config: FCPTSConfig,
+    options: RunOptions,
+    started: float,
+) -> tuple[FCPTSConfig, dict[str, Any]]:
+    """``config`` with the ``iters`` that fit its time budget (:mod:`.budget`), and what the sizing found.
+
+    A resume keeps the iters its checkpoint was sized to. Otherwise probe steps are timed on a
+    throwaway optimizer, one exact mask cut stands for finalize, and the model, the thresholds and
+    the RNG are put back: the run that follows is the plain run with the chosen iters. Every rank
+    takes rank 0's choice.
+    """
+    budget_s = config.time_budget_s
+    assert budget_s is not None
+    if options.resume:
+        saved = checkpoint_config(options.checkpoint_dir)  # type: ignore[arg-type]
+        if saved.get("time_budget_s") == budget_s and isinstance(saved.get("iters"), int):
+            sized = dataclasses.replace(config, iters=saved["iters"])
+            return sized, {"iters": sized.iters, "time_budget": {"budget_s": budget_s, "resumed": True}}
+        return config, {}  # not a sized run's checkpoint: load_checkpoint names the difference
+    step_s, finalize_s, probes = _probe_times(prepared, objective, calibration, config, options)
+    spent_s = budget.clock() - started
+    chosen = torch.tensor(
+        [budget.sized_iters(budget_s, spent_s, step_s, finalize_s, config.iters)], device=calibration.device
+    )
+    distributed.broadcast_tensors([chosen])  # every rank runs rank 0's count
+    iters = int(chosen.item())
+    if iters == 0:
+        warnings.warn(
+            f"the time budget of {budget_s:g} s was spent before learning ({spent_s:.1f} s): "
+            "no learning step, the initial allocation is finalized",
+            stacklevel=3,
+        )
+    facts = {
+        "budget_s": budget_s,
+        "iters_cap": config.iters,
+        "step_s": round(step_s, 6),
+        "finalize_s": round(finalize_s, 6),
+        "spent_before_learning_s": round(spent_s, 3),
+        "probe_steps": probes,
+    }
+    return dataclasses.replace(config, iters=iters), {"iters": iters, "time_budget": facts}
+
+
+def _probe_times(
+    prepared: Prepared, objective: _Objective, calibration: Calibration, config: FCPTSConfig, options: RunOptions
+) -> tuple[float, float, int]:
+    """The median step time, one finalize's mask cut, and the probe steps taken; the state is put back."""
+    state = {k: v.detach().clone() for k, v in prepared.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    groups, schedules = _param_groups(prepared, config)
+    quiet = dataclasses.replace(options, checkpoint_dir=None, checkpoint_every=None, resume=False, progress=False)
+    probe = _Loop.create(prepared, groups, schedules, config, quiet)
+    stream = calibration.stream()
+    times = []
+    for step in range(budget.WARMUP_STEPS + budget.MEASURED_STEPS):
+        start = budget.clock()
+        prepared.refresh_bandwidths()
+        inputs, index, share = _rank_shard(*next(stream))
+        probe.step(step, objective(inputs, index), share)
+        times.append(budget.clock() - start)
+    start = budget.clock()
+    exact_keep_masks(prepared)
+    finalize_s = budget.clock() - start
+    with torch.no_grad():
+        prepared.model.load_state_dict(state)
+    torch.set_rng_state(rng)
+    for p in probe.trained:
+        p.grad = None
+    return statistics.median(times[budget.WARMUP_STEPS :]), finalize_s, len(times)
 
 
 def _set_up(prepared: Prepared, teacher: nn.Module, config: FCPTSConfig) -> None:
@@ -95,9 +210,6 @@ def _set_up(prepared: Prepared, teacher: nn.Module, config: FCPTSConfig) -> None
         # weights across the (fixed) thresholds. Before a resume restores the learned weights, so
         # a resumed run freezes the same masks.
         prepared.freeze_masks()
-
-
-Schedule = Callable[[int], float]
 
 
 def _param_groups(prepared: Prepared, config: FCPTSConfig) -> tuple[list[dict[str, Any]], list[Schedule]]:
@@ -171,90 +283,3 @@ def _rank_shard(inputs: Any, index: torch.Tensor | None) -> tuple[Any, torch.Ten
             raise FcptsError(f"a calibration batch of {total} samples cannot be split over {world} processes")
         inputs, index = shard(inputs, rank, world), shard(index, rank, world)
     return inputs, index, batch_size_of(inputs) / total
-
-
-@dataclass
-class _Loop:
-    """The state of one learning run: the optimizer over the trained parameters, its schedule and the history."""
-
-    prepared: Prepared
-    config: FCPTSConfig
-    options: RunOptions
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    trained: list[nn.Parameter]
-    history: list[dict[str, float]] = field(default_factory=list)
-    first_step: int = 0
-    every: int = 0  # steps between checkpoints (0: none)
-
-    @classmethod
-    def create(
-        cls,
-        prepared: Prepared,
-        groups: list[dict[str, Any]],
-        schedules: list[Schedule],
-        config: FCPTSConfig,
-        options: RunOptions,
-    ) -> _Loop:
-        optimizer = torch.optim.Adam(groups)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
-        trained = [p for g in groups for p in g["params"]]
-        every = 0 if options.checkpoint_dir is None else options.checkpoint_every or DEFAULT_CHECKPOINT_EVERY
-        return cls(prepared, config, options, optimizer, scheduler, trained, every=every)
-
-    @property
-    def freeze_step(self) -> int | None:
-        """The step that holds the masks (None with fixed masks; at ``iters`` or beyond: never reached)."""
-        config = self.config
-        return math.ceil(config.freeze_masks_at * config.iters) if config.learn_thresholds else None
-
-    def resume(self) -> None:
-        """With ``options.resume``: the checkpoint's step, history, states and held masks."""
-        if not self.options.resume:
-            return
-        directory = self.options.checkpoint_dir
-        state = load_checkpoint(directory, self.config.to_dict(), self.options.fingerprint)  # type: ignore[arg-type]
-        if int(state["step"]) > self.config.iters:
-            raise FcptsError(
-                f"the checkpoint in {directory} is at step {state['step']}, past --iters {self.config.iters}"
-            )
-        self.first_step, self.history = restore_checkpoint(state, self.prepared.model, self.optimizer, self.scheduler)
-        if self.options.checkpoint_every is None and state.get("every"):  # keep the checkpoint's own interval
-            self.every = int(state["every"])
-        if state.get("frozen_masks") is not None:  # frozen before the checkpoint: the masks of then
-            self.prepared.hold_masks(state["frozen_masks"])
-
-    def step(self, step: int, losses: _Losses, share: float) -> None:
-        """Backward, the gradients summed over the ranks, one optimizer and schedule step; log; checkpoint."""
-        self.optimizer.zero_grad(set_to_none=True)
-        if losses.total.requires_grad:  # nothing to train once held masks meet lr_weight 0
-            losses.total.backward()
-        distributed.all_reduce_gradients(self.trained, share)
-        self.optimizer.step()
-        self.scheduler.step()
-        entry = losses.logged(step, share)  # the global batch's losses: the same on every rank
-        self.history.append(entry)
-        if not math.isfinite(entry["loss"]):
-            raise FcptsError(
-                f"the loss became non-finite ({entry['loss']}) at step {step} (reconstruction {entry['rec']}): "
-                "stopped, nothing written; try a lower --lr-weight or --lr-threshold"
-            )
-        if self.every and (step + 1) % self.every == 0:
-            # Rank 0 writes; every rank learns whether that worked before the next collective.
-            with distributed.all_or_none():
-                if distributed.is_main():
-                    self.save(step + 1)
-
-    def save(self, steps_done: int) -> None:
-        save_checkpoint(
-            self.options.checkpoint_dir,  # type: ignore[arg-type]
-            steps_done,
-            self.prepared.model,
-            self.optimizer,
-            self.scheduler,
-            self.history,
-            self.config.to_dict(),
-            self.prepared.frozen_masks(),
-            fingerprint=self.options.fingerprint,
-            every=self.every,
-        )

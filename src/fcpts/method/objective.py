@@ -24,6 +24,7 @@ from ..errors import FcptsError
 from .config import FCPTSConfig
 from .losses import RECONSTRUCTION_LOSSES, control_loss, resolve_loss
 from .prepare import Prepared
+from .speed import cache_dtype, in_format, teacher_autocast
 
 
 class _FeatureTap:
@@ -60,22 +61,33 @@ TEACHER_OUTPUTS = "the dense model's output on the calibration data"
 
 @torch.no_grad()
 def cache_teacher_outputs(
-    teacher: nn.Module, calibration: Calibration, batch_size: int, budget_bytes: int
+    teacher: nn.Module,
+    calibration: Calibration,
+    batch_size: int,
+    budget_bytes: int,
+    *,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    precision: str = "float32",
 ) -> torch.Tensor | None:
     """The teacher's outputs on every row of a tensor calibration set, on its device; None to stream.
 
     One sample gives the output size; the cache (preallocated: no list + concatenate peak) is
-    built only if ``N × output size`` fits ``budget_bytes``.
+    built only if ``N × output size`` fits ``budget_bytes``. The batches go in ``memory_format``;
+    a ``"bfloat16"`` ``precision`` runs the teacher under bf16 autocast and keeps the cache in bf16.
     """
     x, device = calibration.tensor, calibration.device
     if x is None:
         return None
-    probe = output_logits(call_model(teacher, x[:1].to(device)))  # (1, C...)
-    if len(x) * probe[0].numel() * probe.element_size() > budget_bytes:
+    with teacher_autocast(precision, device):
+        probe = output_logits(call_model(teacher, in_format(x[:1].to(device), memory_format)))  # (1, C...)
+    dtype = cache_dtype(precision, probe.dtype)
+    if len(x) * probe[0].numel() * dtype.itemsize > budget_bytes:
         return None
-    cached = torch.empty((len(x), *probe.shape[1:]), dtype=probe.dtype, device=device)
+    cached = torch.empty((len(x), *probe.shape[1:]), dtype=dtype, device=device)
     for i in range(0, len(x), batch_size):
-        cached[i : i + batch_size] = output_logits(call_model(teacher, x[i : i + batch_size].to(device)))
+        with teacher_autocast(precision, device):
+            batch = in_format(x[i : i + batch_size].to(device), memory_format)
+            cached[i : i + batch_size] = output_logits(call_model(teacher, batch))
     check_finite(cached, TEACHER_OUTPUTS)
     return cached
 
@@ -105,14 +117,29 @@ class _Objective:
     reconstruction loss is chosen from the student's first output (``"auto"``: logits or embeddings).
     """
 
-    def __init__(self, prepared: Prepared, teacher: nn.Module, calibration: Calibration, config: FCPTSConfig) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        teacher: nn.Module,
+        calibration: Calibration,
+        config: FCPTSConfig,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> None:
         self.prepared, self.teacher, self.config = prepared, teacher, config
+        self.memory_format, self.device = memory_format, calibration.device
         self.teacher_tap = _FeatureTap(teacher, config.feature_modules)
         self.student_tap = _FeatureTap(prepared.model, config.feature_modules)
         self.reconstruction: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
         self.cached = None  # (only without feature matching: then the taps hold no hook)
         if calibration.tensor is not None and not config.feature_modules:
-            self.cached = cache_teacher_outputs(teacher, calibration, config.batch_size, TEACHER_CACHE_BYTES)
+            self.cached = cache_teacher_outputs(
+                teacher,
+                calibration,
+                config.batch_size,
+                TEACHER_CACHE_BYTES,
+                memory_format=memory_format,
+                precision=config.teacher_precision,
+            )
 
     def __enter__(self) -> _Objective:
         return self
@@ -128,13 +155,14 @@ class _Objective:
         """The teacher's outputs on the batch: cached rows, or a forward pass (checked finite)."""
         if self.cached is not None and index is not None:
             return self.cached[index.to(self.cached.device)]
-        with torch.no_grad():
+        with torch.no_grad(), teacher_autocast(self.config.teacher_precision, self.device):
             target = output_logits(call_model(self.teacher, inputs))
         check_finite(target, TEACHER_OUTPUTS)
         return target
 
     def __call__(self, inputs: Any, index: torch.Tensor | None) -> _Losses:
         config = self.config
+        inputs = in_format(inputs, self.memory_format)
         target = self.target(inputs, index)
         output = call_model(self.prepared.model, inputs)
         if self.reconstruction is None:

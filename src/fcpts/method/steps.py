@@ -1,0 +1,112 @@
+"""One learning run's state (:class:`_Loop`): Adam over the trained parameters and its schedule, the
+loss history, one optimizer step (gradients summed over the ranks, a non-finite loss stopped),
+resuming from a checkpoint and writing one (rank 0 writes; every rank learns whether it worked).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..api import DEFAULT_CHECKPOINT_EVERY, RunOptions
+from ..core import distributed
+from ..errors import FcptsError
+from .checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from .config import FCPTSConfig
+from .objective import _Losses
+from .prepare import Prepared
+
+#: A learning-rate factor of the step: ``schedule(step) -> factor``.
+Schedule = Callable[[int], float]
+
+
+@dataclass
+class _Loop:
+    """The state of one learning run: the optimizer over the trained parameters, its schedule and the history."""
+
+    prepared: Prepared
+    config: FCPTSConfig
+    options: RunOptions
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    trained: list[nn.Parameter]
+    history: list[dict[str, float]] = field(default_factory=list)
+    first_step: int = 0
+    every: int = 0  # steps between checkpoints (0: none)
+
+    @classmethod
+    def create(
+        cls,
+        prepared: Prepared,
+        groups: list[dict[str, Any]],
+        schedules: list[Schedule],
+        config: FCPTSConfig,
+        options: RunOptions,
+    ) -> _Loop:
+        optimizer = torch.optim.Adam(groups)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
+        trained = [p for g in groups for p in g["params"]]
+        every = 0 if options.checkpoint_dir is None else options.checkpoint_every or DEFAULT_CHECKPOINT_EVERY
+        return cls(prepared, config, options, optimizer, scheduler, trained, every=every)
+
+    @property
+    def freeze_step(self) -> int | None:
+        """The step that holds the masks (None with fixed masks; at ``iters`` or beyond: never reached)."""
+        config = self.config
+        return math.ceil(config.freeze_masks_at * config.iters) if config.learn_thresholds else None
+
+    def resume(self) -> None:
+        """With ``options.resume``: the checkpoint's step, history, states and held masks."""
+        if not self.options.resume:
+            return
+        directory = self.options.checkpoint_dir
+        state = load_checkpoint(directory, self.config.to_dict(), self.options.fingerprint)  # type: ignore[arg-type]
+        if int(state["step"]) > self.config.iters:
+            raise FcptsError(
+                f"the checkpoint in {directory} is at step {state['step']}, past --iters {self.config.iters}"
+            )
+        self.first_step, self.history = restore_checkpoint(state, self.prepared.model, self.optimizer, self.scheduler)
+        if self.options.checkpoint_every is None and state.get("every"):  # keep the checkpoint's own interval
+            self.every = int(state["every"])
+        if state.get("frozen_masks") is not None:  # frozen before the checkpoint: the masks of then
+            self.prepared.hold_masks(state["frozen_masks"])
+
+    def step(self, step: int, losses: _Losses, share: float) -> None:
+        """Backward, the gradients summed over the ranks, one optimizer and schedule step; log; checkpoint."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if losses.total.requires_grad:  # nothing to train once held masks meet lr_weight 0
+            losses.total.backward()
+        distributed.all_reduce_gradients(self.trained, share)
+        self.optimizer.step()
+        self.scheduler.step()
+        entry = losses.logged(step, share)  # the global batch's losses: the same on every rank
+        self.history.append(entry)
+        if not math.isfinite(entry["loss"]):
+            raise FcptsError(
+                f"the loss became non-finite ({entry['loss']}) at step {step} (reconstruction {entry['rec']}): "
+                "stopped, nothing written; try a lower --lr-weight or --lr-threshold"
+            )
+        if self.every and (step + 1) % self.every == 0:
+            # Rank 0 writes; every rank learns whether that worked before the next collective.
+            with distributed.all_or_none():
+                if distributed.is_main():
+                    self.save(step + 1)
+
+    def save(self, steps_done: int) -> None:
+        save_checkpoint(
+            self.options.checkpoint_dir,  # type: ignore[arg-type]
+            steps_done,
+            self.prepared.model,
+            self.optimizer,
+            self.scheduler,
+            self.history,
+            self.config.to_dict(),
+            self.prepared.frozen_masks(),
+            fingerprint=self.options.fingerprint,
+            every=self.every,
+        )
