@@ -22,6 +22,7 @@ the batch at any position from the seed.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -99,8 +100,12 @@ def save_checkpoint(
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT_NAME}.tmp-", dir=directory)
+        # Serialised in memory first: torch's zip writer turns a full disk into a RuntimeError; a
+        # plain write gives the system's OSError (ENOSPC, EROFS...).
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the rename makes it the checkpoint
         os.replace(tmp, path)
