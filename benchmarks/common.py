@@ -306,29 +306,51 @@ def tabulate(
 
 
 def export_tables(result: dict) -> tuple[str, str]:
-    """bench_export's tables: latency and memory per (model, sparsity, batch); bytes on disk per format."""
+    """bench_export's tables: latency per (model, sparsity, threads, batch), each variant's speedup over
+    dense and the target; peak memory; bytes on disk per format."""
+
+    def speedup(r: dict, variant: str) -> str:
+        return f"{r[variant + '_speedup']:.2f}×" if variant + "_speedup" in r else "not loaded"
+
+    def goal(r: dict) -> str:
+        t = r.get("target")
+        if t is None:
+            return ""
+        got = r["fcpts_speedup"]
+        return f"≥ {t:g}×: met" if got >= t else f"≥ {t:g}×: **missed by {t - got:.2f}×**"
+
     latency = markdown(
         [
-            *("model", "sparsity", "batch", "dense ms", "converted ms", "speedup"),
-            "sparse layers",
-            "peak MiB dense → converted",
+            *("model", "sparsity", "threads", "batch", "dense ms", "fcpts ms", "fcpts speedup"),
+            *("torch CSR", "MKL", "target", "sparse layers", "peak MiB dense → fcpts"),
         ],
         (
             [
                 r["model"],
                 r["sparsity"],
+                r["threads"],
                 r["batch"],
                 f"{r['dense_ms']:.3f}",
-                f"{r['converted_ms']:.3f}",
-                f"{r['speedup']:.2f}×",
+                f"{r['fcpts_ms']:.3f}",
+                f"**{r['fcpts_speedup']:.2f}×**",
+                speedup(r, "csr"),
+                speedup(r, "mkl"),
+                goal(r),
                 f"{r['layers_sparse']}/{r['layers']}",
                 f"{r['dense_peak_mib']:.1f} → {r['converted_peak_mib']:.1f}" if "dense_peak_mib" in r else "",
             ]
             for r in result["latency"]
         ),
     )
+
+    def size(d: dict, fmt: str) -> str:
+        return f"{d['bytes'][fmt]:,}" if fmt in d["bytes"] else "—"
+
     disk = markdown(
-        ["model", "sparsity", "dense bytes", "compressed bytes", "compressed / dense", "prunable only", "onnx bytes"],
+        [
+            *("model", "sparsity", "dense bytes", "compressed bytes", "compressed / dense", "prunable only"),
+            *("compressed-tensors bytes", "onnx bytes"),
+        ],
         (
             [
                 d["model"],
@@ -337,7 +359,8 @@ def export_tables(result: dict) -> tuple[str, str]:
                 f"{d['bytes']['compressed']:,}",
                 f"{d['bytes']['compressed'] / d['bytes']['dense']:.3f}",
                 f"{d['prunable_bytes']['compressed'] / d['prunable_bytes']['dense']:.3f}",
-                f"{d['bytes']['onnx']:,}",
+                size(d, "compressed-tensors"),
+                size(d, "onnx"),
             ]
             for d in result["disk"]
         ),

@@ -291,7 +291,12 @@ def _add_demo(d: argparse.ArgumentParser) -> None:
 
 def _add_export(x: argparse.ArgumentParser) -> None:
     x.add_argument("dir", help="output directory of fcpts prune (model.safetensors, report.json)")
-    x.add_argument("--format", required=True, choices=FORMATS.names(), help="dense, compressed or onnx")
+    x.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS.names(),
+        help="dense, compressed, compressed-tensors (hf: models) or onnx",
+    )
     x.add_argument("--out", required=True, help="export directory (written atomically); fcpts.load(OUT) reads it")
     x.add_argument(
         "--input-shape", type=_shape, metavar="C,H,W", help="input shape without batch, for onnx (refcnn: 1,28,28)"

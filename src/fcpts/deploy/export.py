@@ -4,6 +4,9 @@ An export directory holds one model file and ``export.json`` (format, model spec
 
 * ``dense``: ``model.safetensors``, the state dict with its zeros (what ``fcpts prune`` writes).
 * ``compressed``: ``model.compressed.safetensors``, the **fcpts-bitmask v1** format below.
+* ``compressed-tensors``: a Hugging Face ``save_pretrained`` directory (``config.json``,
+  ``model.safetensors``) in compressed-tensors' ``sparse-bitmask`` format, what llm-compressor writes
+  (:mod:`.hf_compressed`); ``hf:`` models only.
 * ``onnx``: ``model.onnx``, the model's graph (PyTorch's ``torch.export``-based exporter, dynamic
   batch dimension), checked against PyTorch's outputs with onnxruntime when it is written.
 
@@ -46,6 +49,7 @@ from ..files import MODEL_NAME, REPORT_NAME, atomic_directory, check_output_dir,
 from ..models.specs import imports_code, load_model
 from ..models.state_dicts import check_state_dict_fits, load_state_dict
 from ..registry import Registry
+from . import hf_compressed
 from .compressed import COMPRESSED_FORMAT, COMPRESSED_VERSION, dense_safetensors_bytes, load_compressed, save_compressed
 from .onnx import ONNX_ATOL, OnnxModule, export_onnx
 
@@ -143,6 +147,20 @@ def _write_dense(model: nn.Module, tmp: Path, example: torch.Tensor | None) -> t
 def _write_compressed(model: nn.Module, tmp: Path, example: torch.Tensor | None) -> tuple[str, dict[str, Any]]:
     save_compressed(model.state_dict(), tmp / COMPRESSED_NAME)
     return COMPRESSED_NAME, {"compressed_format": f"{COMPRESSED_FORMAT} v{COMPRESSED_VERSION}"}
+
+
+def _read_compressed_tensors(path: Path, model: nn.Module | None, spec: str | None) -> nn.Module:
+    if model is None:
+        if not spec:
+            raise FcptsError(f"{path.parent} records no model spec: pass the model to load the weights into")
+        model = load_model(spec)
+    return hf_compressed.load_into(model, path)
+
+
+@register_format("compressed-tensors", _read_compressed_tensors)
+def _write_compressed_tensors(model: nn.Module, tmp: Path, example: torch.Tensor | None) -> tuple[str, dict[str, Any]]:
+    extra = hf_compressed.write(model, tmp)
+    return hf_compressed.WEIGHTS_NAME, extra
 
 
 @register_format("onnx", lambda path, model, spec: OnnxModule(path))

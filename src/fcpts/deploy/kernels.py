@@ -8,6 +8,9 @@ chooses among them per layer by timing.
   (``torch.sparse.to_sparse_semi_structured``) for ``nn.Linear`` whose weight is on CUDA, float16 or
   bfloat16, with at least 2 zeros in every group of 4 along the input dimension. Only offered on a
   CUDA device; **not yet run**: no GPU was available where this was written.
+* ``cpu-sparse``: fcpts' own C++/OpenMP kernel (:mod:`.cpu_sparse`, built at first use) for float32
+  ``nn.Linear`` and pointwise (1×1, groups 1) ``nn.Conv2d`` on the CPU; channels_last convs run as
+  one GEMM over the pixels. Not offered where no C++ compiler is found.
 
 The converted modules keep their CSR arrays as ordinary dense tensors (buffers ``crow_indices``
 and ``col_indices``, int32 when the sizes allow; frozen parameters ``values`` and ``bias``) and
@@ -162,6 +165,13 @@ def is_2_of_4(weight: torch.Tensor) -> bool:
     if weight.dim() != 2 or weight.shape[1] % 4:
         return False
     return bool(((weight.reshape(weight.shape[0], -1, 4) == 0).sum(-1) >= 2).all())
+
+
+@register_kernel("cpu-sparse")
+def _cpu_sparse(module: nn.Module) -> nn.Module | None:
+    from .cpu_sparse import build
+
+    return build(module)
 
 
 @register_kernel("semi-structured")

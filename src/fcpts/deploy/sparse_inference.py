@@ -8,7 +8,7 @@ fastest one when it wins by ``min_speedup``. The kernels are in :mod:`.kernels`.
 >>> with torch.no_grad():
 ...     net[0].weight[:, 6:] = 0.0  # 90% zeros
 >>> x = torch.randn(32, 64)
->>> fast = convert(net, x, ConvertConfig(min_speedup=0.0))  # 0: take a sparse kernel even if slower
+>>> fast = convert(net, x, ConvertConfig(min_speedup=0.0, kernels=("csr",)))  # 0: take it even if slower
 >>> type(fast[0]).__name__
 'CSRLinear'
 >>> torch.allclose(fast(x), net(x), atol=1e-5)
@@ -35,7 +35,8 @@ from .kernels import KERNELS
 class ConvertConfig:
     """How :func:`convert` chooses: ``repeats`` timed calls (median) after ``warmup`` per candidate;
     a sparse kernel replaces a layer when ``dense_time / kernel_time >= min_speedup``; its output
-    must match the dense layer's within ``atol`` + ``rtol`` (else the layer stays dense)."""
+    must match the dense layer's within ``atol`` + ``rtol`` (else the layer stays dense).
+    ``kernels``: the kernel names to try (default: every registered kernel)."""
 
     repeats: int = 10
     warmup: int = 2
@@ -43,6 +44,7 @@ class ConvertConfig:
     atol: float = 1e-4
     rtol: float = 1e-4
     layer_filter: LayerFilter = default_layer_filter
+    kernels: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -105,6 +107,8 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: ConvertConfig | 
         dense_s = _median_time(lambda m=module, x=x: m(x), config.repeats, config.warmup)
         kernel_s: dict[str, float] = {}
         for kernel, build in KERNELS.items():
+            if config.kernels is not None and kernel not in config.kernels:
+                continue
             replacement = build(module)
             if replacement is None:
                 continue

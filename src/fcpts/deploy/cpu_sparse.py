@@ -1,0 +1,236 @@
+"""The ``cpu-sparse`` kernel: a small C++/OpenMP sparse × dense matmul, built with the system's C++
+compiler at first use and cached, called through :mod:`ctypes`.
+
+**Format.** The weight ``W`` (out × in; a 1×1 Conv2d's ``(O, C)``) is kept as CSR: int32
+``row_ptr`` (out + 1) and ``col_indices`` (one per stored weight), float32 ``values``. Each stored
+``w = W[m, k]`` costs 8 bytes (4 for dense): smaller than dense above 50% zeros.
+
+**Kernel** (``csrc/spmm.cpp``). Output-stationary over the SIMD lanes of the activation's *row*
+dimension (tokens, pixels, batch): a tile of ``T = 16·V`` activation rows (V = 1, 2 or 4 AVX-512
+registers, by the number of rows) is transposed into a thread-local (in × T) buffer that stays in
+L2, and every stored weight does ``acc[m, 0:T] += w · xᵀ[k, 0:T]``, V vector FMAs on one broadcast
+value; 16 finished output rows are transposed back into ``y`` with the bias. The work items
+(batch, row tile, output-row chunk) are spread over ``torch.get_num_threads()`` OpenMP threads;
+with fewer tiles than threads (1-31 rows) the output rows are split instead. A contiguous NCHW
+1×1-conv input is already transposed ((C, H·W) per image): it is read in place, no packing.
+
+**Build.** ``g++ -O3 -march=native -fopenmp -shared`` (``$CXX`` if set), about 1 s, cached under
+``$FCPTS_CACHE_DIR`` (default ``~/.cache/fcpts/kernels``) keyed by the source, compiler, flags and
+the CPU's feature flags. No compiler, a failed build, or ``FCPTS_CPU_KERNEL=0``: :func:`library`
+returns None, the kernel is not offered, and a module already converted (e.g. loaded from a file
+written elsewhere) runs ``torch.sparse.mm`` on the same CSR arrays — the pure-PyTorch fallback.
+The fallback also serves inputs the native kernel does not take (not float32, not on the CPU,
+or needing gradients).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SOURCE = Path(__file__).with_name("csrc") / "spmm.cpp"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+_ARGS = [ctypes.c_void_p, *[ctypes.c_int64] * 5, *[ctypes.c_void_p] * 3, ctypes.c_int64]
+_ARGS += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("FCPTS_CACHE_DIR"):
+        return Path(os.environ["FCPTS_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fcpts" / "kernels"
+
+
+def _build(compiler: str) -> Path:
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_flags().encode()]))
+    target = _cache_dir() / f"spmm-{key.hexdigest()[:16]}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        cmd = [compiler, *FLAGS, str(SOURCE), "-o", str(out)]
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+        os.replace(out, target)  # atomic: a concurrent build writes the same bytes
+    return target
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The native kernel, built and loaded on first call; None where it cannot be (see the module doc)."""
+    if os.environ.get("FCPTS_CPU_KERNEL", "1") == "0":
+        return None
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if not compiler:
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+        for name in ("fcpts_spmm_rowmajor", "fcpts_spmm_colmajor"):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = _ARGS, None
+    except (OSError, subprocess.SubprocessError, AttributeError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        warnings.warn(f"fcpts: the cpu-sparse kernel is not available ({detail}); using dense/torch CSR", stacklevel=2)
+        return None
+    return lib
+
+
+def _csr(weight2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        csr = weight2d.detach().to(torch.float32).to_sparse_csr()
+    crow, col = csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32)
+    return crow.contiguous(), col.contiguous(), csr.values().clone().contiguous()
+
+
+class _SparseRows(nn.Module):
+    """A (rows, cols) float32 weight as CSR arrays (buffers ``row_ptr``, ``col_indices``; frozen
+    parameter ``values``) and an optional bias: plain tensors, so ``state_dict``, ``torch.save``,
+    ``copy.deepcopy`` and pickling work as for any module."""
+
+    def __init__(self, weight2d: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.shape2d = tuple(weight2d.shape)
+        row_ptr, col, values = _csr(weight2d)
+        self.register_buffer("row_ptr", row_ptr)
+        self.register_buffer("col_indices", col)
+        self.values = nn.Parameter(values, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32).clone(), requires_grad=False)
+
+    def csr(self) -> torch.Tensor:
+        return torch.sparse_csr_tensor(
+            self.row_ptr, self.col_indices, self.values, self.shape2d, check_invariants=False
+        )
+
+    def dense_weight(self) -> torch.Tensor:
+        """The dense (rows, cols) weight, zeros included."""
+        return self.csr().to_dense()
+
+    def _native(self, x: torch.Tensor) -> ctypes.CDLL | None:
+        """The library if the native kernel takes this input, else None (the torch fallback runs)."""
+        if x.dtype != torch.float32 or x.device.type != "cpu" or self.values.device.type != "cpu":
+            return None
+        if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad):
+            return None
+        return library()
+
+    def _call(self, fn: object, x: torch.Tensor, y: torch.Tensor, dims: tuple[int, ...]) -> None:
+        b, n, k, ldx, xbs, ldy, ybs = dims
+        bias = 0 if self.bias is None else self.bias.data_ptr()
+        rows = self.shape2d[0]
+        fn(x.data_ptr(), b, n, k, ldx, xbs, self.row_ptr.data_ptr(), self.col_indices.data_ptr(),
+           self.values.data_ptr(), rows, bias, y.data_ptr(), ldy, ybs, torch.get_num_threads())  # fmt: skip
+
+    def _fallback(self, x2: torch.Tensor) -> torch.Tensor:
+        """(N, cols) → (N, rows) with torch.sparse.mm on the same CSR arrays."""
+        y = torch.sparse.mm(self.csr().to(x2.dtype), x2.t()).t()
+        return y if self.bias is None else y + self.bias.to(x2.dtype)
+
+
+class CPUSparseLinear(_SparseRows):
+    """``nn.Linear`` with a CSR weight run by the native kernel: x (..., in) → (..., out)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(linear.weight, linear.bias)
+        self.out_features, self.in_features = self.shape2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        lib = self._native(x)
+        if lib is None:
+            y = self._fallback(x2)
+        else:
+            x2 = x2.contiguous()
+            n = x2.shape[0]
+            y = torch.empty(n, self.out_features, dtype=torch.float32)
+            if n:
+                dims = (1, n, self.in_features, self.in_features, 0, self.out_features, 0)
+                self._call(lib.fcpts_spmm_rowmajor, x2, y, dims)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class CPUSparseConv2d(_SparseRows):
+    """A pointwise ``nn.Conv2d`` (1×1, groups 1, no padding, any stride) as a GEMM over the pixels.
+
+    channels_last input (B, H, W, C in memory) is a (B·H·W, C) row-major matrix: one kernel call,
+    output channels_last like the dense conv's. Contiguous NCHW input is (C, H·W) per image: the
+    kernel's transposed layout, read in place; output NCHW.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__(conv.weight.flatten(1), conv.bias)
+        self.out_channels, self.in_channels = self.shape2d
+        self.stride = tuple(conv.stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        sh, sw = self.stride
+        if (sh, sw) != (1, 1):
+            x = x[:, :, ::sh, ::sw]
+        b, c, h, w = x.shape
+        o = self.out_channels
+        lib = self._native(x)
+        if lib is None:
+            x2 = x.permute(0, 2, 3, 1).reshape(-1, c)
+            y = self._fallback(x2).reshape(b, h, w, o).permute(0, 3, 1, 2)
+        elif channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            y = torch.empty(b, o, h, w, dtype=torch.float32, memory_format=torch.channels_last)
+            if y.numel():
+                self._call(lib.fcpts_spmm_rowmajor, x, y, (1, b * h * w, c, c, 0, o, 0))
+        else:
+            x = x.contiguous()
+            y = torch.empty(b, o, h, w, dtype=torch.float32)
+            if y.numel():
+                self._call(lib.fcpts_spmm_colmajor, x, y, (b, h * w, c, h * w, c * h * w, h * w, o * h * w))
+        return y[0] if unbatched else y
+
+
+def pointwise(conv: nn.Conv2d) -> bool:
+    """A 1×1 Conv2d, groups 1, no padding: a GEMM over the pixels."""
+    return (
+        tuple(conv.kernel_size) == (1, 1)
+        and conv.groups == 1
+        and not isinstance(conv.padding, str)
+        and tuple(conv.padding) == (0, 0)
+    )
+
+
+def build(module: nn.Module) -> nn.Module | None:
+    """The ``cpu-sparse`` replacement of a float32 CPU Linear or pointwise Conv2d; None otherwise."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.device.type != "cpu" or weight.dtype != torch.float32:
+        return None
+    if weight.numel() >= 2**31 or library() is None:
+        return None
+    if type(module) is nn.Linear:  # not subclasses: e.g. MultiheadAttention reads its out_proj.weight directly
+        return CPUSparseLinear(module)
+    if type(module) is nn.Conv2d and pointwise(module):
+        return CPUSparseConv2d(module)
+    return None
+
+
+__all__ = ["CPUSparseConv2d", "CPUSparseLinear", "build", "library"]

@@ -1,0 +1,225 @@
+// fcpts cpu-sparse kernel: y = x @ W^T + b for a CSR weight W (M x K, int32 indices, float32 values)
+// and a dense float32 activation x. Output-stationary over 16-float SIMD lanes of the activation's
+// row (batch/token/pixel) dimension: a tile of T = 16*V activation rows is held transposed (K x T),
+// and every stored weight w = W[m, k] does acc[m, 0:T] += w * xt[k, 0:T] (V vector FMAs).
+// Written with GCC vector extensions: -march=native makes them AVX-512 (or AVX2 pairs) as the
+// machine allows. OpenMP over (batch, row tile, output-row chunk) work items.
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+typedef float v16 __attribute__((vector_size(64)));
+
+static inline v16 ld(const float* p) { v16 r; __builtin_memcpy(&r, p, 64); return r; }
+static inline void st(float* p, v16 v) { __builtin_memcpy(p, &v, 64); }
+
+// acc[0:V] = sum_j v[j] * xt[c[j] * ldx + 0 : 16*V]
+template <int V>
+static inline void row_dot(const float* __restrict xt, int64_t ldx, const int32_t* __restrict c,
+                           const float* __restrict v, int32_t nnz, v16* out) {
+    v16 a[V], b[V];
+    for (int u = 0; u < V; ++u) { a[u] = (v16){}; b[u] = (v16){}; }
+    int32_t j = 0;
+    for (; j + 1 < nnz; j += 2) {
+        const float* p0 = xt + (int64_t)c[j] * ldx;
+        const float* p1 = xt + (int64_t)c[j + 1] * ldx;
+        const float w0 = v[j], w1 = v[j + 1];
+        for (int u = 0; u < V; ++u) {
+            a[u] += w0 * ld(p0 + 16 * u);
+            b[u] += w1 * ld(p1 + 16 * u);
+        }
+    }
+    if (j < nnz) {
+        const float* p0 = xt + (int64_t)c[j] * ldx;
+        const float w0 = v[j];
+        for (int u = 0; u < V; ++u) a[u] += w0 * ld(p0 + 16 * u);
+    }
+    for (int u = 0; u < V; ++u) out[u] = a[u] + b[u];
+}
+
+// dst rows [0, nk) (stride ld) = columns [0, nk) of the 16 x 16 block src (rows [0, ni) stride ls, the
+// rest read as zeros; columns >= nk not read).
+static inline void tr16(const float* __restrict src, int64_t ls, int ni, int nk, float* __restrict dst, int64_t ld) {
+#ifdef __AVX512F__
+    const __mmask16 m = nk >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nk) - 1);
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; ++i) r[i] = i < ni ? _mm512_maskz_loadu_ps(m, src + i * ls) : _mm512_setzero_ps();
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 4; ++j) {
+            t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+            t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
+        }
+    for (int j = 0; j < 8; ++j) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+    }
+    for (int k = 0; k < nk; ++k) _mm512_storeu_ps(dst + k * ld, r[k]);
+#else
+    for (int k = 0; k < nk; ++k)
+        for (int i = 0; i < 16; ++i) dst[k * ld + i] = i < ni ? src[i * ls + k] : 0.0f;
+#endif
+}
+
+// buf (K x T) = transpose of x rows [0, nv) (row stride ldx), lanes >= nv zeroed.
+static void pack_rows(const float* __restrict x, int64_t ldx, int64_t nv, int64_t K, int T, float* __restrict buf) {
+    for (int64_t i0 = 0; i0 < T; i0 += 16) {
+        const int ni = nv - i0 >= 16 ? 16 : nv - i0 > 0 ? (int)(nv - i0) : 0;
+        for (int64_t k0 = 0; k0 < K; k0 += 16) {
+            const int nk = K - k0 < 16 ? (int)(K - k0) : 16;
+            tr16(x + (ni ? i0 * ldx : 0) + k0, ldx, ni, nk, buf + k0 * T + i0, T);
+        }
+    }
+}
+
+// buf (K x T) = columns [0, nv) of xt (K rows, stride ldx), lanes >= nv zeroed.
+static void pack_cols(const float* __restrict xt, int64_t ldx, int64_t nv, int64_t K, int T, float* __restrict buf) {
+    for (int64_t k = 0; k < K; ++k) {
+        float* dst = buf + k * T;
+        memcpy(dst, xt + k * ldx, nv * sizeof(float));
+        memset(dst + nv, 0, (T - nv) * sizeof(float));
+    }
+}
+
+template <int V>
+static void tile_rowmajor(const float* x, int64_t ldx, int64_t nv, int64_t K, const int32_t* rowptr,
+                          const int32_t* col, const float* val, int64_t m0, int64_t m1, const float* bias,
+                          float* y, int64_t ldy, float* buf, float* ybuf) {
+    const int T = 16 * V;
+    pack_rows(x, ldx, nv, K, T, buf);
+    float tmp[16 * 16];
+    for (int64_t mb = m0; mb < m1; mb += 16) {
+        const int mn = m1 - mb < 16 ? (int)(m1 - mb) : 16;
+        for (int mm = 0; mm < mn; ++mm) {
+            const int64_t m = mb + mm;
+            v16 acc[V];
+            row_dot<V>(buf, T, col + rowptr[m], val + rowptr[m], rowptr[m + 1] - rowptr[m], acc);
+            for (int u = 0; u < V; ++u) st(ybuf + mm * T + 16 * u, acc[u]);
+        }
+        v16 b = (v16){};
+        if (bias)
+            for (int mm = 0; mm < mn; ++mm) b[mm] = bias[mb + mm];
+        // ybuf (mn x T) -> y rows [0, nv), columns [mb, mb + mn), plus the bias
+        for (int64_t i0 = 0; i0 < nv; i0 += 16) {
+            const int ib = nv - i0 < 16 ? (int)(nv - i0) : 16;
+            tr16(ybuf + i0, T, mn, ib, tmp, 16);
+            for (int i = 0; i < ib; ++i) {
+                float* dst = y + (i0 + i) * ldy + mb;
+                v16 r = ld(tmp + 16 * i) + b;
+                if (mn == 16) st(dst, r);
+                else for (int mm = 0; mm < mn; ++mm) dst[mm] = r[mm];
+            }
+        }
+    }
+}
+
+template <int V>
+static void tile_colmajor(const float* xt, int64_t ldx, int64_t nv, int64_t K, const int32_t* rowptr,
+                          const int32_t* col, const float* val, int64_t m0, int64_t m1, const float* bias,
+                          float* yt, int64_t ldy, float* buf) {
+    const int T = 16 * V;
+    const float* src = xt;
+    int64_t lds = ldx;
+    if (nv < T) {
+        pack_cols(xt, ldx, nv, K, T, buf);
+        src = buf;
+        lds = T;
+    }
+    for (int64_t m = m0; m < m1; ++m) {
+        v16 acc[V];
+        row_dot<V>(src, lds, col + rowptr[m], val + rowptr[m], rowptr[m + 1] - rowptr[m], acc);
+        const float b = bias ? bias[m] : 0.0f;
+        float* dst = yt + m * ldy;
+        if (nv == T) {
+            for (int u = 0; u < V; ++u) st(dst + 16 * u, acc[u] + b);
+        } else {
+            float tmp[16 * V];
+            for (int u = 0; u < V; ++u) st(tmp + 16 * u, acc[u] + b);
+            memcpy(dst, tmp, nv * sizeof(float));
+        }
+    }
+}
+
+static int lanes_for(int64_t N, int64_t K) {
+    int V = N >= 64 ? 4 : N >= 32 ? 2 : 1;
+    while (V > 1 && K * 16 * V * 4 > (512 << 10)) V /= 2;  // keep the packed tile in L2
+    return V;
+}
+
+template <bool ROWMAJOR>
+static void run(const float* x, int64_t B, int64_t N, int64_t K, int64_t ldx, int64_t xbs, const int32_t* rowptr,
+                const int32_t* col, const float* val, int64_t M, const float* bias, float* y, int64_t ldy,
+                int64_t ybs, int nthreads) {
+    const int V = lanes_for(N, K);
+    const int64_t T = 16 * V;
+    const int64_t tiles = (N + T - 1) / T;
+    int64_t splits = 1;
+    if (B * tiles < nthreads) {
+        splits = (nthreads + B * tiles - 1) / (B * tiles);
+        const int64_t most = (M + 15) / 16;
+        if (splits > most) splits = most;
+    }
+    const int64_t chunk = ((M + splits - 1) / splits + 15) / 16 * 16;
+    const int64_t items = B * tiles * splits;
+    if (nthreads > items) nthreads = (int)items;
+    if (nthreads < 1) nthreads = 1;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float* buf = (float*)aligned_alloc(64, ((K * T + 16 * T) * sizeof(float) + 63) / 64 * 64);
+        float* ybuf = buf + K * T;
+#pragma omp for schedule(static)
+        for (int64_t it = 0; it < items; ++it) {
+            const int64_t s = it % splits, t = (it / splits) % tiles, b = it / (splits * tiles);
+            const int64_t m0 = s * chunk, m1 = (s + 1) * chunk < M ? (s + 1) * chunk : M;
+            if (m0 >= m1) continue;
+            const int64_t n0 = t * T, nv = N - n0 < T ? N - n0 : T;
+            const float* xb = x + b * xbs;
+            float* yb = y + b * ybs;
+            if (ROWMAJOR) {
+                const float* xs = xb + n0 * ldx;
+                float* ys = yb + n0 * ldy;
+                if (V == 4) tile_rowmajor<4>(xs, ldx, nv, K, rowptr, col, val, m0, m1, bias, ys, ldy, buf, ybuf);
+                else if (V == 2) tile_rowmajor<2>(xs, ldx, nv, K, rowptr, col, val, m0, m1, bias, ys, ldy, buf, ybuf);
+                else tile_rowmajor<1>(xs, ldx, nv, K, rowptr, col, val, m0, m1, bias, ys, ldy, buf, ybuf);
+            } else {
+                const float* xs = xb + n0;
+                float* ys = yb + n0;
+                if (V == 4) tile_colmajor<4>(xs, ldx, nv, K, rowptr, col, val, m0, m1, bias, ys, ldy, buf);
+                else if (V == 2) tile_colmajor<2>(xs, ldx, nv, K, rowptr, col, val, m0, m1, bias, ys, ldy, buf);
+                else tile_colmajor<1>(xs, ldx, nv, K, rowptr, col, val, m0, m1, bias, ys, ldy, buf);
+            }
+        }
+        free(buf);
+    }
+}
+
+extern "C" {
+int fcpts_spmm_version(void) { return 1; }
+
+// x: B batches of (N, K) rows (row stride ldx, batch stride xbs) -> y: B x (N, M) (ldy, ybs).
+void fcpts_spmm_rowmajor(const float* x, int64_t B, int64_t N, int64_t K, int64_t ldx, int64_t xbs,
+                         const int32_t* rowptr, const int32_t* col, const float* val, int64_t M,
+                         const float* bias, float* y, int64_t ldy, int64_t ybs, int nthreads) {
+    run<true>(x, B, N, K, ldx, xbs, rowptr, col, val, M, bias, y, ldy, ybs, nthreads);
+}
+
+// xt: B batches of (K, N) (row stride ldx) -> yt: B x (M, N) (row stride ldy): y^T = W x^T.
+void fcpts_spmm_colmajor(const float* xt, int64_t B, int64_t N, int64_t K, int64_t ldx, int64_t xbs,
+                         const int32_t* rowptr, const int32_t* col, const float* val, int64_t M,
+                         const float* bias, float* yt, int64_t ldy, int64_t ybs, int nthreads) {
+    run<false>(xt, B, N, K, ldx, xbs, rowptr, col, val, M, bias, yt, ldy, ybs, nthreads);
+}
+}
