@@ -99,6 +99,7 @@ def save_checkpoint(
     tmp = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(directory)
         fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT_NAME}.tmp-", dir=directory)
         # Serialised in memory first: torch's zip writer turns a full disk into a RuntimeError; a
         # plain write gives the system's OSError (ENOSPC, EROFS...).
@@ -129,6 +130,12 @@ REQUIRED = {
 }
 
 
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> None:
+    """Remove the half-written ``.checkpoint.pt.tmp-*`` files a killed run left (one run writes a directory)."""
+    for leftover in Path(directory).glob(f".{CHECKPOINT_NAME}.tmp-*"):
+        leftover.unlink(missing_ok=True)
+
+
 def load_checkpoint(
     directory: str | os.PathLike[str], config: dict[str, Any], fingerprint: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -142,6 +149,7 @@ def load_checkpoint(
     path = checkpoint_path(directory)
     if not path.is_file():
         raise FcptsError(f"no checkpoint to resume in {directory} (expected {path})")
+    remove_stale_temporaries(directory)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: unpickling errors of many kinds
