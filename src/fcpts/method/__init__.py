@@ -6,7 +6,8 @@
 * ``S(t) = Σ n_l s_l(t_l) / Σ n_l`` is exact in value, and differentiable through the KDE bridge
   ``ds_l/dt_l = p̂_l(t_l)``, so the control loss moves the thresholds;
 * ``L_rec``: KL with temperature between teacher and student logits (or cosine/MSE on embeddings),
-  plus optional MSE on chosen intermediate modules;
+  plus optional MSE on chosen intermediate modules; for a detector, its raw head outputs anchor by
+  anchor (:mod:`.detection_loss`);
 * thresholds and kept weights are optimised jointly (Adam); the reconstruction loss reaches the
   thresholds through a sigmoid surrogate of the mask (``threshold_grad``);
 * for the last 10% of the steps (``freeze_masks_at``) the masks are held at finalize's exact global
@@ -20,10 +21,10 @@ lifecycle, and :class:`Prepared`, all masks at once), :mod:`.losses`, :mod:`.lea
 :mod:`.checkpoint` (resume), and :mod:`.fcpts`, the registered method that ties them together.
 """
 
-from . import fcpts
+from . import detection_loss, fcpts
 from .config import FCPTSConfig
 from .learn import learn
 from .prepare import Prepared, finalize, prepare
 from .threshold_mask import ThresholdMask
 
-__all__ = ["FCPTSConfig", "Prepared", "ThresholdMask", "fcpts", "finalize", "learn", "prepare"]
+__all__ = ["FCPTSConfig", "Prepared", "ThresholdMask", "detection_loss", "fcpts", "finalize", "learn", "prepare"]

@@ -4,7 +4,7 @@
 Importing this package registers the built-in specs (each in its own module).
 """
 
-from . import reference, zoo
+from . import refdet, reference, zoo
 from .specs import ALIASES, BUILTIN_MODELS, MODEL_SPECS, load_model, load_state_dict, register_model_spec, resolved_spec
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "MODEL_SPECS",
     "load_model",
     "load_state_dict",
+    "refdet",
     "reference",
     "register_model_spec",
     "resolved_spec",
