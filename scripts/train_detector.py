@@ -7,6 +7,11 @@
 Random initialisation (no pretrained weights), fixed seed, SGD with momentum, a linear warm-up
 then a cosine decay, horizontal flips; torchvision's FCOS losses (focal, GIoU, centerness).
 Prints the validation mAP (pycocotools) every ``--eval-every`` steps and the test mAP at the end.
+
+The committed weights: ``--steps 1600 --lr 0.01`` (the defaults), 839 s on one thread of a shared
+2-core machine; validation mAP@0.5 0.379 / 0.512 / 0.570 / 0.570 at steps 400 / 800 / 1200 / 1600,
+test (500 canvases) mAP@0.5 0.5505, mAP@[.5:.95] 0.3753. Much of what it misses is Fashion-MNIST's
+own confusion (shirt / T-shirt / pullover / coat), not localisation.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def main() -> None:
     p.add_argument("data", type=Path, help="a VOC directory written by make_detection_data.py")
     p.add_argument("--steps", type=int, default=1600)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--eval-every", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared 2-core machine")
