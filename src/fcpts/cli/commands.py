@@ -146,7 +146,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         choices = sparse_inference.plan(model, split.x[:1000].to(device))
         model = sparse_inference.apply(model, choices)
         kernels = f"{sum(c.chosen != 'dense' for c in choices)} of {len(choices)} layers sparse"
-    detection = split_detection_map(model, split) if is_detector(model) else None
+    detecting = is_detector(model) or isinstance(split, DetectionSplit)  # a classifier on boxes: one error
+    detection = split_detection_map(model, split) if detecting else None
     acc = None if is_detector(model) else split_accuracy(model, split)
     print(f"model     {args.model}" + (f" ({args.weights})" if args.weights else ""))
     print(f"data      {data.name} ({len(split)} samples)")
