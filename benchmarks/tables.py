@@ -117,6 +117,15 @@ METHODS = {
     "fcpts fast": "fcpts fast (200 steps, lr 2e-3)",
     "fcpts fast +refit": "fcpts fast, `--refit-init` on 512 images",
 }
+#: The detection table: mAP@0.5, then mAP@[.5:.95] and the prune time.
+DETECTION = ["0.5", "0.7", "0.8", "0.9"]
+
+
+def detection_cell(r: dict) -> tuple[str, str]:
+    """A cell "mAP@0.5 / mAP@[.5:.95] (time)", in points."""
+    return f"{100 * r['map50']:.1f}", f" / {100 * r['map']:.1f} ({r['time_s']:.0f} s)"
+
+
 HEADLINE = ["uniform-magnitude", "lamp-magnitude", "sparsegpt global", "pot", "fcpts magnitude", "fcpts fast +refit"]
 CNN = ["0.5", "0.8", "0.9", "0.95", "2:4"]
 VIT = ["0.5", "0.7", "0.8", "0.9", "0.95", "2:4"]
@@ -133,6 +142,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "models-minilm-high": lambda: pivot(
         rows("models", "minilm-high", "minilm-24"), ["0.9", "0.95", "2:4"], cosine, sort_at="0.9", time_at="0.9"
     ),
+    "detection-refdet": lambda: pivot(rows("detection", "refdet"), DETECTION, detection_cell, sort_at="0.8"),
     "export-latency": lambda: common.export_tables(load("export", "cpu"))[0],
     "export-bytes": lambda: common.export_tables(load("export", "cpu"))[1],
     "ablation-refcnn": lambda: ablation(

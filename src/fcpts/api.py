@@ -29,6 +29,7 @@ from .core.evaluate import layer_sparsity
 from .core.layers import LayerFilter, default_layer_filter
 from .core.patterns import parse_pattern
 from .errors import FcptsError
+from .models import detection
 from .registry import Registry
 
 
@@ -271,7 +272,8 @@ def prune(
     options = RunOptions() if options is None else options
     entry = METHODS.get(config.method)
     start = time.perf_counter()
-    student = copy.deepcopy(model).to(options.device)
+    # A torchvision detector is pruned on its raw head outputs (models.detection), and returned as itself.
+    student = copy.deepcopy(detection.wrap(model)).to(options.device)
     # In a process group every rank prunes rank 0's model, so all ranks return the same result.
     distributed.broadcast_module(student)
     if options.checkpoint_dir is not None:  # a resume must read the same model and data
@@ -280,7 +282,7 @@ def prune(
     calibration = Calibration(calibration_data, config.batch_size, config.seed, options.device)
     check_fits(student.eval(), calibration.first())
     history = entry.run(student, calibration, config, options)
-    student.eval()
+    student = detection.unwrap(student).eval()
     wall = time.perf_counter() - start
     layers = [LayerResult(n, numel, z) for n, (z, numel) in layer_sparsity(student, config.layer_filter).items()]
     recorded = {**config.to_dict(), **getattr(history, "run", {})}  # e.g. the iters a time budget chose

@@ -33,12 +33,14 @@ from .api import PruneConfig, PruneResult, RunOptions, prune
 from .core import distributed
 from .core.calibration import call_model, check_fits, rows, to_device
 from .core.checks import nonfinite_summary
+from .core.detection_metrics import detection_map
 from .core.evaluate import accuracy, is_logits_output, output_logits
 from .core.fidelity import classifier_fidelity, model_fidelity
-from .data import DataSource, Split, load_data
+from .data import DataSource, DetectionSplit, Split, load_data
 from .errors import FcptsError
 from .files import check_output_dir
 from .models import load_model, resolved_spec
+from .models.detection import is_detector
 from .models.zoo import load_tokenizer
 from .report import build_report, write_outputs
 
@@ -87,6 +89,8 @@ class Done:
     out: Path
     dense_accuracy: float | None
     sparse_accuracy: float | None
+    dense_map: dict[str, float] | None = None  # detection: {"map50", "map"} (pycocotools) on the evaluation split
+    sparse_map: dict[str, float] | None = None
 
 
 def check_job(job: Job) -> None:
@@ -189,6 +193,18 @@ def split_accuracy(model: nn.Module, split: Split) -> float | None:
     return accuracy(model, split.x, split.y)
 
 
+def split_detection_map(model: nn.Module, split: Split) -> dict[str, float] | None:
+    """mAP@0.5 and mAP@[.5:.95] (``{"map50", "map"}``) of a detector on a labelled detection split, else None."""
+    if not isinstance(split, DetectionSplit) or not split.targets:
+        return None
+    if not is_detector(model):
+        raise FcptsError(
+            f"detection data needs a torchvision detector (the model is a {type(model).__name__}): "
+            "e.g. refdet or torchvision:ssdlite320_mobilenet_v3_large,num_classes=N"
+        )
+    return detection_map(model, split.x, split.targets)
+
+
 def evaluation_warnings(model: nn.Module, split: Split) -> list[str]:
     """Why a top-1 on ``model`` and ``split`` may mean nothing: non-finite weights or inputs."""
     warnings = []
@@ -252,7 +268,16 @@ def _report_and_write(
     extra: dict[str, Any] = {"random_weights": job.random_weights, "evaluation_data_spec": job.eval_data}
     if job.weights_map is not None:
         extra["weights_map"] = job.weights_map
-    if outputs_embeddings(model, data.evaluation):  # embeddings: fidelity to the dense model on the data
+    dense_map = sparse_map = None
+    if is_detector(model):  # detection: mAP of the post-processed detections (pycocotools)
+        dense_map, sparse_map = (
+            split_detection_map(model, data.evaluation),
+            split_detection_map(result.model, data.evaluation),
+        )
+        if dense_map is not None and sparse_map is not None:
+            extra.update(dense_map50=dense_map["map50"], sparse_map50=sparse_map["map50"])
+            extra.update(dense_map=dense_map["map"], sparse_map=sparse_map["map"])
+    elif outputs_embeddings(model, data.evaluation):  # embeddings: fidelity to the dense model on the data
         extra["fidelity"] = model_fidelity(result.model, model, data.evaluation.x)
     elif dense_acc is None:  # no top-1 that means anything: the sparse model's agreement with the dense one
         extra["fidelity"] = classifier_fidelity(result.model, model, data.evaluation.x)
@@ -269,4 +294,4 @@ def _report_and_write(
         **extra,
     )
     out = write_outputs(result, job.out, report, job.overwrite)
-    return Done(result, report, out, dense_acc, sparse_acc)
+    return Done(result, report, out, dense_acc, sparse_acc, dense_map, sparse_map)

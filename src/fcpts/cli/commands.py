@@ -16,12 +16,14 @@ from ..core import distributed
 from ..core.calibration import rows
 from ..core.evaluate import accuracy, global_sparsity
 from ..core.patterns import parse_pattern
+from ..data.detection import DetectionSplit
 from ..data.specs import Split, load_data
 from ..deploy import sparse_inference
 from ..deploy.export import export
 from ..errors import FcptsError
+from ..models.detection import is_detector
 from ..models.specs import load_model
-from ..pipeline import DataSettings, Job, evaluation_warnings, load_inputs, split_accuracy
+from ..pipeline import DataSettings, Job, evaluation_warnings, load_inputs, split_accuracy, split_detection_map
 from .parser import METHOD_FLAGS, build_parser, flag_name
 
 
@@ -100,6 +102,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if done is None:
         return  # another rank of a torchrun job: rank 0 prints
     print(_summary(done.result, done.dense_accuracy, done.sparse_accuracy))
+    if done.dense_map is not None and done.sparse_map is not None:
+        d, sp = done.dense_map, done.sparse_map
+        print(f"mAP@0.5          dense {d['map50']:.4f} → sparse {sp['map50']:.4f}")
+        print(f"mAP@[.5:.95]     dense {d['map']:.4f} → sparse {sp['map']:.4f}")
     f = done.report.get("fidelity")
     if f is not None and "mean_cosine" in f:
         print(f"fidelity         mean cosine {f['mean_cosine']:.4f}, recall@1 {f['recall_at_1']:.2%}")
@@ -137,8 +143,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.limit is not None:
         if args.limit < 1:
             raise FcptsError(f"--limit must be ≥ 1, got {args.limit}")
-        labels = None if split.y is None else split.y[: args.limit]
-        split = Split(rows(split.x, slice(0, args.limit)), labels, split.classes)
+        if isinstance(split, DetectionSplit):
+            split = DetectionSplit(split.x[: args.limit], None, split.targets[: args.limit], split.classes)
+        else:
+            labels = None if split.y is None else split.y[: args.limit]
+            split = Split(rows(split.x, slice(0, args.limit)), labels, split.classes)
     for warning in evaluation_warnings(model, split):
         print(f"fcpts: warning: {warning}", file=sys.stderr)
     sparsity = global_sparsity(model)
@@ -147,11 +156,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
         choices = sparse_inference.plan(model, split.x[:1000].to(device))
         model = sparse_inference.apply(model, choices)
         kernels = f"{sum(c.chosen != 'dense' for c in choices)} of {len(choices)} layers sparse"
-    acc = split_accuracy(model, split)
+    detecting = is_detector(model) or isinstance(split, DetectionSplit)  # a classifier on boxes: one error
+    detection = split_detection_map(model, split) if detecting else None
+    acc = None if is_detector(model) else split_accuracy(model, split)
     print(f"model     {args.model}" + (f" ({args.weights})" if args.weights else ""))
     print(f"data      {data.name} ({len(split)} samples)")
-    why = "no labels" if split.y is None else "the labels are not the model's classes"
-    print(f"top-1     {f'n/a ({why})' if acc is None else f'{acc:.2%}'}")
+    if is_detector(model):
+        found = detection is not None
+        print(f"mAP@0.5   {detection['map50']:.4f}" if found else "mAP       n/a (no boxes)")
+        if found:
+            print(f"mAP@[.5:.95] {detection['map']:.4f}")
+    else:
+        why = "no labels" if split.y is None else "the labels are not the model's classes"
+        print(f"top-1     {f'n/a ({why})' if acc is None else f'{acc:.2%}'}")
     print(f"sparsity  {sparsity:.6f}")
     if kernels:
         print(f"kernels   {kernels}")

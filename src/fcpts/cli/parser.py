@@ -175,7 +175,8 @@ def _add_fcpts_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--loss",
         choices=("auto", *RECONSTRUCTION_LOSSES),
-        help="reconstruction loss on the outputs (default: auto: kl for logits, cosine for embeddings)",
+        help="reconstruction loss on the outputs (default: auto: kl for logits, cosine for embeddings, "
+        "detection for a torchvision detector)",
     )
     g.add_argument(
         "--feature-modules",

@@ -6,7 +6,8 @@
 * ``S(t) = Σ n_l s_l(t_l) / Σ n_l`` is exact in value, and differentiable through the KDE bridge
   ``ds_l/dt_l = p̂_l(t_l)``, so the control loss moves the thresholds;
 * ``L_rec``: KL with temperature between teacher and student logits (or cosine/MSE on embeddings),
-  plus optional MSE on chosen intermediate modules;
+  plus optional MSE on chosen intermediate modules; for a detector, its raw head outputs anchor by
+  anchor (:mod:`.detection_loss`);
 * thresholds and kept weights are optimised jointly (Adam); the reconstruction loss reaches the
   thresholds through a sigmoid surrogate of the mask (``threshold_grad``);
 * for the last 10% of the steps (``freeze_masks_at``) the masks are held at finalize's exact global
@@ -24,9 +25,9 @@ them together (and starts from a one-shot method's result with ``init="sparsegpt
 
 # The functions prepare/learn/finalize are re-exported by the package ``fcpts``, not here: their
 # names are this package's modules (``fcpts.method.learn`` stays the module).
-from . import fcpts, learn, prepare
+from . import detection_loss, fcpts, learn, prepare
 from .config import FCPTSConfig
 from .prepare import Prepared
 from .threshold_mask import ThresholdMask
 
-__all__ = ["FCPTSConfig", "Prepared", "ThresholdMask", "fcpts", "learn", "prepare"]
+__all__ = ["FCPTSConfig", "Prepared", "ThresholdMask", "detection_loss", "fcpts", "learn", "prepare"]

@@ -3,7 +3,9 @@
 ``L_rec``: the KL divergence with temperature between the dense teacher's and the sparse student's
 logits (``"kl"``), or, for a model whose output holds embeddings rather than logits (a sentence
 encoder, ``last_hidden_state``), ``1 − cosine`` (``"cosine"``) or MSE (``"mse"``) on the output
-vectors; ``"auto"`` (:func:`resolve_loss`) chooses kl or cosine by the output kind.
+vectors; ``"auto"`` (:func:`resolve_loss`) chooses kl or cosine by the output kind, or the loss an
+output names itself (``fcpts_loss``: a detector's raw outputs name ``"detection"``,
+:mod:`.detection_loss`). A loss with ``whole_output = True`` receives the whole outputs (a dict).
 :data:`RECONSTRUCTION_LOSSES` names them. ``L_c`` (:func:`control_loss`): ``|S − S*|`` or its square.
 """
 
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.evaluate import is_logits_output
+from ..errors import FcptsError
 from ..registry import Registry
 
 
@@ -65,9 +68,32 @@ def resolve_loss(loss: str, output: Any) -> str:
     >>> resolve_loss("auto", torch.zeros(1, 3)), resolve_loss("auto", {"last_hidden_state": 0}), resolve_loss("mse", 0)
     ('kl', 'cosine', 'mse')
     """
+    named = getattr(output, "fcpts_loss", None)
     if loss != "auto":
         return loss
+    if named is not None:
+        return named
     return "kl" if is_logits_output(output) else "cosine"
+
+
+def check_loss_fits(loss: str, output: Any) -> None:
+    """One clear error when the loss ``loss`` does not fit the model's ``output``.
+
+    An output that names its own loss (``fcpts_loss``: a detector's raw outputs) takes a loss that
+    reads the whole output (``whole_output``); such a loss takes nothing else.
+
+    >>> check_loss_fits("kl", torch.zeros(1, 3))
+    """
+    named = getattr(output, "fcpts_loss", None)
+    whole = getattr(RECONSTRUCTION_LOSSES.get(loss), "whole_output", False)
+    if named is not None and not whole:
+        raise FcptsError(
+            f"the {loss!r} loss does not fit this model's outputs ({type(output).__name__}: a detector's raw "
+            f"outputs): use --loss {named} (or auto)"
+        )
+    if named is None and whole:
+        kind = type(output).__name__
+        raise FcptsError(f"the {loss!r} loss does not fit this model's outputs (a {kind}, not a detector's)")
 
 
 def control_loss(global_sparsity: torch.Tensor, target: float, kind: str = "abs") -> torch.Tensor:

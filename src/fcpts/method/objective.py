@@ -22,7 +22,7 @@ from ..core.checks import check_finite
 from ..core.evaluate import output_logits
 from ..errors import FcptsError
 from .config import FCPTSConfig
-from .losses import RECONSTRUCTION_LOSSES, control_loss, resolve_loss
+from .losses import RECONSTRUCTION_LOSSES, check_loss_fits, control_loss, resolve_loss
 from .prepare import Prepared
 from .speed import cache_dtype, in_format, teacher_autocast
 
@@ -79,7 +79,10 @@ def cache_teacher_outputs(
     if x is None:
         return None
     with teacher_autocast(precision, device):
-        probe = output_logits(call_model(teacher, in_format(x[:1].to(device), memory_format)))  # (1, C...)
+        raw = call_model(teacher, in_format(x[:1].to(device), memory_format))
+    if getattr(raw, "fcpts_loss", None) is not None:  # outputs for a whole-output loss (a detector's): streamed
+        return None
+    probe = output_logits(raw)  # (1, C...)
     dtype = cache_dtype(precision, probe.dtype)
     if len(x) * probe[0].numel() * dtype.itemsize > budget_bytes:
         return None
@@ -151,23 +154,28 @@ class _Objective:
         self.teacher_tap.close()
         self.student_tap.close()
 
-    def target(self, inputs: Any, index: torch.Tensor | None) -> torch.Tensor:
-        """The teacher's outputs on the batch: cached rows, or a forward pass (checked finite)."""
+    def target(self, inputs: Any, index: torch.Tensor | None, whole: bool = False) -> Any:
+        """The teacher's outputs on the batch: cached rows, or a forward pass (checked finite); all with ``whole``."""
         if self.cached is not None and index is not None:
             return self.cached[index.to(self.cached.device)]
         with torch.no_grad(), teacher_autocast(self.config.teacher_precision, self.device):
-            target = output_logits(call_model(self.teacher, inputs))
-        check_finite(target, TEACHER_OUTPUTS)
+            raw = call_model(self.teacher, inputs)
+        target = raw if whole else output_logits(raw)
+        for t in target.values() if whole else (target,):
+            check_finite(t, TEACHER_OUTPUTS)
         return target
 
     def __call__(self, inputs: Any, index: torch.Tensor | None) -> _Losses:
         config = self.config
         inputs = in_format(inputs, self.memory_format)
-        target = self.target(inputs, index)
         output = call_model(self.prepared.model, inputs)
         if self.reconstruction is None:
-            self.reconstruction = RECONSTRUCTION_LOSSES[resolve_loss(config.loss, output)]
-        rec = self.reconstruction(output_logits(output), target, config.temperature)
+            loss = resolve_loss(config.loss, output)
+            check_loss_fits(loss, output)
+            self.reconstruction = RECONSTRUCTION_LOSSES[loss]
+        whole = getattr(self.reconstruction, "whole_output", False)  # e.g. a detector's dict of raw outputs
+        target = self.target(inputs, index, whole)
+        rec = self.reconstruction(output if whole else output_logits(output), target, config.temperature)
         student, teacher = self.student_tap.outputs, self.teacher_tap.outputs
         feat = sum(
             (F.mse_loss(student[n].float(), teacher[n].float()) for n in config.feature_modules),

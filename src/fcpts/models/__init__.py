@@ -5,7 +5,7 @@ prefixes (:mod:`.zoo`: ``torchvision:``, ``timm:``, ``hf:``, ``minilm``), and us
 Importing this package registers the built-in specs (each in its own module).
 """
 
-from . import efficientnet_lite, reference, zoo
+from . import efficientnet_lite, refdet, reference, zoo
 from .specs import (
     ALIASES,
     BUILTIN_MODELS,
@@ -29,6 +29,7 @@ __all__ = [
     "load_state_dict",
     "map_by_order",
     "model_input_config",
+    "refdet",
     "reference",
     "register_model_spec",
     "resolved_spec",

@@ -62,6 +62,25 @@ def parse_name(arg: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), kwargs
 
 
+def _no_download(builder: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` plus ``weights=None`` and, for a builder that takes them, no pretrained backbone weights.
+
+    Detection builders load ImageNet backbone weights by default (``weights_backbone``); the whole
+    model's weights come from the cache, ``--weights`` or nowhere (``--random-weights``), so a
+    backbone download is never needed.
+
+    >>> import torchvision
+    >>> _no_download(torchvision.models.get_model_builder("fcos_resnet50_fpn"), {"num_classes": 3})
+    {'num_classes': 3, 'weights': None, 'weights_backbone': None}
+    """
+    import inspect
+
+    out: dict[str, Any] = {"weights": None}
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        out["weights_backbone"] = None
+    return {**kwargs, **out}
+
+
 @register_model_spec("torchvision", "'torchvision:NAME[,key=value...]'")
 def build_torchvision(arg: str, weights: Any, random_weights: bool) -> tuple[nn.Module, bool]:
     """A ``torchvision.models`` model; its default weights are read from torch hub's local cache if there."""
@@ -69,7 +88,7 @@ def build_torchvision(arg: str, weights: Any, random_weights: bool) -> tuple[nn.
     name, kwargs = parse_name(arg)
     if name not in tv.list_models():
         raise FcptsError(f"torchvision has no model {name!r} (see torchvision.models.list_models())")
-    model = tv.get_model(name, weights=None, **kwargs)
+    model = tv.get_model(name, **_no_download(tv.get_model_builder(name), kwargs))
     if weights is not None or random_weights:
         return model, False
     default = tv.get_model_weights(name).DEFAULT
