@@ -41,15 +41,19 @@ BUILTIN = {
     "BUILTIN_MODELS": (
         BUILTIN_MODELS,
         "built-in model",
-        ["efficientnet_lite1", "efficientnet_lite2", "refcnn", "refvit"],
+        ["efficientnet_lite1", "efficientnet_lite2", "refcnn", "refdet", "refvit"],
     ),
     "ALIASES": (ALIASES, "model alias", ["minilm"]),
-    "DATA_SPECS": (DATA_SPECS, "data spec", ["fashion-mnist", "hf-dataset", "imagefolder", "npz", "text"]),
-    "FORMATS": (FORMATS, "export format", ["compressed", "dense", "onnx"]),
-    "KERNELS": (KERNELS, "sparse kernel", ["csr", "semi-structured"]),
+    "DATA_SPECS": (
+        DATA_SPECS,
+        "data spec",
+        ["coco", "fashion-mnist", "hf-dataset", "imagefolder", "npz", "text", "voc"],
+    ),
+    "FORMATS": (FORMATS, "export format", ["compressed", "compressed-tensors", "dense", "onnx"]),
+    "KERNELS": (KERNELS, "sparse kernel", ["cpu-sparse", "csr", "semi-structured"]),
     "BANDWIDTH_RULES": (BANDWIDTH_RULES, "bandwidth rule", ["scott", "silverman"]),
     "DENSITIES": (DENSITIES, "density", ["histogram", "kde"]),
-    "RECONSTRUCTION_LOSSES": (RECONSTRUCTION_LOSSES, "loss", ["cosine", "kl", "mse"]),
+    "RECONSTRUCTION_LOSSES": (RECONSTRUCTION_LOSSES, "loss", ["cosine", "detection", "kl", "mse"]),
     "NORMALIZATIONS": (NORMALIZATIONS, "normalization", ["imagenet", "inception"]),
 }
 

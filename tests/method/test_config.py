@@ -23,7 +23,7 @@ BAD_OPTIONS = [
     ),
     ("density", "parzen", "unknown density 'parzen'; choose from histogram, kde"),
     ("importance", "x", "unknown importance 'x'; choose from magnitude, wanda"),
-    ("loss", "x", "unknown loss 'x'; choose from auto, cosine, kl, mse"),
+    ("loss", "x", "unknown loss 'x'; choose from auto, cosine, detection, kl, mse"),
     ("bandwidth", "bogus", "unknown bandwidth rule 'bogus'; choose from scott, silverman or a number"),
     ("bandwidth", 0.0, "bandwidth must be a rule name or a number > 0, got 0.0"),
     ("kde_samples", 1, "kde_samples must be ≥ 2, got 1"),

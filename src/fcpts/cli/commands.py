@@ -144,7 +144,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if args.limit < 1:
             raise FcptsError(f"--limit must be ≥ 1, got {args.limit}")
         if isinstance(split, DetectionSplit):
-            split = DetectionSplit(split.x[: args.limit], None, split.targets[: args.limit], split.classes)
+            split = DetectionSplit(
+                split.x[: args.limit], None, targets=split.targets[: args.limit], classes=split.classes
+            )
         else:
             labels = None if split.y is None else split.y[: args.limit]
             split = Split(rows(split.x, slice(0, args.limit)), labels, split.classes)

@@ -58,7 +58,10 @@ Target = dict[str, torch.Tensor]
 
 @dataclass
 class DetectionSplit(Split):
-    """Images ``x`` (N, 3, S, S) with one target per image (``boxes``, ``labels``, ``iscrowd``); ``y`` is None."""
+    """Images ``x`` (N, 3, S, S) with one target per image (``boxes``, ``labels``, ``iscrowd``); ``y`` is None.
+
+    ``classes`` are the class names here (label = index + 1); construct it with keywords past ``y``.
+    """
 
     targets: list[Target] = field(default_factory=list)
     classes: tuple[str, ...] = ()
@@ -68,7 +71,7 @@ class DetectionSplit(Split):
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         targets = [self.targets[i] for i in idx.tolist()] if self.targets else []
-        return DetectionSplit(self.x[idx], None, targets, self.classes)
+        return DetectionSplit(self.x[idx], None, targets=targets, classes=self.classes)
 
 
 def _target(boxes: list[list[float]], labels: list[int], crowd: list[int], sx: float, sy: float) -> Target:
@@ -174,7 +177,7 @@ def read_voc_split(
         for image_id, (w, h) in zip(ids, sizes, strict=True):
             boxes, labels, difficult = read_voc_annotation(directory / "Annotations" / f"{image_id}.xml", classes)
             targets.append(_target(boxes, labels, difficult, *_scale(size, w, h)))
-    return DetectionSplit(x, None, targets, classes)
+    return DetectionSplit(x, None, targets=targets, classes=classes)
 
 
 @register_data_spec("voc", "voc:DIR (PASCAL VOC layout: JPEGImages, Annotations, ImageSets/Main)")
@@ -222,7 +225,7 @@ def read_coco(annotations: str | os.PathLike[str], images: str | os.PathLike[str
                 *_scale(size, w, h),
             )
         )
-    return DetectionSplit(x, None, targets, tuple(c["name"] for c in cats))
+    return DetectionSplit(x, None, targets=targets, classes=tuple(c["name"] for c in cats))
 
 
 @register_data_spec("coco", "coco:ANNOTATIONS.json[,IMAGES_DIR]")
@@ -231,5 +234,5 @@ def load_coco(arg: str, options: DataOptions) -> DataSource:
     if not Path(annotations).is_file():
         raise FcptsError(f"coco:{arg}: annotation file {annotations} not found")
     evaluation = read_coco(annotations, images or None, options.image_size)
-    calibration = DetectionSplit(evaluation.x, None, [], evaluation.classes)
+    calibration = DetectionSplit(evaluation.x, None, targets=[], classes=evaluation.classes)
     return DataSource(f"coco:{arg}", calibration, evaluation)
