@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -234,6 +235,18 @@ COMMANDS = {"prune": cmd_prune, "eval": cmd_eval, "demo": cmd_demo, "methods": c
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``fcpts`` command; the exit status (2 for an :class:`FcptsError`, printed as one line)."""
+    code = _run(argv)
+    if distributed.launched():
+        # A torchrun rank ends here, its group already left: gloo's C++ teardown at interpreter exit
+        # can still abort ("terminate called without an active exception") after a clean run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:

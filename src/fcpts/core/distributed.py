@@ -47,6 +47,15 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched() -> bool:
+    """Whether this process is one of several that ``torchrun`` started (``WORLD_SIZE`` > 1).
+
+    >>> launched()  # a plain process
+    False
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def init_from_env(device: torch.device) -> torch.device:
     """Join the process group that ``torchrun`` describes in the environment; return this rank's device.
 
@@ -57,7 +66,7 @@ def init_from_env(device: torch.device) -> torch.device:
     >>> init_from_env(torch.device("cpu"))  # a plain process: nothing to join
     device(type='cpu')
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_initialized():
+    if not launched() or is_initialized():
         return device
     if not dist.is_available():
         raise FcptsError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
