@@ -31,7 +31,7 @@ from torch import nn
 
 from .api import PruneConfig, PruneResult, RunOptions, prune
 from .core import distributed
-from .core.calibration import call_model, check_fits, rows, to_device
+from .core.calibration import check_fits, rows, to_device
 from .core.checks import nonfinite_summary
 from .core.detection_metrics import detection_map
 from .core.evaluate import accuracy, is_logits_output, output_logits
@@ -156,9 +156,7 @@ def load_inputs(
 def probe_output(model: nn.Module, split: Split) -> Any:
     """The model's output on the first samples of ``split``; one clear error if it does not fit or holds no tensor."""
     probe = to_device(rows(split.x, slice(0, 2)), next(model.parameters()).device)
-    check_fits(model, probe, what="the data")
-    with torch.no_grad():
-        output = call_model(model, probe)
+    output = check_fits(model, probe, what="the data")
     try:
         logits = output_logits(output)
     except (TypeError, StopIteration, KeyError):
@@ -178,9 +176,12 @@ def split_accuracy(model: nn.Module, split: Split) -> float | None:
     """Top-1 on a labelled split of a classifier; None without labels, for an embedding model, or
     when the data names its class count and the model has another (ImageNet logits on Fashion-MNIST)."""
     # An embedding model's argmax is no prediction (e.g. a labelled hf-dataset).
-    if split.y is None or outputs_embeddings(model, split):
+    if split.y is None:
         return None
-    logits = output_logits(probe_output(model, split))
+    output = probe_output(model, split)
+    if not is_logits_output(output):
+        return None
+    logits = output_logits(output)
     if logits.dim() != 2:
         raise FcptsError(f"the model returned scores of shape {tuple(logits.shape)}, not (N, classes)")
     if split.classes is not None and split.classes != logits.shape[1]:

@@ -202,12 +202,12 @@ class Calibration:
         return next(self.epoch())
 
 
-def check_fits(model: nn.Module, inputs: Any, what: str = "calibration data") -> None:
-    """Run the model on the first few samples; a shape mismatch becomes one clear FcptsError."""
+def check_fits(model: nn.Module, inputs: Any, what: str = "calibration data") -> Any:
+    """Run the model on the first few samples and return its output; a shape mismatch becomes one clear FcptsError."""
     probe = inputs[:2] if isinstance(inputs, torch.Tensor) else inputs
     try:
         with torch.no_grad():
-            call_model(model, probe)
+            return call_model(model, probe)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         shape = tuple(probe.shape[1:]) if isinstance(probe, torch.Tensor) else type(probe).__name__
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

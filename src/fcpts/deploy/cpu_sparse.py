@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .kernels import _csr_arrays
+
 SOURCE = Path(__file__).with_name("csrc") / "spmm.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _ARGS = [ctypes.c_void_p, *[ctypes.c_int64] * 5, *[ctypes.c_void_p] * 3, ctypes.c_int64]
@@ -96,11 +98,9 @@ def library() -> ctypes.CDLL | None:
 
 
 def _csr(weight2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        csr = weight2d.detach().to(torch.float32).to_sparse_csr()
-    crow, col = csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32)
-    return crow.contiguous(), col.contiguous(), csr.values().clone().contiguous()
+    """The CSR arrays of :func:`.kernels._csr_arrays` as the C kernel reads them: int32 indices, float32 values."""
+    crow, col, values = _csr_arrays(weight2d.detach().to(torch.float32))
+    return crow.to(torch.int32).contiguous(), col.to(torch.int32).contiguous(), values.contiguous()
 
 
 class _SparseRows(nn.Module):
