@@ -27,6 +27,7 @@ from .core.calibration import Calibration, CalibrationData, check_fits
 from .core.checks import validate_target
 from .core.evaluate import layer_sparsity
 from .core.layers import LayerFilter, default_layer_filter
+from .core.memory_format import MEMORY_FORMATS, held_in, resolve_memory_format
 from .core.patterns import parse_pattern
 from .errors import FcptsError
 from .models import detection
@@ -58,6 +59,8 @@ class PruneConfig:
     ``pattern`` ``"N:M"``: semi-structured sparsity, N zeros in every M consecutive input weights
     (:mod:`fcpts.patterns`); ``target_sparsity`` must then be N/M. Layers whose input size does not
     divide by M stay dense, so the global sparsity is N/M of the layers that divide.
+    ``memory_format``: the layout the model is held in while the method runs (its forwards, and
+    fcpts's steps): ``"auto"`` is channels_last for a model with a Conv2d (:mod:`fcpts.core.memory_format`).
     """
 
     target_sparsity: float
@@ -65,6 +68,7 @@ class PruneConfig:
     batch_size: int = 64
     seed: int = 0
     pattern: str | None = None
+    memory_format: str = "auto"  # "auto" (channels_last for a model with Conv2d), "contiguous", "channels_last"
 
     method: ClassVar[str] = ""
 
@@ -76,6 +80,8 @@ class PruneConfig:
                 raise FcptsError(f"pattern {self.pattern} means sparsity {n / m:g}, not {self.target_sparsity:g}")
         if self.batch_size < 1:
             raise FcptsError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise FcptsError(f"memory_format must be one of {MEMORY_FORMATS}, got {self.memory_format!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view of the config (callables by name), for reports."""
@@ -281,7 +287,8 @@ def prune(
         options = dataclasses.replace(options, fingerprint=prints)
     calibration = Calibration(calibration_data, config.batch_size, config.seed, options.device)
     check_fits(student.eval(), calibration.first())
-    history = entry.run(student, calibration, config, options)
+    with held_in(student, resolve_memory_format(student, config.memory_format)):
+        history = entry.run(student, calibration, config, options)
     student = detection.unwrap(student).eval()
     wall = time.perf_counter() - start
     layers = [LayerResult(n, numel, z) for n, (z, numel) in layer_sparsity(student, config.layer_filter).items()]

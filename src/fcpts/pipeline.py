@@ -76,8 +76,16 @@ class Job:
     random_weights: bool = False
     eval_data: str | None = None  # held-out evaluation data (default: the data spec's own evaluation split)
     calib_samples: int = 4096
+    eval_samples: int | None = None  # the first N held-out samples (None: all; fidelity: FIDELITY_SAMPLES)
     overwrite: bool = False
     data_settings: DataSettings = field(default_factory=DataSettings)
+
+
+#: Held-out samples a classifier's fidelity reads when ``Job.eval_samples`` is None: it runs two
+#: models (dense and sparse) on data whose labels mean nothing to them, and 1000 samples give its
+#: top-1 agreement to about ±1.5 points, where all 10k Fashion-MNIST test images at 240×240 would
+#: take EfficientNet-Lite1 about 15 minutes on 2 cores.
+FIDELITY_SAMPLES = 1000
 
 
 @dataclass
@@ -103,6 +111,8 @@ def check_job(job: Job) -> None:
         raise FcptsError(f"checkpoint directory {checkpoints} must be outside the output directory {out}")
     if job.calib_samples < 1:
         raise FcptsError(f"--calib-samples must be ≥ 1, got {job.calib_samples}")
+    if job.eval_samples is not None and job.eval_samples < 1:
+        raise FcptsError(f"--eval-samples must be ≥ 1, got {job.eval_samples}")
 
 
 def job_inputs(job: Job) -> list[str]:
@@ -252,6 +262,8 @@ def _run(job: Job, options: RunOptions) -> Done | None:
             job.weights_map,
         )
         calibration = data.calibration.subset(job.calib_samples, job.config.seed)
+        if job.eval_samples is not None:
+            data = dataclasses.replace(data, evaluation=data.evaluation.first(job.eval_samples))
     if options.checkpoint_dir is not None:  # a resume must read the same inputs (prune adds the data's hash)
         options = dataclasses.replace(options, fingerprint={**options.fingerprint, **job_fingerprint(job)})
     result = prune(model, calibration.x, job.config, options)  # a tensor, or a dict of token tensors for text
@@ -281,6 +293,8 @@ def _report_and_write(
     elif outputs_embeddings(model, data.evaluation):  # embeddings: fidelity to the dense model on the data
         extra["fidelity"] = model_fidelity(result.model, model, data.evaluation.x)
     elif dense_acc is None:  # no top-1 that means anything: the sparse model's agreement with the dense one
+        if job.eval_samples is None:
+            data = dataclasses.replace(data, evaluation=data.evaluation.first(FIDELITY_SAMPLES))
         extra["fidelity"] = classifier_fidelity(result.model, model, data.evaluation.x)
     report = build_report(
         result,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fcpts.core.activations import input_columns, input_norms
@@ -19,3 +20,14 @@ def test_conv_columns_reproduce_the_conv_and_their_norms():
     torch.testing.assert_close(cols @ conv.weight.flatten(1).T, expected, rtol=1e-5, atol=1e-5)
     norms = input_norms(conv, {"c": conv}, [x[:2], x[2:]])["c"]
     torch.testing.assert_close(norms, cols.norm(dim=0))
+
+
+def test_pointwise_conv_columns_are_unfolds_rows_in_both_memory_formats():
+    conv = nn.Conv2d(5, 3, 1)
+    x = torch.rand(2, 5, 4, 3)
+    expected = F.unfold(x, 1).transpose(1, 2).reshape(-1, 5)
+    for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+        got = input_columns(conv, layout)
+        assert torch.equal(got, expected) and got.is_contiguous()
+    strided = nn.Conv2d(5, 3, 1, stride=2)  # not pointwise in this sense: unfold's path
+    assert input_columns(strided, x).shape == (2 * 2 * 2, 5)

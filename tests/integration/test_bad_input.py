@@ -282,6 +282,13 @@ def test_eval_limit_must_be_positive(work):
     assert_one_line_error(code, err, "--limit", stdout=out)
 
 
+def test_prune_eval_samples_must_be_positive(work):
+    args = ["prune", "--model", f"{work / 'tiny_model.py'}:factory", "--data", f"npz:{work / 'data.npz'}"]
+    code, out, err = cli(*args, "--sparsity", "0.5", "--out", work / "out", "--eval-samples", "0")
+    assert_one_line_error(code, err, "--eval-samples must be ≥ 1, got 0", stdout=out)
+    assert not (work / "out").exists()
+
+
 def test_eval_warns_about_nonfinite_data(work):
     x = np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32)
     x[3, 0, 2, 2] = math.nan

@@ -19,12 +19,13 @@ def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def test_fcpts_refit_init_is_pots_refit_under_a_fixed_mask(tiny_net, calib_x):
     # Under a pattern the mask is fixed; with no learning step fcpts's result is the refit alone,
-    # which must be POT's (same magnitude N:M mask, same least squares, same damping).
+    # which must be POT's (same magnitude N:M mask, same least squares, same damping), up to float
+    # rounding: in channels_last fcpts's masked conv weight is computed in another layout than POT's.
     pot = fcpts.prune(tiny_net, calib_x, fcpts.make_config("pot", target_sparsity=1 / 3, pattern="1:3"))
     config = fcpts.FCPTSConfig(target_sparsity=1 / 3, pattern="1:3", iters=0, refit_init=True)
     ours = fcpts.prune(tiny_net, calib_x, config)
     for (name, a), b in zip(prunable_weights(pot.model).items(), prunable_weights(ours.model).values(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     dense = prunable_weights(tiny_net)
     assert not torch.equal(dense["fc1"], prunable_weights(ours.model)["fc1"])  # dense under 1:3, but refitted
 

@@ -16,15 +16,16 @@ from tests.helpers import TINY_LAYERS, TINY_TOTAL, cli_error, count_zeros
 
 
 def oneshot(model, x, method, **options):
-    return fcpts.prune(model, x, fcpts.make_config(method, target_sparsity=0.7, batch_size=16, **options)).model
+    """The one-shot method's model, in the contiguous format that run_oneshot runs in outside prune()."""
+    config = fcpts.make_config(method, target_sparsity=0.7, batch_size=16, memory_format="contiguous", **options)
+    return fcpts.prune(model, x, config).model
 
 
 @pytest.mark.parametrize("method, pattern", [("sparsegpt", None), ("pot", None), ("wanda", None), ("sparsegpt", "2:4")])
 def test_initial_masks_and_weights_are_the_one_shot_methods(tiny_net, calib_x, method, pattern):
     sparsity = 0.5 if pattern else 0.7
-    reference = fcpts.prune(
-        tiny_net, calib_x, fcpts.make_config(method, target_sparsity=sparsity, batch_size=16, pattern=pattern)
-    ).model
+    options = {"batch_size": 16, "pattern": pattern, "memory_format": "contiguous"}  # as run_oneshot below
+    reference = fcpts.prune(tiny_net, calib_x, fcpts.make_config(method, target_sparsity=sparsity, **options)).model
     config = fcpts.FCPTSConfig(target_sparsity=sparsity, batch_size=16, init=method, pattern=pattern)
     student, teacher = copy.deepcopy(tiny_net), copy.deepcopy(tiny_net)
     calibration = Calibration(calib_x, 16)

@@ -141,7 +141,10 @@ class Interrupt(Exception):
 def test_resume_equals_an_uninterrupted_run(monkeypatch, tmp_path, calib_x, freeze_masks_at):
     torch.manual_seed(0)
     net = TinyNet()
-    config = fcpts.FCPTSConfig(0.7, iters=24, batch_size=16, seed=4, freeze_masks_at=freeze_masks_at)
+    # No time budget: its probe steps would also call the control loss that the interruption counts.
+    config = fcpts.FCPTSConfig(
+        0.7, iters=24, batch_size=16, seed=4, freeze_masks_at=freeze_masks_at, time_budget_s=None
+    )
     reference = fcpts.prune(net, calib_x, config)
     ckpt = tmp_path / "ckpt"
     calls = {"n": 0}

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import fcpts
 from fcpts.core.calibration import Calibration
 from fcpts.errors import FcptsError
 from fcpts.method.objective import TEACHER_CACHE_BYTES, cache_teacher_outputs
-from fcpts.method.speed import in_format, resolve_memory_format
 from tests.helpers import TINY_TOTAL, cli_error
-
-
-def test_auto_is_channels_last_for_conv_models_only():
-    assert resolve_memory_format(nn.Sequential(nn.Conv2d(1, 2, 3)), "auto") is torch.channels_last
-    assert resolve_memory_format(nn.Linear(3, 3), "auto") is torch.contiguous_format
-    assert resolve_memory_format(nn.Conv2d(1, 2, 3), "contiguous") is torch.contiguous_format
-    assert in_format({"input_ids": torch.zeros(2, 3)}, torch.channels_last)["input_ids"].is_contiguous()
 
 
 @pytest.mark.parametrize("field, value", [("memory_format", "nhwc"), ("teacher_precision", "float16")])
@@ -72,6 +63,6 @@ def test_cli_bad_step_options(capsys, args, message):
 def test_cli_step_options_do_not_apply_to_one_shot_methods(run_cli):
     code, _, err = run_cli(
         "prune", "--model", "refcnn", "--data", "fashion-mnist", "--sparsity", "0.9", "--out", "o",
-        "--method", "wanda", "--memory-format", "channels_last",
+        "--method", "wanda", "--teacher-precision", "bfloat16",
     )  # fmt: skip
-    assert code == 2 and err == "fcpts: error: --memory-format does not apply to method 'wanda'\n"
+    assert code == 2 and err == "fcpts: error: --teacher-precision does not apply to method 'wanda'\n"

@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+import fcpts
+from fcpts import pipeline
 from fcpts.core.fidelity import logit_fidelity
 from fcpts.data.specs import Split
 from fcpts.errors import FcptsError
@@ -167,6 +169,32 @@ def test_prune_reports_fidelity_when_the_classes_differ(run_cli, tmp_path, fashi
     assert report["dense_accuracy"] is None and set(report["fidelity"]) == {"top1_agreement", "top5_agreement", "kl"}
     assert 0 <= report["fidelity"]["top1_agreement"] <= 1 and "top-1 agreement" in stdout
     assert "top-1            dense" not in stdout
+    assert report["evaluation_samples"] == 1000  # all of the subset's test images: FIDELITY_SAMPLES
+    code, _, err = run_cli(
+        "prune", "--model", f"{factory}:factory", "--data", "fashion-mnist", "--data-dir", fashion_subset,
+        "--method", "uniform-magnitude", "--sparsity", "0.5", "--calib-samples", 64, "--out", tmp_path / "few",
+        "--no-progress", "--eval-samples", 100,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "few" / "report.json").read_text())["evaluation_samples"] == 100
+
+
+def test_fidelity_reads_at_most_fidelity_samples(tmp_path, fashion_subset, monkeypatch):
+    """With no --eval-samples, fidelity runs the two models on the first FIDELITY_SAMPLES images only."""
+    monkeypatch.setattr(pipeline, "FIDELITY_SAMPLES", 40)
+    factory = tmp_path / "wide.py"
+    factory.write_text(
+        "from torch import nn\n\n\ndef factory():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 20))\n"
+    )
+    job = pipeline.Job(
+        f"{factory}:factory",
+        "fashion-mnist",
+        tmp_path / "out",
+        fcpts.make_config("uniform-magnitude", target_sparsity=0.5),
+        calib_samples=16,
+        data_settings=pipeline.DataSettings(data_dir=str(fashion_subset)),
+    )
+    assert pipeline.run(job).report["evaluation_samples"] == 40
 
 
 def test_effnet_extra_pins_the_packages():

@@ -27,6 +27,7 @@ from ..core.batchnorm import recalibrate_batchnorm
 from ..core.calibration import Calibration
 from ..core.masks import layer_counts
 from ..core.patterns import divides
+from ..core.replay import Replay
 from ..core.scoring import allocation_counts, pattern_of, prunable
 from ..errors import FcptsError
 
@@ -197,10 +198,11 @@ def run_sparsegpt(
     layers = prunable(model, config)
     pattern = pattern_of(config)
     counts = None if pattern is not None else allocation_counts(model, layers, calibration, config)
+    replay = Replay(model, calibration.epoch())  # each layer's inputs on the model pruned up to it
     for i, (name, module) in enumerate(layers.items()):
         if pattern is not None and not divides(module.weight, pattern[1]):
             continue  # left dense: its input size does not divide by M
-        g, _, rows = gram(model, name, calibration.epoch())
+        g, _, rows = gram(model, name, replay)
         k = None if counts is None else counts[i]
         with torch.no_grad():
             module.weight.copy_(sparsegpt_prune(module.weight, 2 * g / rows, k, config.blocksize, config.damp, pattern))

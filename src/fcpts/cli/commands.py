@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -14,11 +15,10 @@ from typing import Any
 from .. import pipeline
 from ..api import DEFAULT_CHECKPOINT_EVERY, METHODS, Method, PruneResult, RunOptions, make_config, prune, resolve_device
 from ..core import distributed
-from ..core.calibration import rows
 from ..core.evaluate import accuracy, global_sparsity
 from ..core.patterns import parse_pattern
 from ..data.detection import DetectionSplit
-from ..data.specs import Split, load_data
+from ..data.specs import load_data
 from ..deploy import sparse_inference
 from ..deploy.export import export
 from ..errors import FcptsError
@@ -39,7 +39,7 @@ def _config(args: argparse.Namespace) -> tuple[Any, RunOptions]:
             continue
         if flag not in fields:
             raise FcptsError(f"{flag_name(flag)} does not apply to method {args.method!r}")
-        settings[flag] = value
+        settings[flag] = None if flag == "time_budget_s" and math.isinf(value) else value  # --time-budget none
     sparsity = args.sparsity
     if sparsity is None:
         if args.pattern is None:
@@ -96,6 +96,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         random_weights=args.random_weights,
         eval_data=args.eval_data,
         calib_samples=args.calib_samples,
+        eval_samples=args.eval_samples,
         overwrite=args.overwrite,
         data_settings=_data_settings(args),
     )
@@ -144,13 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.limit is not None:
         if args.limit < 1:
             raise FcptsError(f"--limit must be ≥ 1, got {args.limit}")
-        if isinstance(split, DetectionSplit):
-            split = DetectionSplit(
-                split.x[: args.limit], None, targets=split.targets[: args.limit], classes=split.classes
-            )
-        else:
-            labels = None if split.y is None else split.y[: args.limit]
-            split = Split(rows(split.x, slice(0, args.limit)), labels, split.classes)
+        split = split.first(args.limit)
     for warning in evaluation_warnings(model, split):
         print(f"fcpts: warning: {warning}", file=sys.stderr)
     sparsity = global_sparsity(model)

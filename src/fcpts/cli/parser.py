@@ -7,18 +7,20 @@ and by the method it applies to, as ``fcpts prune --help`` shows them.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import NoReturn
 
 from ..api import DEFAULT_CHECKPOINT_EVERY, METHODS
 from ..core.allocation import ALLOCATIONS
 from ..core.importance import IMPORTANCES
+from ..core.memory_format import MEMORY_FORMATS
 from ..data.images import NORMALIZATIONS
 from ..deploy.export import FORMATS
 from ..method.bridge import DENSITIES
 from ..method.budget import parse_duration
 from ..method.config import FCPTSConfig, oneshot_methods
 from ..method.losses import RECONSTRUCTION_LOSSES
-from ..method.speed import MEMORY_FORMATS, TEACHER_PRECISIONS
+from ..method.speed import TEACHER_PRECISIONS
 from ..models.state_dicts import KEY_MAPS
 
 #: Flags that set a method's config field of the same name; only some methods take each.
@@ -138,10 +140,23 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-data", metavar="SPEC", help="evaluate on this held-out data spec (e.g. text:eval.txt)")
     p.add_argument("--method", default="fcpts", choices=METHODS.names(), help="default: fcpts")
     p.add_argument("--calib-samples", type=int, default=4096, help="calibration samples (default: 4096)")
+    p.add_argument(
+        "--eval-samples",
+        type=int,
+        metavar="N",
+        help="evaluate on the first N held-out samples (default: all of them; a classifier's fidelity "
+        "to the dense model, on data whose labels are not its classes, reads the first 1000)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--memory-format",
+        choices=MEMORY_FORMATS,
+        help="hold the model (and fcpts's image batches) in this memory format while pruning "
+        "(default: auto: channels_last for a model with Conv2d, else contiguous)",
+    )
     _add_fcpts_options(p.add_argument_group("fcpts options"))
     _add_score_options(
         p.add_argument_group("score-based method options (wanda, sparsegpt, pot; --importance also fcpts)")
@@ -230,14 +245,9 @@ def _add_refit_and_freeze_options(g: argparse._ArgumentGroup) -> None:
         dest="time_budget_s",
         type=_duration,
         metavar="DURATION",
-        help="finish the whole fcpts run within this wall time (90s, 10m, 1h or seconds): the first steps are "
-        "timed and --iters becomes the most steps that fit (at most --iters; a resume keeps the checkpoint's)",
-    )
-    g.add_argument(
-        "--memory-format",
-        choices=MEMORY_FORMATS,
-        help="student, teacher and image batches in this memory format while learning "
-        "(default: auto: channels_last for a model with Conv2d, else contiguous)",
+        help="finish the whole fcpts run within this wall time (90s, 10m, 1h or seconds; default: 10m): the first "
+        "steps are timed and --iters becomes the most steps that fit (at most --iters; a resume keeps the "
+        "checkpoint's); none: exactly --iters steps, however long",
     )
     g.add_argument(
         "--teacher-precision",
@@ -312,6 +322,9 @@ def _add_export(x: argparse.ArgumentParser) -> None:
 
 
 def _duration(text: str) -> float:
+    """Seconds of a ``--time-budget``; ``none`` is infinity, which the command turns into no budget (None)."""
+    if text.strip().lower() == "none":
+        return math.inf
     try:
         return parse_duration(text)
     except ValueError as exc:

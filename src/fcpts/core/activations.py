@@ -17,7 +17,6 @@ of height 1. Conv3d is refused.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from ..errors import FcptsError
 from .calibration import call_model
+from .replay import Replay, StopForward, run_until_stop
 
 #: The most values one block of a grouped conv's unfolded input holds (float32: 64 MiB).
 CHUNK_ELEMENTS = 2**24
@@ -47,6 +47,8 @@ def input_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
+    if isinstance(module, nn.Conv2d) and _pointwise(module) and x.dim() == 4:
+        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # (B·H·W, C): unfold's rows, a view in channels_last
     if isinstance(module, nn.Conv2d) and module.groups == 1 and _numeric_zero_padding(module):
         cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (B, cols, L)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
@@ -61,6 +63,16 @@ def input_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def conv_groups(module: nn.Module) -> int:
     """How many independent problems a layer's columns form: a Conv1d/Conv2d's ``groups``, else 1."""
     return module.groups if isinstance(module, (nn.Conv1d, nn.Conv2d)) else 1
+
+
+def _pointwise(module: nn.Conv2d) -> bool:
+    """A 1×1 conv, stride 1, no padding, one group: ``X`` is the input's channels at each position."""
+    return (
+        module.kernel_size == (1, 1)
+        and module.stride == (1, 1)
+        and module.groups == 1
+        and module.padding in ((0, 0), "valid")
+    )
 
 
 def _numeric_zero_padding(module: nn.Module) -> bool:
@@ -110,7 +122,7 @@ class GroupedInput:
     """A grouped conv's input, handed to the sinks instead of its columns: they read it block by block."""
 
     def __init__(self, module: nn.Module, x: torch.Tensor) -> None:
-        self.module, self.x = module, x.float()
+        self.module, self.x = module, x.float().contiguous()  # unfold reads NCHW faster than channels_last
         x4, (kernel, dilation, stride, pad, _) = _as_conv2d(module, x)
         size = [x4.shape[2] + pad[2] + pad[3], x4.shape[3] + pad[0] + pad[1]]
         self.samples = x4.shape[0]
@@ -150,10 +162,6 @@ class GroupedInput:
                 flat_other = u_other.reshape(b * n, cols, positions)
                 c[first:last] += (flat @ flat_other.transpose(1, 2)).view(b, n, cols, cols).sum(0)
         return self.rows
-
-
-class StopForward(Exception):
-    """Raised by a hook once it has what it needs: the rest of the forward pass is skipped."""
 
 
 def real_tokens(inputs: Any) -> torch.Tensor | None:
@@ -230,15 +238,18 @@ def input_norms(model: nn.Module, layers: dict[str, nn.Module], batches: Iterabl
 
 @torch.no_grad()
 def gram(
-    model: nn.Module, name: str, batches: Iterable[Any], reference: nn.Module | None = None
+    model: nn.Module, name: str, batches: Iterable[Any] | Replay, reference: nn.Module | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """``(X̃ᵀX̃, X̃ᵀX or None, rows)`` of layer ``name`` over the calibration batches.
 
     ``X̃`` is the layer's input in ``model``; ``X`` the same layer's input in ``reference`` (the
     dense model) on the same batch, when given. Both are (cols, cols), float32, summed over rows;
-    (groups, cols, cols) for a grouped conv, one per group (``rows``: per group).
+    (groups, cols, cols) for a grouped conv, one per group (``rows``: per group). ``batches`` may
+    be a :class:`~fcpts.core.replay.Replay` of ``model`` (and ``reference``): layer after layer in
+    forward order it runs only the part of the model the layer is in, with the same result.
     """
-    layer = dict(model.named_modules())[name]
+    replay = batches if isinstance(batches, Replay) else Replay(model, batches, reference, use_chains=False)
+    feeds = replay.feeds(name)  # before the hooks below: moving its cache runs forwards of its own
     seen: dict[str, Any] = {}  # a tensor, or a GroupedInput
 
     def keep(key: str) -> Any:
@@ -248,36 +259,26 @@ def gram(
 
         return sink
 
+    layer = model.get_submodule(name)
     tap = _Inputs({name: layer}, keep("student"))
-    ref_tap = None
-    if reference is not None:
-        ref_tap = _Inputs({name: dict(reference.named_modules())[name]}, keep("dense"))
+    ref_tap = None if reference is None else _Inputs({name: reference.get_submodule(name)}, keep("dense"))
     cols = layer.weight[0].numel()
-    device = layer.weight.device
     shape = (cols, cols) if conv_groups(layer) == 1 else (conv_groups(layer), cols, cols)
-    g = torch.zeros(shape, device=device)
-    c = torch.zeros(shape, device=device) if reference is not None else None
+    g = torch.zeros(shape, device=layer.weight.device)
+    c = torch.zeros(shape, device=layer.weight.device) if reference is not None else None
     rows = 0
     try:
-        for inputs in batches:
+        for root, x, ref_root, ref_x, batch in feeds:
             seen.clear()
-            tap.tokens = real_tokens(inputs)
+            tap.tokens = real_tokens(batch)
             if ref_tap is not None:
                 ref_tap.tokens = tap.tokens
-            _run_until_stop(model, inputs)
+            run_until_stop(root, x)
             if "student" not in seen:
                 raise FcptsError(f"layer {name!r} was never called on the calibration data")
-            x_s = seen["student"]
-            if isinstance(x_s, GroupedInput):
-                if reference is not None:
-                    _run_until_stop(reference, inputs)
-                rows += x_s.accumulate(g, c, seen.get("dense"))
-                continue
-            g += x_s.T @ x_s
-            rows += x_s.shape[0]
-            if reference is not None and c is not None:
-                _run_until_stop(reference, inputs)
-                c += x_s.T @ seen["dense"]
+            if ref_root is not None:
+                run_until_stop(ref_root, ref_x)
+            rows += _accumulate(g, c, seen["student"], seen.get("dense"))
     finally:
         tap.close()
         if ref_tap is not None:
@@ -285,6 +286,11 @@ def gram(
     return g, c, rows
 
 
-def _run_until_stop(model: nn.Module, inputs: Any) -> None:
-    with contextlib.suppress(StopForward):
-        call_model(model, inputs)
+def _accumulate(g: torch.Tensor, c: torch.Tensor | None, x: Any, dense: Any) -> int:
+    """Add ``X̃ᵀX̃`` to ``g`` and ``X̃ᵀX`` to ``c`` (when given) for one batch; its rows (per group)."""
+    if isinstance(x, GroupedInput):
+        return x.accumulate(g, c, dense)
+    g += x.T @ x
+    if c is not None:
+        c += x.T @ dense
+    return x.shape[0]

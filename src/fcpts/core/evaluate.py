@@ -9,6 +9,7 @@ from torch import nn
 
 from .calibration import call_model, rows, to_device
 from .layers import LayerFilter, default_layer_filter, prunable_layers
+from .memory_format import held_in, resolve_memory_format
 
 
 def output_logits(output: object) -> torch.Tensor:
@@ -58,19 +59,22 @@ def is_logits_output(output: object) -> bool:
 def predict(model: nn.Module, x: torch.Tensor | dict[str, torch.Tensor], batch_size: int = 1000) -> torch.Tensor:
     """Logits (or embeddings) of ``model`` on ``x`` (N, ...) in batches, on the model's device; on CPU.
 
-    ``x`` may be a dict of tensors (N, ...) passed as keyword arguments (tokenizer outputs).
+    ``x`` may be a dict of tensors (N, ...) passed as keyword arguments (tokenizer outputs). A
+    convolutional model runs in channels_last (:func:`~fcpts.core.memory_format.resolve_memory_format`):
+    the same outputs up to float rounding, about twice as fast on a CPU.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
     try:
-        return torch.cat(
-            [
-                output_logits(call_model(model, to_device(rows(x, slice(i, i + batch_size)), device))).cpu()
-                for i in range(0, n, batch_size)
-            ]
-        )
+        with held_in(model, resolve_memory_format(model)):
+            return torch.cat(
+                [
+                    output_logits(call_model(model, to_device(rows(x, slice(i, i + batch_size)), device))).cpu()
+                    for i in range(0, n, batch_size)
+                ]
+            )
     finally:
         model.train(was_training)
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from .activations import gram
 from .calibration import Calibration
+from .replay import Replay
 
 
 def refit_rows(weight: torch.Tensor, keep: torch.Tensor, g: torch.Tensor, c: torch.Tensor, damp: float) -> torch.Tensor:
@@ -85,8 +86,9 @@ def refit_layers(
     are overwritten). ``dense`` is the unpruned model the outputs are matched to.
     """
     dense_layers = dict(dense.named_modules())
+    replay = Replay(model, calibration.epoch(), reference=dense)  # inputs on the model refitted up to each layer
     for name, (weight, keep) in layers.items():
-        g, c, _ = gram(model, name, calibration.epoch(), reference=dense)
+        g, c, _ = gram(model, name, replay, reference=dense)
         assert c is not None
         refit = refit_rows(dense_layers[name].weight, keep, g, c, damp)
         # A refitted weight landing on exactly 0 would add a zero: keep it at the smallest normal value.

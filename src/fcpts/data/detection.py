@@ -66,6 +66,11 @@ class DetectionSplit(Split):
     targets: list[Target] = field(default_factory=list)
     classes: tuple[str, ...] = ()
 
+    def first(self, n: int) -> DetectionSplit:
+        if n >= len(self):
+            return self
+        return DetectionSplit(self.x[:n], None, targets=self.targets[:n], classes=self.classes)
+
     def subset(self, n: int | None, seed: int) -> DetectionSplit:
         if n is None or n >= len(self):
             return self

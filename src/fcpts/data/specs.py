@@ -13,6 +13,7 @@ Spec prefixes are registered with :func:`register_data_spec`, each by its own mo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,16 @@ class Split:
 
     def __len__(self) -> int:
         return len(next(iter(self.x.values()))) if isinstance(self.x, dict) else len(self.x)
+
+    def first(self, n: int) -> Split:
+        """The first ``n`` samples (all of them when there are fewer), in order.
+
+        >>> len(Split(torch.zeros(5, 2)).first(3)), len(Split(torch.zeros(2, 2)).first(3))
+        (3, 2)
+        """
+        if n >= len(self):
+            return self
+        return dataclasses.replace(self, x=rows(self.x, slice(0, n)), y=None if self.y is None else self.y[:n])
 
     def subset(self, n: int | None, seed: int) -> Split:
         """``n`` samples drawn without replacement by ``seed`` (all of them when ``n`` is None)."""

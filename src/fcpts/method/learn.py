@@ -27,13 +27,13 @@ from tqdm.auto import tqdm
 from ..api import History, RunOptions
 from ..core import distributed
 from ..core.calibration import Calibration, batch_size_of, shard
+from ..core.memory_format import resolve_memory_format
 from ..errors import FcptsError
 from . import budget
 from .checkpoint import checkpoint_config, has_checkpoint
 from .config import FCPTSConfig
 from .objective import _Objective
 from .prepare import Prepared, exact_keep_masks
-from .speed import resolve_memory_format
 from .steps import Schedule, _Loop
 
 

@@ -20,11 +20,12 @@ from ..core import distributed
 from ..core.calibration import Calibration, call_model
 from ..core.checks import check_finite
 from ..core.evaluate import output_logits
+from ..core.memory_format import in_format
 from ..errors import FcptsError
 from .config import FCPTSConfig
 from .losses import RECONSTRUCTION_LOSSES, check_loss_fits, control_loss, resolve_loss
 from .prepare import Prepared
-from .speed import cache_dtype, in_format, teacher_autocast
+from .speed import cache_dtype, teacher_autocast
 
 
 class _FeatureTap:
