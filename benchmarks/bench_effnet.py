@@ -74,29 +74,49 @@ def worker(spec: dict) -> dict:
 
 
 def run_row(spec: dict) -> dict:
-    """:func:`worker` in a fresh interpreter (its own peak RSS); its JSON row."""
+    """A worker (:data:`WORKERS`, ``spec["kind"]``) in a fresh interpreter (its own peak RSS); its JSON row."""
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
-        raise RuntimeError(f"row {spec['method']} {spec['sparsity']} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"worker {spec} failed:\n{done.stderr[-3000:]}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
     row["process_s"] = time.perf_counter() - start
     return row
 
 
-def dense_logits(model_spec: str, n: int, threads: int, path: Path) -> float:
-    """Save the dense model's logits on the first ``n`` test images to ``path``; its peak RSS (MiB)."""
-    code = (
-        "import sys, torch; sys.path.insert(0, %r); import common\n"
-        "from fcpts.core.evaluate import predict; from fcpts.data import load_data; from fcpts.models import load_model\n"
-        "torch.set_num_threads(%d); m = load_model(%r); x = load_data('fashion-mnist').evaluation.first(%d).x\n"
-        "torch.save(predict(m, x, batch_size=50), %r); print(common.max_rss_mib())\n"
-    ) % (str(Path(__file__).parent), threads, model_spec, n, str(path))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+def dense_worker(spec: dict) -> dict:
+    """The dense model's logits on the first ``spec["eval"]`` test images, saved to ``spec["dense"]``."""
+    import torch
+
+    from fcpts.core.evaluate import predict
+    from fcpts.data import load_data
+    from fcpts.models import load_model
+
+    torch.set_num_threads(spec["threads"])
+    x = load_data("fashion-mnist").evaluation.first(spec["eval"]).x
+    torch.save(predict(load_model(spec["model"]), x, batch_size=50), spec["dense"])
+    return {"peak_rss_mib": common.max_rss_mib()}
+
+
+def step_worker(spec: dict) -> dict:
+    """Seconds per fcpts step of a random-weight architecture at 224: ``1 + steps`` iters less 1 iter."""
+    import torch
+
+    import fcpts
+    from fcpts.models import load_model
+
+    torch.set_num_threads(spec["threads"])
+    model, x = load_model(spec["model"], random_weights=True), torch.rand(spec["batch"], 3, 224, 224)
+    seconds = {}
+    for iters in (1, 1 + spec["steps"]):
+        config = fcpts.FCPTSConfig(target_sparsity=0.8, iters=iters, batch_size=spec["batch"], time_budget_s=None)
+        start = time.perf_counter()
+        fcpts.prune(model, x, config)
+        seconds[iters] = time.perf_counter() - start
+    return {"step_s": (seconds[1 + spec["steps"]] - seconds[1]) / spec["steps"]}
 
 
 def check_targets(rows: list[dict], model: str) -> dict:
@@ -138,7 +158,7 @@ def markdown_table(rows: list[dict]) -> str:
                 f"{r['kl']:.4f}",
                 f"{r['time_s']:.1f}",
                 f"{r['peak_rss_mib']:.0f}",
-            ]  # fmt: skip
+            ]
             for r in rows
         ),
     )
@@ -148,18 +168,9 @@ def step_times(threads: int, steps: int) -> list[dict]:
     """Seconds per fcpts learning step of each random-weight architecture at 224 (fresh processes)."""
     rows = []
     for spec, batch in STEP_MODELS.items():
-        code = (
-            "import sys, time, torch, fcpts; from fcpts.models import load_model\n"
-            "torch.set_num_threads(%d); m = load_model(%r, random_weights=True); x = torch.rand(%d, 3, 224, 224)\n"
-            "t = {}\n"
-            "for n in (1, 1 + %d):\n"
-            "    s = time.perf_counter(); c = fcpts.FCPTSConfig(target_sparsity=0.8, iters=n, batch_size=%d)\n"
-            "    fcpts.prune(m, x, c); t[n] = time.perf_counter() - s\n"
-            "print((t[1 + %d] - t[1]) / %d)\n"
-        ) % (threads, spec, batch, steps, batch, steps, steps)
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        rows.append({"model": spec, "batch": batch, "step_s": float(done.stdout.strip().splitlines()[-1])})
-        print(f"  {spec:<32} batch {batch}: {rows[-1]['step_s']:.2f} s a step", flush=True)
+        row = run_row({"kind": "step", "model": spec, "batch": batch, "steps": steps, "threads": threads})
+        rows.append({"model": spec, "batch": batch, **row})
+        print(f"  {spec:<32} batch {batch}: {row['step_s']:.2f} s a step", flush=True)
     return rows
 
 
@@ -170,6 +181,7 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=500, help="held-out test images for the fidelity")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--merge", action="store_true", help="keep the rows already in --out; run only the others")
     parser.add_argument("--step-time", action="store_true", help="step times of the random-weight architectures")
     parser.add_argument("--steps", type=int, default=3, help="--step-time: steps timed per architecture")
     args = parser.parse_args()
@@ -177,14 +189,18 @@ def main() -> None:
         rows = step_times(args.threads, args.steps)
         common.write_json(args.out, {"benchmark": "effnet step time", "threads": args.threads, "rows": rows})
         return
-    rows: list[dict] = []
+    rows: list[dict] = json.loads(args.out.read_text())["rows"] if args.merge and args.out.is_file() else []
+    done = {(r["model"], r["setting"], r["method"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             dense = Path(tmp) / f"{model}.pt"
-            dense_peak = dense_logits(model, args.eval, args.threads, dense)
+            spec = {"kind": "dense", "model": model, "eval": args.eval, "threads": args.threads, "dense": str(dense)}
+            dense_peak = run_row(spec)["peak_rss_mib"]
             print(f"{model}: dense logits on {args.eval} test images (peak RSS {dense_peak:.0f} MiB)", flush=True)
             for sparsity in args.sparsities:
                 for label in args.rows:
+                    if (model, f"{sparsity:g}", label) in done:
+                        continue
                     method, options = ROWS[label]
                     spec = {"model": model, "method": method, "options": options, "sparsity": sparsity}
                     spec.update(calib=args.calib_samples, eval=args.eval, seed=args.seed, threads=args.threads)
@@ -195,23 +211,35 @@ def main() -> None:
                         **run_row({**spec, "dense": str(dense)}),
                     }
                     rows.append(row)
+                    write(args, rows)  # after every row: a long run keeps what it measured
                     print(
                         f"  {sparsity:g} {label:<18} top-1 agr. {row['top1_agreement']:.4f}  top-5 "
                         f"{row['top5_agreement']:.4f}  KL {row['kl']:.4f}  {row['time_s']:.1f} s  "
                         f"peak {row['peak_rss_mib']:.0f} MiB  {'exact' if row['exact_count'] else 'NOT exact'}",
                         flush=True,
                     )
-    table = markdown_table(rows)
-    targets = {m: check_targets([r for r in rows if r["model"] == m], m) for m in args.models}
+    table, targets = write(args, rows)
     common.report(table, [line for t in targets.values() for line in t["lines"]])
-    payload = {"benchmark": "effnet", "models": args.models, "calibration_samples": args.calib_samples}
-    payload.update(eval_samples=args.eval, seed=args.seed, threads=args.threads, rows=rows, targets=targets)
-    common.write_json(args.out, {**payload, "table": table})
     print(f"wrote {args.out}")
 
 
+def write(args: argparse.Namespace, rows: list[dict]) -> tuple[str, dict]:
+    """The result file of the rows so far: the table and the targets."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    table = markdown_table(rows)
+    targets = {m: check_targets([r for r in rows if r["model"] == m], m) for m in models}
+    payload = {"benchmark": "effnet", "models": models, "calibration_samples": args.calib_samples}
+    payload.update(eval_samples=args.eval, seed=args.seed, threads=args.threads, rows=rows, targets=targets)
+    common.write_json(args.out, {**payload, "table": table})
+    return table, targets
+
+
+#: What a ``--worker`` process runs, by ``spec["kind"]`` (default: one method row).
+WORKERS = {"row": worker, "dense": dense_worker, "step": step_worker}
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        print(json.dumps(worker(json.loads(sys.argv[2])), default=str))
+        spec = json.loads(sys.argv[2])
+        print(json.dumps(WORKERS[spec.get("kind", "row")](spec), default=str))
     else:
         main()

@@ -130,5 +130,13 @@ def test_cli_time_budget_is_reported(run_cli, tmp_path, model_file, npz_file):
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["iters"] == 7 == len(report["loss_history"])  # 10 minutes hold all 7 steps
-    assert report["config"]["time_budget"]["budget_s"] == 600.0
-    assert "time budget      600 s: 7 learning steps" in stdout
+    assert report["config"]["time_budget_s"] == 600.0 and "time_budget" not in report["config"]  # it did not bind
+    assert "time budget" not in stdout
+
+
+def test_cli_summary_names_a_sized_run():
+    from fcpts.cli.commands import _summary
+
+    layers = [fcpts.LayerResult("fc", 10, 5)]
+    result = fcpts.PruneResult(None, "fcpts", 0.5, layers, [], 1.0, {"iters": 40, "time_budget": {"budget_s": 60.0}})
+    assert "time budget      60 s: 40 learning steps" in _summary(result, None, None)

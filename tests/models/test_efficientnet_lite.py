@@ -16,10 +16,10 @@ from fcpts import pipeline
 from fcpts.core.fidelity import logit_fidelity
 from fcpts.data.specs import Split
 from fcpts.errors import FcptsError
+from fcpts.evaluation import split_accuracy
 from fcpts.models import efficientnet_lite
 from fcpts.models.specs import BUILTIN_MODELS, load_model, model_input_config
 from fcpts.models.state_dicts import load_state_dict, map_by_order
-from fcpts.pipeline import split_accuracy
 
 
 class Ours(nn.Module):

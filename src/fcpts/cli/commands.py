@@ -22,9 +22,10 @@ from ..data.specs import load_data
 from ..deploy import sparse_inference
 from ..deploy.export import export
 from ..errors import FcptsError
+from ..evaluation import evaluation_warnings, split_accuracy, split_detection_map
 from ..models.detection import is_detector
 from ..models.specs import load_model
-from ..pipeline import DataSettings, Job, evaluation_warnings, load_inputs, split_accuracy, split_detection_map
+from ..pipeline import DataSettings, Job, load_inputs
 from .parser import METHOD_FLAGS, build_parser, flag_name
 
 

@@ -88,7 +88,8 @@ def learn(
         if config.time_budget_s is not None:
             config, run = _sized_config(prepared, objective, calibration, config, options, started)
             groups, schedules = _param_groups(prepared, config)  # the schedules of the sized iters
-        history = _run_steps(prepared, objective, calibration, groups, schedules, config, options)
+        cap = run["time_budget"]["iters_cap"] if run else None
+        history = _run_steps(prepared, objective, calibration, groups, schedules, config, options, cap)
         for model in (prepared.model, teacher):  # both come back in the default format
             model.to(memory_format=torch.contiguous_format)
         # Identical on every rank whatever the backend's reduction order: rank 0's result for all.
@@ -106,11 +107,14 @@ def _run_steps(
     schedules: list[Schedule],
     config: FCPTSConfig,
     options: RunOptions,
+    iters_cap: int | None = None,
 ) -> list[dict[str, float]]:
-    """The learning steps of a :class:`_Loop` (from its checkpoint with ``options.resume``); the history."""
+    """The learning steps of a :class:`_Loop` (from its checkpoint with ``options.resume``); the history.
+
+    ``iters_cap``: the iters a time budget sized ``config.iters`` down from (its checkpoints record it)."""
     if config.iters == 0:  # a time budget spent before learning
         return []
-    loop = _Loop.create(prepared, groups, schedules, config, options)
+    loop = _Loop.create(prepared, groups, schedules, config, options, iters_cap)
     loop.resume()
     stream = calibration.stream(start_step=loop.first_step)
     for step in _steps(loop.first_step, config, options):
@@ -132,7 +136,8 @@ def _sized_config(
     options: RunOptions,
     started: float,
 ) -> tuple[FCPTSConfig, dict[str, Any]]:
-    """``config`` with the ``iters`` that fit its time budget (:mod:`.budget`), and what the sizing found.
+    """``config`` with the ``iters`` that fit its time budget (:mod:`.budget`), and what the sizing found
+    (nothing when every step fits: the run and its report are those without a budget).
 
     A resume keeps the iters its checkpoint was sized to. Otherwise probe steps are timed on a
     throwaway optimizer, one exact mask cut stands for finalize, and the model, the thresholds and
@@ -143,9 +148,10 @@ def _sized_config(
     assert budget_s is not None
     if options.resume:
         saved = checkpoint_config(options.checkpoint_dir)  # type: ignore[arg-type]
-        if saved.get("time_budget_s") == budget_s and isinstance(saved.get("iters"), int):
-            sized = dataclasses.replace(config, iters=saved["iters"])
-            return sized, {"iters": sized.iters, "time_budget": {"budget_s": budget_s, "resumed": True}}
+        if saved.get("time_budget_iters_cap") == config.iters and isinstance(saved.get("iters"), int):
+            sized = dataclasses.replace(config, iters=saved["iters"])  # the budget is compared by load_checkpoint
+            facts = {"budget_s": budget_s, "iters_cap": config.iters, "resumed": True}
+            return sized, {"iters": sized.iters, "time_budget": facts}
         return config, {}  # not a sized run's checkpoint: load_checkpoint names the difference
     step_s, finalize_s, probes = _probe_times(prepared, objective, calibration, config, options)
     spent_s = budget.clock() - started
@@ -160,6 +166,8 @@ def _sized_config(
             "no learning step, the initial allocation is finalized",
             stacklevel=3,
         )
+    if iters == config.iters:  # the whole run fits: nothing changes, and nothing is reported
+        return config, {}
     facts = {
         "budget_s": budget_s,
         "iters_cap": config.iters,

@@ -38,6 +38,7 @@ class _Loop:
     history: list[dict[str, float]] = field(default_factory=list)
     first_step: int = 0
     every: int = 0  # steps between checkpoints (0: none)
+    iters_cap: int | None = None  # a time budget sized the run down from this many iters (None: not sized)
 
     @classmethod
     def create(
@@ -47,12 +48,20 @@ class _Loop:
         schedules: list[Schedule],
         config: FCPTSConfig,
         options: RunOptions,
+        iters_cap: int | None = None,
     ) -> _Loop:
         optimizer = torch.optim.Adam(groups)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
         trained = [p for g in groups for p in g["params"]]
         every = 0 if options.checkpoint_dir is None else options.checkpoint_every or DEFAULT_CHECKPOINT_EVERY
-        return cls(prepared, config, options, optimizer, scheduler, trained, every=every)
+        return cls(prepared, config, options, optimizer, scheduler, trained, every=every, iters_cap=iters_cap)
+
+    def saved_config(self) -> dict[str, Any]:
+        """The config a checkpoint records and a resume must match: a sized run's also names its cap."""
+        config = self.config.to_dict()
+        if self.iters_cap is not None:
+            config["time_budget_iters_cap"] = self.iters_cap
+        return config
 
     @property
     def freeze_step(self) -> int | None:
@@ -65,7 +74,7 @@ class _Loop:
         if not self.options.resume:
             return
         directory = self.options.checkpoint_dir
-        state = load_checkpoint(directory, self.config.to_dict(), self.options.fingerprint)  # type: ignore[arg-type]
+        state = load_checkpoint(directory, self.saved_config(), self.options.fingerprint)  # type: ignore[arg-type]
         if int(state["step"]) > self.config.iters:
             raise FcptsError(
                 f"the checkpoint in {directory} is at step {state['step']}, past --iters {self.config.iters}"
@@ -105,7 +114,7 @@ class _Loop:
             self.optimizer,
             self.scheduler,
             self.history,
-            self.config.to_dict(),
+            self.saved_config(),
             self.prepared.frozen_masks(),
             fingerprint=self.options.fingerprint,
             every=self.every,
