@@ -130,6 +130,14 @@ HEADLINE = ["uniform-magnitude", "lamp-magnitude", "sparsegpt global", "pot", "f
 CNN = ["0.5", "0.8", "0.9", "0.95", "2:4"]
 VIT = ["0.5", "0.7", "0.8", "0.9", "0.95", "2:4"]
 
+
+def effnet_cell(r: dict) -> tuple[str, str]:
+    """A cell "top-1 agreement / top-5 agreement / KL (time, peak RSS)", agreements in points."""
+    peak = r["peak_rss_mib"] / 1024
+    rest = f" / {100 * r['top5_agreement']:.1f} / {r['kl']:.2f} ({r['time_s']:.0f} s, {peak:.1f} GiB)"
+    return f"{100 * r['top1_agreement']:.1f}", rest
+
+
 #: Table name → its Markdown.
 TABLES: dict[str, Callable[[], str]] = {
     "headline": lambda: pivot(rows("methods", "refcnn"), CNN, top1(0), {m: METHODS[m] for m in HEADLINE}),
@@ -143,6 +151,7 @@ TABLES: dict[str, Callable[[], str]] = {
         rows("models", "minilm-high", "minilm-24"), ["0.9", "0.95", "2:4"], cosine, sort_at="0.9", time_at="0.9"
     ),
     "detection-refdet": lambda: pivot(rows("detection", "refdet"), DETECTION, detection_cell, sort_at="0.8"),
+    "effnet-lite1": lambda: pivot(rows("effnet", "lite1"), ["0.8"], effnet_cell, sort_at="0.8"),
     "export-latency": lambda: common.export_tables(load("export", "cpu"))[0],
     "export-bytes": lambda: common.export_tables(load("export", "cpu"))[1],
     "ablation-refcnn": lambda: ablation(
