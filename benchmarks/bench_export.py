@@ -7,7 +7,8 @@ For each model and sparsity (magnitude pruning: it is the kernels being measured
   model as pruned (the user's model); the same with its BatchNorm folded into the convs
   (``fcpts.deploy.fold``, still dense: what folding alone gains); and, on the folded model,
   ``fcpts.deploy.sparse_inference`` plan + apply with fcpts' kernels (each layer ``cpu-sparse``,
-  ``csr`` or dense by paired timings); the same with torch CSR only; the same with MKL only
+  ``csr`` or dense by paired timings, kept only if the whole model is faster, as ``convert`` does);
+  the same with torch CSR only; the same with MKL only
   (``sparse-dot-mkl``: set ``FCPTS_MKL_SITE`` to the site-packages of a venv with ``sparse-dot-mkl
   mkl``; "not loaded" in the table when it is absent);
 * peak memory: in a fresh subprocess per (model, variant, batch), the peak resident set size
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -52,7 +54,7 @@ from fcpts.deploy.cpu_sparse import pointwise
 from fcpts.deploy.export import export
 from fcpts.deploy.fold import fold_batchnorm
 from fcpts.deploy.kernels import KERNELS
-from fcpts.deploy.sparse_inference import ConvertConfig, apply, plan
+from fcpts.deploy.sparse_inference import ConvertConfig, apply, keep_if_faster, plan
 from fcpts.report import versions
 
 
@@ -331,9 +333,12 @@ def latency_row(
     x = bench.make_input(batch, 1)
     plan_config = {"repeats": args.plan_repeats, "warmup": 1}
     converted, choices = {}, {}
-    for variant, kernels in variants.items():
-        choices[variant] = plan(folded, x, ConvertConfig(kernels=kernels, **plan_config))
-        converted[variant] = apply(copy.deepcopy(folded), choices[variant])
+    for variant, kernels in variants.items():  # what convert() does, on the model folded once
+        config = ConvertConfig(kernels=kernels, **plan_config)
+        choices[variant] = plan(folded, x, config)
+        converted[variant] = keep_if_faster(folded, apply(copy.deepcopy(folded), choices[variant]), x, config)
+        if converted[variant] is folded:  # the whole-model check fell back to dense
+            choices[variant] = [dataclasses.replace(c, chosen="dense") for c in choices[variant]]
     with torch.no_grad():
         expected = output_logits(pruned(x))
         scale = float(expected.abs().max())
@@ -352,6 +357,7 @@ def latency_row(
         "fcpts_vs_folded": times["folded"] / times["fcpts"],
         "target": target(name, sparsity, batch),
         "kernels": {v: [c.chosen for c in cs] for v, cs in choices.items()},
+        "whole_model_kept": {v: m is not folded for v, m in converted.items()},
         "layers_sparse": sum(c.chosen != "dense" for c in choices["fcpts"]),
         "layers": len(choices["fcpts"]),
         "max_abs_diff": max_diff,

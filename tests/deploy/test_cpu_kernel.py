@@ -18,7 +18,7 @@ from fcpts.deploy.sparse_inference import KERNELS, ConvertConfig, convert, plan
 
 pytestmark = pytest.mark.skipif(cpu_sparse.library() is None, reason="no C++ compiler: cpu-sparse not built")
 
-ONLY = ConvertConfig(min_speedup=0.0, repeats=1, warmup=0, kernels=("cpu-sparse",))
+ONLY = ConvertConfig(min_speedup=0.0, repeats=1, warmup=0, kernels=("cpu-sparse",), model_repeats=0)
 NEVER = ConvertConfig(min_speedup=math.inf, repeats=1, warmup=0, kernels=("cpu-sparse",))
 
 

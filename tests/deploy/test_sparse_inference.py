@@ -14,7 +14,7 @@ from fcpts.deploy.kernels import KERNELS, CSRConv2d, CSRLinear, is_2_of_4
 from fcpts.deploy.sparse_inference import ConvertConfig, convert, plan
 
 # take the CSR kernel whenever it applies (cpu-sparse has its own tests: tests/deploy/test_cpu_kernel.py)
-ALWAYS = ConvertConfig(min_speedup=0.0, repeats=1, warmup=0, kernels=("csr",))
+ALWAYS = ConvertConfig(min_speedup=0.0, repeats=1, warmup=0, kernels=("csr",), model_repeats=0)
 NEVER = ConvertConfig(min_speedup=math.inf, repeats=1, warmup=0)
 
 
@@ -189,3 +189,14 @@ def test_csr_conv2d_keeps_channels_last() -> None:
         y = CSRConv2d(conv)(x)
         assert y.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(y, conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_whole_model_is_kept_only_if_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcpts.deploy.sparse_inference as si
+
+    dense, converted, x = nn.Linear(4, 4), nn.Linear(4, 4), torch.randn(2, 4)
+    config = ConvertConfig()  # 5 pairs, min_model_speedup 1.02
+    for converted_times, kept in (([0.9] * 5, converted), ([1.0] * 5, dense), ([0.5, 0.5, 2, 2, 2], dense)):
+        monkeypatch.setattr(si, "_paired_times", lambda *_a, t=converted_times: ([1.0] * 5, t))
+        assert si.keep_if_faster(dense, converted, x, config) is kept
+    assert si.keep_if_faster(dense, converted, x, ConvertConfig(model_repeats=0)) is converted

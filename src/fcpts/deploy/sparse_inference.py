@@ -6,13 +6,15 @@ sparse kernel that applies to it, and replaces the layer by the fastest one only
 faster: the two take turns (paired calls, the order alternating, so that a change in the machine's
 load hits both), and the kernel must win by ``min_speedup`` on the median of the paired ratios and
 be faster than dense in at least ``min_win_fraction`` of the pairs. Otherwise the layer stays dense.
-The kernels are in :mod:`.kernels`.
+Last, the converted model is timed against the dense one the same way and kept only if it is
+faster as a whole (:func:`keep_if_faster`). The kernels are in :mod:`.kernels`.
 
 >>> net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8))
 >>> with torch.no_grad():
 ...     net[0].weight[:, 6:] = 0.0  # 90% zeros
 >>> x = torch.randn(32, 64)
->>> fast = convert(net, x, ConvertConfig(min_speedup=0.0, kernels=("csr",)))  # 0: take it even if slower
+>>> take = ConvertConfig(min_speedup=0.0, model_repeats=0, kernels=("csr",))  # take it even if slower
+>>> fast = convert(net, x, take)
 >>> type(fast[0]).__name__
 'CSRLinear'
 >>> torch.allclose(fast(x), net(x), atol=1e-5)
@@ -44,7 +46,8 @@ class ConvertConfig:
     ``min_win_fraction`` of the pairs have a ratio ``>= min(1, min_speedup)``; its output must match
     the dense layer's within ``atol`` + ``rtol`` (else the layer stays dense). ``kernels``: the
     kernel names to try (default: every registered kernel). ``fold_batchnorm``: :func:`convert`
-    folds BatchNorm into the layer before it first (:mod:`.fold`)."""
+    folds BatchNorm into the layer before it first (:mod:`.fold`). ``model_repeats``,
+    ``min_model_speedup``: :func:`convert`'s whole-model check (:func:`keep_if_faster`)."""
 
     repeats: int = 10
     warmup: int = 2
@@ -55,6 +58,8 @@ class ConvertConfig:
     layer_filter: LayerFilter = default_layer_filter
     kernels: tuple[str, ...] | None = None
     fold_batchnorm: bool = True
+    model_repeats: int = 5
+    min_model_speedup: float = 1.02
 
 
 @dataclass
@@ -175,7 +180,26 @@ def convert(model: nn.Module, example_input: torch.Tensor, config: ConvertConfig
     at some batch sizes and loses at others). The input model is not modified.
     """
     config = config or ConvertConfig()
-    converted = copy.deepcopy(model).eval()
+    dense = copy.deepcopy(model).eval()
     if config.fold_batchnorm:
-        fold_batchnorm(converted, example_input)
-    return apply(converted, plan(converted, example_input, config))
+        fold_batchnorm(dense, example_input)
+    choices = plan(dense, example_input, config)
+    if all(c.chosen == "dense" for c in choices):
+        return dense
+    return keep_if_faster(dense, apply(copy.deepcopy(dense), choices), example_input, config)
+
+
+@torch.no_grad()
+def keep_if_faster(
+    dense: nn.Module, converted: nn.Module, example_input: torch.Tensor, config: ConvertConfig
+) -> nn.Module:
+    """``converted`` if ``config.model_repeats`` paired whole-model timings say it is at least
+    ``config.min_model_speedup`` × faster than ``dense`` (median), else ``dense``: layers that each
+    won alone can still lose together (caches, the machine's load); 0 repeats: ``converted``."""
+    if config.model_repeats <= 0:
+        return converted
+    dense_t, converted_t = _paired_times(
+        lambda: dense(example_input), lambda: converted(example_input), config.model_repeats, 1
+    )
+    ratio = statistics.median(d / c for d, c in zip(dense_t, converted_t, strict=True))
+    return converted if ratio >= config.min_model_speedup else dense
