@@ -320,6 +320,9 @@ def export_tables(result: dict) -> tuple[str, str]:
         got = r["fcpts_speedup"]
         return f"≥ {t:g}×: met" if got >= t else f"≥ {t:g}×: **missed by {t - got:.2f}×**"
 
+    def fell_back(r: dict) -> str:  # the whole-model check kept the folded dense model: fcpts *is* it
+        return " (= folded)" if r.get("whole_model_kept", {}).get("fcpts") is False else ""
+
     def peak(r: dict) -> str:
         if "dense_peak_mib" not in r:
             return ""
@@ -346,7 +349,7 @@ def export_tables(result: dict) -> tuple[str, str]:
                 speedup(r, "csr"),
                 speedup(r, "mkl"),
                 goal(r),
-                f"{r['layers_sparse']}/{r['layers']}",
+                f"{r['layers_sparse']}/{r['layers']}" + fell_back(r),
                 peak(r),
             ]
             for r in result["latency"]
