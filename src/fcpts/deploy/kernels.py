@@ -85,7 +85,8 @@ class CSRConv2d(_CSRWeight):
     """``nn.Conv2d`` (groups 1, zero padding) as im2col + CSR matmul.
 
     ``F.unfold`` turns x (B, C, H, W) into columns (B, C·kh·kw, L), L = Ho·Wo; the weight
-    (O, C·kh·kw) in CSR multiplies all B·L columns at once: (O, B·L) → (B, O, Ho, Wo).
+    (O, C·kh·kw) in CSR multiplies all B·L columns at once: (O, B·L) → (B, O, Ho, Wo), made
+    channels_last when the input is (as the dense conv's output would be).
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -108,6 +109,8 @@ class CSRConv2d(_CSRWeight):
         if self.bias is not None:
             y = y + self.bias[:, None]
         y = y.reshape(b, self.out_channels, ho, wo)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            y = y.contiguous(memory_format=torch.channels_last)  # the layout the dense conv would return
         return y[0] if unbatched else y
 
 

@@ -1,14 +1,20 @@
 """Run pruned layers with sparse kernels where a measurement says that is faster; dense elsewhere.
 
-:func:`convert` times every prunable layer on the input it sees in one forward pass of an
-example input, dense against each sparse kernel that applies to it, and replaces the layer by the
-fastest one when it wins by ``min_speedup``. The kernels are in :mod:`.kernels`.
+:func:`convert` folds eval-mode BatchNorm into the layer before it (:mod:`.fold`), then times every
+prunable layer on the input it sees in one forward pass of an example input, dense against each
+sparse kernel that applies to it, and replaces the layer by the fastest one only when it is surely
+faster: the two take turns (paired calls, the order alternating, so that a change in the machine's
+load hits both), and the kernel must win by ``min_speedup`` on the median of the paired ratios and
+be faster than dense in at least ``min_win_fraction`` of the pairs. Otherwise the layer stays dense.
+Last, the converted model is timed against the dense one the same way and kept only if it is
+faster as a whole (:func:`keep_if_faster`). The kernels are in :mod:`.kernels`.
 
 >>> net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8))
 >>> with torch.no_grad():
 ...     net[0].weight[:, 6:] = 0.0  # 90% zeros
 >>> x = torch.randn(32, 64)
->>> fast = convert(net, x, ConvertConfig(min_speedup=0.0, kernels=("csr",)))  # 0: take it even if slower
+>>> take = ConvertConfig(min_speedup=0.0, model_repeats=0, kernels=("csr",))  # take it even if slower
+>>> fast = convert(net, x, take)
 >>> type(fast[0]).__name__
 'CSRLinear'
 >>> torch.allclose(fast(x), net(x), atol=1e-5)
@@ -21,56 +27,77 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..core.evaluate import output_logits
 from ..core.layers import LayerFilter, default_layer_filter, prunable_layers
+from .fold import fold_batchnorm
 from .kernels import KERNELS
 
 
 @dataclass
 class ConvertConfig:
-    """How :func:`convert` chooses: ``repeats`` timed calls (median) after ``warmup`` per candidate;
-    a sparse kernel replaces a layer when ``dense_time / kernel_time >= min_speedup``; its output
-    must match the dense layer's within ``atol`` + ``rtol`` (else the layer stays dense).
-    ``kernels``: the kernel names to try (default: every registered kernel)."""
+    """How :func:`convert` chooses: ``repeats`` pairs of timed calls (dense and kernel, the order
+    alternating) after ``warmup`` of each; a sparse kernel replaces a layer when the median of
+    ``dense_time / kernel_time`` over the pairs is ``>= min_speedup`` and at least
+    ``min_win_fraction`` of the pairs have a ratio ``>= min(1, min_speedup)``; its output must match
+    the dense layer's within ``atol`` + ``rtol`` (else the layer stays dense). ``kernels``: the
+    kernel names to try (default: every registered kernel). ``fold_batchnorm``: :func:`convert`
+    folds BatchNorm into the layer before it first (:mod:`.fold`). ``model_repeats``,
+    ``min_model_speedup``: :func:`convert`'s whole-model check (:func:`keep_if_faster`)."""
 
     repeats: int = 10
     warmup: int = 2
     min_speedup: float = 1.1
+    min_win_fraction: float = 0.8
     atol: float = 1e-4
     rtol: float = 1e-4
     layer_filter: LayerFilter = default_layer_filter
     kernels: tuple[str, ...] | None = None
+    fold_batchnorm: bool = True
+    model_repeats: int = 5
+    min_model_speedup: float = 1.02
 
 
 @dataclass
 class LayerChoice:
-    """One layer's measurement: dense seconds, each applicable kernel's seconds, and the choice."""
+    """One layer's measurement: dense seconds (median), each applicable kernel's median seconds and
+    median paired speedup (dense / kernel), and the choice."""
 
     name: str
     sparsity: float
     dense_s: float
     kernel_s: dict[str, float]
     chosen: str  # "dense" or a kernel name
+    kernel_speedup: dict[str, float] = field(default_factory=dict)
 
     @property
     def speedup(self) -> float:
-        return self.dense_s / self.kernel_s[self.chosen] if self.chosen != "dense" else 1.0
+        if self.chosen == "dense":
+            return 1.0
+        return self.kernel_speedup.get(self.chosen, self.dense_s / self.kernel_s[self.chosen])
 
 
-def _median_time(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+def _paired_times(
+    dense: Callable[[], object], kernel: Callable[[], object], repeats: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    """Seconds of ``repeats`` calls of each, taking turns (dense first on even pairs, kernel first on odd)."""
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        dense()
+        kernel()
+    pairs = []
+    for i in range(repeats):
+        order = (dense, kernel) if i % 2 == 0 else (kernel, dense)
+        times = []
+        for fn in order:
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        pairs.append(times if i % 2 == 0 else times[::-1])
+    return [d for d, _ in pairs], [k for _, k in pairs]
 
 
 def _layer_inputs(model: nn.Module, names: list[str], example_input: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -102,25 +129,36 @@ def plan(model: nn.Module, example_input: torch.Tensor, config: ConvertConfig | 
     for name, module in layers:
         if name not in inputs:  # not reached by this input: leave it alone
             continue
-        x = inputs[name]
-        dense_out = module(x)
-        dense_s = _median_time(lambda m=module, x=x: m(x), config.repeats, config.warmup)
-        kernel_s: dict[str, float] = {}
-        for kernel, build in KERNELS.items():
-            if config.kernels is not None and kernel not in config.kernels:
-                continue
-            replacement = build(module)
-            if replacement is None:
-                continue
-            if not torch.allclose(replacement(x), dense_out, atol=config.atol, rtol=config.rtol):
-                continue  # a kernel that disagrees with the dense layer is never chosen
-            kernel_s[kernel] = _median_time(lambda m=replacement, x=x: m(x), config.repeats, config.warmup)
-        best = min(kernel_s, key=kernel_s.__getitem__, default=None)
-        chosen = best if best is not None and dense_s / kernel_s[best] >= config.min_speedup else "dense"
-        sparsity = float((module.weight == 0).float().mean())
-        choices.append(LayerChoice(name, sparsity, dense_s, kernel_s, chosen))
+        choices.append(_choose(name, module, inputs[name], config))
     model.train(was_training)
     return choices
+
+
+def _choose(name: str, module: nn.Module, x: torch.Tensor, config: ConvertConfig) -> LayerChoice:
+    """Time ``module`` on ``x`` against each applicable kernel, paired; keep dense unless a kernel surely wins."""
+    dense_out = module(x)
+    dense_times: list[float] = []
+    kernel_s, speedup, wins = {}, {}, {}
+    for kernel, build in KERNELS.items():
+        if config.kernels is not None and kernel not in config.kernels:
+            continue
+        replacement = build(module)
+        if replacement is None:
+            continue
+        if not torch.allclose(replacement(x), dense_out, atol=config.atol, rtol=config.rtol):
+            continue  # a kernel that disagrees with the dense layer is never chosen
+        dense_t, kernel_t = _paired_times(lambda: module(x), lambda m=replacement: m(x), config.repeats, config.warmup)
+        ratios = [d / k for d, k in zip(dense_t, kernel_t, strict=True)]
+        dense_times += dense_t
+        kernel_s[kernel], speedup[kernel] = statistics.median(kernel_t), statistics.median(ratios)
+        # a pair is a win when the kernel is faster (min_speedup < 1, e.g. 0 to force it: as fast as asked)
+        wins[kernel] = sum(r >= min(1.0, config.min_speedup) for r in ratios) / len(ratios)
+    sure = [k for k in speedup if speedup[k] >= config.min_speedup and wins[k] >= config.min_win_fraction]
+    chosen = max(sure, key=speedup.__getitem__, default="dense")
+    if not dense_times:  # no kernel applies: one timing of the dense layer, for the record
+        dense_times, _ = _paired_times(lambda: module(x), lambda: None, max(config.repeats, 1), config.warmup)
+    sparsity = float((module.weight == 0).float().mean())
+    return LayerChoice(name, sparsity, statistics.median(dense_times), kernel_s, chosen, speedup)
 
 
 def apply(model: nn.Module, choices: list[LayerChoice]) -> nn.Module:
@@ -141,5 +179,27 @@ def convert(model: nn.Module, example_input: torch.Tensor, config: ConvertConfig
     ``example_input`` should look like the inputs it will serve (the batch size matters: CSR wins
     at some batch sizes and loses at others). The input model is not modified.
     """
-    converted = copy.deepcopy(model).eval()
-    return apply(converted, plan(converted, example_input, config))
+    config = config or ConvertConfig()
+    dense = copy.deepcopy(model).eval()
+    if config.fold_batchnorm:
+        fold_batchnorm(dense, example_input)
+    choices = plan(dense, example_input, config)
+    if all(c.chosen == "dense" for c in choices):
+        return dense
+    return keep_if_faster(dense, apply(copy.deepcopy(dense), choices), example_input, config)
+
+
+@torch.no_grad()
+def keep_if_faster(
+    dense: nn.Module, converted: nn.Module, example_input: torch.Tensor, config: ConvertConfig
+) -> nn.Module:
+    """``converted`` if ``config.model_repeats`` paired whole-model timings say it is at least
+    ``config.min_model_speedup`` × faster than ``dense`` (median), else ``dense``: layers that each
+    won alone can still lose together (caches, the machine's load); 0 repeats: ``converted``."""
+    if config.model_repeats <= 0:
+        return converted
+    dense_t, converted_t = _paired_times(
+        lambda: dense(example_input), lambda: converted(example_input), config.model_repeats, 1
+    )
+    ratio = statistics.median(d / c for d, c in zip(dense_t, converted_t, strict=True))
+    return converted if ratio >= config.min_model_speedup else dense
