@@ -111,8 +111,10 @@ def _run_steps(
     if config.iters == 0:  # a time budget spent before learning
         return []
     loop = _Loop.create(prepared, groups, schedules, config, options)
+    if config.bandwidth_update == "once":  # the bandwidths of the weights learning starts from (a resume's too)
+        prepared.fix_bandwidths()
     loop.resume()
-    stream = calibration.stream(start_step=loop.first_step)
+    stream = calibration.stream(start_step=loop.first_step, replacement=config.sampling == "replacement")
     for step in _steps(loop.first_step, config, options):
         if step == loop.freeze_step:  # allocation learned: the remaining steps only reconstruct
             prepared.hold_masks()
@@ -216,7 +218,8 @@ def _param_groups(prepared: Prepared, config: FCPTSConfig) -> tuple[list[dict[st
     """Adam's parameter groups and their learning-rate factors: thresholds, then the kept weights.
 
     Thresholds keep a constant rate to track the target to the end; the weights (every other
-    parameter of the student that requires a gradient, unless ``lr_weight`` is 0) decay (cosine) to 0.
+    parameter of the student that requires a gradient, unless ``lr_weight`` is 0) decay (cosine) to
+    0, or keep theirs with ``lr_schedule="constant"``.
     """
     thresholds = prepared.threshold_parameters()
     threshold_ids = {id(p) for p in thresholds}
@@ -230,7 +233,10 @@ def _param_groups(prepared: Prepared, config: FCPTSConfig) -> tuple[list[dict[st
         schedules.append(lambda i: 1.0)
     if weights:
         groups.append({"params": weights, "lr": config.lr_weight})
-        schedules.append(lambda i: 0.5 * (1 + math.cos(math.pi * i / config.iters)))
+        if config.lr_schedule == "constant":
+            schedules.append(lambda i: 1.0)
+        else:
+            schedules.append(lambda i: 0.5 * (1 + math.cos(math.pi * i / config.iters)))
     return groups, schedules
 
 
