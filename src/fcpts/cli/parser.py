@@ -181,7 +181,7 @@ def _add_fcpts_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--lr-schedule",
         choices=CHOICES["lr_schedule"],
-        help=f"kept-weight learning rate: cosine decay to 0 or constant (default: {FCPTSConfig.lr_schedule})",
+        help=f"kept-weight learning rate: constant or a cosine decay to 0 (default: {FCPTSConfig.lr_schedule})",
     )
     g.add_argument(
         "--sampling",
