@@ -97,9 +97,6 @@ LOOP = {
 }
 #: The plain loop's other knobs: KL at T = 4 (the paper's), λ = 5, no mask freeze.
 PLAIN = {"temperature": 4.0, "control_weight": 5.0, "freeze_masks_at": 1.0}
-# The committed *-loop.json files ran before the constant rate became the default: every row there but
-# the "constant lr_w" ones is the cosine schedule, which "fcpts, cosine lr_w" now names.
-LEARNED["fcpts, cosine lr_w"] = {"lr_schedule": "cosine"}
 LEARNED.update({f"fcpts, {k}": v for k, v in LOOP.items()})
 LEARNED["fcpts, T4 λ5 to the end"] = PLAIN
 LEARNED.update({f"fcpts, T4 λ5 to the end, {k}": {**PLAIN, **v} for k, v in LOOP.items()})

@@ -29,7 +29,7 @@ BAD_OPTIONS = [
     ("kde_samples", 1, "kde_samples must be ≥ 2, got 1"),
     ("threshold_grad", "x", "threshold_grad must be one of ('none', 'surrogate', 'ste'), got 'x'"),
     ("bandwidth_update", "x", "bandwidth_update must be one of ('step', 'once'), got 'x'"),
-    ("lr_schedule", "linear", "lr_schedule must be one of ('constant', 'cosine'), got 'linear'"),
+    ("lr_schedule", "linear", "lr_schedule must be one of ('cosine', 'constant'), got 'linear'"),
     ("sampling", "x", "sampling must be one of ('epochs', 'replacement'), got 'x'"),
     ("freeze_masks_at", 1.5, "freeze_masks_at must be in [0, 1], got 1.5"),
     ("freeze_masks_at", -0.1, "freeze_masks_at must be in [0, 1], got -0.1"),

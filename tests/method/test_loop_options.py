@@ -54,7 +54,7 @@ def test_ste_threshold_mask_gives_pruned_weights_a_gradient():
 
 @pytest.mark.parametrize(
     "option",
-    [{"threshold_grad": "ste"}, {"bandwidth_update": "once"}, {"lr_schedule": "cosine"}, {"sampling": "replacement"}],
+    [{"threshold_grad": "ste"}, {"bandwidth_update": "once"}, {"lr_schedule": "constant"}, {"sampling": "replacement"}],
     ids=lambda o: next(iter(o.values())),
 )
 def test_each_option_keeps_the_exact_count(tiny_net, calib_x, option):
@@ -105,7 +105,8 @@ class Interrupt(Exception):
 def test_resume_with_every_option_equals_an_uninterrupted_run(monkeypatch, tmp_path, calib_x):
     torch.manual_seed(0)
     net = TinyNet()
-    options = {"threshold_grad": "ste", "bandwidth_update": "once", "lr_schedule": "cosine", "sampling": "replacement"}
+    options = {"threshold_grad": "ste", "bandwidth_update": "once", "lr_schedule": "constant"}
+    options["sampling"] = "replacement"
     config = fcpts.FCPTSConfig(0.7, iters=16, batch_size=16, seed=2, **options)
     reference = fcpts.prune(net, calib_x, config)
     ckpt, calls, original = tmp_path / "ckpt", {"n": 0}, OBJECTIVE.control_loss
@@ -131,12 +132,12 @@ def test_cli_sets_the_options(run_cli, model_file, npz_file, tmp_path):
     code, _, err = run_cli(
         "prune", "--model", f"{model_file}:factory", "--data", f"npz:{npz_file}", "--sparsity", "0.7", "--iters", "3",
         "--batch-size", "16", "--out", out, "--no-progress", "--threshold-grad", "ste", "--bandwidth-update", "once",
-        "--lr-schedule", "cosine", "--sampling", "replacement",
+        "--lr-schedule", "constant", "--sampling", "replacement",
     )  # fmt: skip
     assert code == 0, err
     config = json.loads((out / "report.json").read_text())["config"]
     chosen = [config[k] for k in ("threshold_grad", "bandwidth_update", "lr_schedule", "sampling")]
-    assert chosen == ["ste", "once", "cosine", "replacement"]
+    assert chosen == ["ste", "once", "constant", "replacement"]
 
 
 @pytest.mark.parametrize("flag", ["--threshold-grad", "--bandwidth-update", "--lr-schedule", "--sampling"])

@@ -173,22 +173,6 @@ def _add_fcpts_options(g: argparse._ArgumentGroup) -> None:
         "the pruned weights near t learn too and can grow back), none",
     )
     g.add_argument(
-        "--bandwidth-update",
-        choices=CHOICES["bandwidth_update"],
-        help="KDE bandwidths recomputed every step or fixed once at the start "
-        f"(default: {FCPTSConfig.bandwidth_update})",
-    )
-    g.add_argument(
-        "--lr-schedule",
-        choices=CHOICES["lr_schedule"],
-        help=f"kept-weight learning rate: constant or a cosine decay to 0 (default: {FCPTSConfig.lr_schedule})",
-    )
-    g.add_argument(
-        "--sampling",
-        choices=CHOICES["sampling"],
-        help=f"calibration batches: shuffled epochs or drawn with replacement (default: {FCPTSConfig.sampling})",
-    )
-    g.add_argument(
         "--density",
         choices=DENSITIES.names(),
         help=f"density behind ds/dt (default: {FCPTSConfig.density})",
@@ -222,7 +206,27 @@ def _add_fcpts_options(g: argparse._ArgumentGroup) -> None:
         help="learn the per-layer thresholds (default); --no-learn-thresholds keeps the --init masks "
         "fixed and only reconstructs the kept weights",
     )
+    _add_loop_options(g)
     _add_refit_and_freeze_options(g)
+
+
+def _add_loop_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--bandwidth-update",
+        choices=CHOICES["bandwidth_update"],
+        help="KDE bandwidths recomputed every step or fixed once at the start "
+        f"(default: {FCPTSConfig.bandwidth_update})",
+    )
+    g.add_argument(
+        "--lr-schedule",
+        choices=CHOICES["lr_schedule"],
+        help=f"kept-weight learning rate: a cosine decay to 0 or constant (default: {FCPTSConfig.lr_schedule})",
+    )
+    g.add_argument(
+        "--sampling",
+        choices=CHOICES["sampling"],
+        help=f"calibration batches: shuffled epochs or drawn with replacement (default: {FCPTSConfig.sampling})",
+    )
 
 
 def _add_refit_and_freeze_options(g: argparse._ArgumentGroup) -> None:

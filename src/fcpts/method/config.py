@@ -24,7 +24,7 @@ from .threshold_mask import validate_mask_options
 #: The learning loop's options with a fixed set of values (the first: the default).
 CHOICES = {
     "bandwidth_update": ("step", "once"),
-    "lr_schedule": ("constant", "cosine"),
+    "lr_schedule": ("cosine", "constant"),
     "sampling": ("epochs", "replacement"),
 }
 
@@ -55,7 +55,7 @@ class FCPTSConfig(PruneConfig):
     threshold_grad: str = "surrogate"  # "surrogate", "ste" (straight-through: pruned weights near t learn) or "none"
     bandwidth: str | float = "silverman"
     bandwidth_update: str = "step"  # the KDE bandwidths: recomputed every "step", or "once" at the start
-    lr_schedule: str = "constant"  # the kept weights' learning rate: "constant", or "cosine" decay to 0
+    lr_schedule: str = "cosine"  # the kept weights' learning rate: "cosine" decay to 0, or "constant"
     sampling: str = "epochs"  # calibration batches: shuffled "epochs", or drawn with "replacement"
     density: str = "kde"  # the bridge's ds/dt: "kde" (the paper) or "histogram" (ablation)
     kde_samples: int = 4096

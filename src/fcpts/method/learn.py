@@ -1,8 +1,8 @@
 """The learning loop of FCPTS: :func:`learn` minimises ``L_rec + λ·L_c`` over thresholds and kept weights.
 
 :func:`learn` reads top-down: it sets the models up (:func:`_set_up`), builds Adam's two groups
-(:func:`_param_groups`: thresholds and kept weights at constant rates, or the weights' with a cosine
-decay), and runs the steps of a :class:`_Loop` (optimizer, schedule, history, checkpoints) on the losses of
+(:func:`_param_groups`: thresholds at a constant rate, kept weights with a cosine decay or a
+constant rate), and runs the steps of a :class:`_Loop` (optimizer, schedule, history, checkpoints) on the losses of
 an :class:`_Objective` (the teacher's outputs, cached where they fit, the reconstruction and
 feature losses, the control loss on the bridged global sparsity). At ``freeze_masks_at`` the masks
 are held at finalize's exact count (:meth:`~fcpts.method.prepare.Prepared.hold_masks`). In a
@@ -218,8 +218,8 @@ def _param_groups(prepared: Prepared, config: FCPTSConfig) -> tuple[list[dict[st
     """Adam's parameter groups and their learning-rate factors: thresholds, then the kept weights.
 
     Thresholds keep a constant rate to track the target to the end; the weights (every other
-    parameter of the student that requires a gradient, unless ``lr_weight`` is 0) keep theirs too
-    (``lr_schedule="constant"``, measured better on all three reference models) or decay (cosine) to 0.
+    parameter of the student that requires a gradient, unless ``lr_weight`` is 0) decay (cosine) to
+    0, or keep theirs with ``lr_schedule="constant"``.
     """
     thresholds = prepared.threshold_parameters()
     threshold_ids = {id(p) for p in thresholds}
