@@ -12,11 +12,14 @@ per-layer sparsities come about:
   this ablation), exact masks from half-way; and, each changing one option of "to the end": a
   histogram density instead of the KDE, the reconstruction not reaching the thresholds (as in
   the paper's code), other threshold learning rates, no control loss, LAMP/global initial
-  allocations, POT's refit of the kept weights before learning;
+  allocations, POT's refit of the kept weights before learning; the learning loop's options
+  (``LOOP``: straight-through mask, bandwidths fixed once, constant kept-weight rate, batches drawn
+  with replacement), each alone on the defaults and on the plain loop's knobs (``PLAIN``: T = 4,
+  λ = 5, thresholds to the end);
 * for reference, the one-shot magnitude baselines (no reconstruction, BatchNorm recalibrated).
 
-Models: ``refcnn`` and ``refvit`` (top-1 on the Fashion-MNIST test set; the seed picks 4096
-calibration images from the 60k training images) and ``minilm`` (mean cosine of the sparse and
+Models: ``refcnn``, ``refvit`` and the depthwise ``refmobile`` (top-1 on the Fashion-MNIST test
+set; the seed picks 4096 calibration images from the 60k training images) and ``minilm`` (mean cosine of the sparse and
 dense sentence embeddings on the held-out fortunes; the seed picks 512 of the 591 calibration
 sentences). The seed also sets the batch order and the KDE subsamples, so the spread covers the
 data too. For fcpts rows the script also records the learned global sparsity before the exact
@@ -26,6 +29,8 @@ finalize costs.
     python benchmarks/bench_ablation.py --iters 500                       # refcnn, 3 seeds, 0.8/0.9/0.95
     python benchmarks/bench_ablation.py --model refvit --iters 500 --sparsities 0.9 0.95
     python benchmarks/bench_ablation.py --model minilm --iters 60 --sparsities 0.7
+    python benchmarks/bench_ablation.py --model refmobile --iters 800 --batch-size 128 --calib-samples 1024 \
+        --variants "fcpts, T4 λ5 to the end" "fcpts, T4 λ5 to the end, ste"   # the loop options
     python benchmarks/bench_ablation.py --quick                           # 1 seed, 0.9, 50 iterations
     python benchmarks/bench_ablation.py --combine A.json B.json --plot allocation.png
 
@@ -81,6 +86,21 @@ LEARNED = {
     # MiniLM: 128 sentences bound the refit's cost (it reads each layer's inputs on them).
     "fcpts, refit init on 128 samples": {**TO_THE_END, "refit_init": True, "refit_samples": 128},
 }
+#: The learning loop's options, one at a time (issue #15: a plain 120-line loop beat fcpts on a
+#: depthwise net): the straight-through mask, bandwidths fixed at the start, a constant kept-weight
+#: rate, batches drawn with replacement.
+LOOP = {
+    "ste": {"threshold_grad": "ste"},
+    "bandwidth once": {"bandwidth_update": "once"},
+    "constant lr_w": {"lr_schedule": "constant"},
+    "replacement": {"sampling": "replacement"},
+}
+#: The plain loop's other knobs: KL at T = 4 (the paper's), λ = 5, no mask freeze.
+PLAIN = {"temperature": 4.0, "control_weight": 5.0, "freeze_masks_at": 1.0}
+LEARNED.update({f"fcpts, {k}": v for k, v in LOOP.items()})
+LEARNED["fcpts, T4 λ5 to the end"] = PLAIN
+LEARNED.update({f"fcpts, T4 λ5 to the end, {k}": {**PLAIN, **v} for k, v in LOOP.items()})
+LEARNED["fcpts, T4 λ5 to the end, all four"] = {**PLAIN, **{k: v for o in LOOP.values() for k, v in o.items()}}
 VARIANTS = {**{b: None for b in BASELINES}, **FIXED, **LEARNED}
 
 
@@ -99,8 +119,8 @@ class Task:
     batch_size: int
 
 
-def image_task(spec: str, calib_samples: int) -> Task:
-    """A Fashion-MNIST model (refcnn, refvit): top-1 on the 10k test images; seed → calibration subset."""
+def image_task(spec: str, calib_samples: int, batch_size: int) -> Task:
+    """A Fashion-MNIST model (refcnn, refvit, refmobile): top-1 on the 10k test images; seed → calibration subset."""
     data = load_fashion_mnist()
     test = data.evaluation
     return Task(
@@ -112,7 +132,7 @@ def image_task(spec: str, calib_samples: int) -> Task:
         100.0,
         2,
         "fashion-mnist",
-        fcpts.FCPTSConfig.batch_size,
+        batch_size,
     )
 
 
@@ -245,13 +265,14 @@ def plot_allocations(rows: list[dict[str, Any]], model: str, path: Path) -> None
 
 def main() -> None:
     parser = common.parser(__doc__, None, [0.8, 0.9, 0.95], quick="seed 0, sparsity 0.9, 50 iterations")
-    parser.add_argument("--model", default="refcnn", choices=["refcnn", "refvit", "minilm"])
+    parser.add_argument("--model", default="refcnn", choices=["refcnn", "refvit", "refmobile", "minilm"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--calib-samples", type=int, default=None, help="calibration images (4096) or sentences (512 of the 591)"
     )
     parser.add_argument("--iters", type=int, default=fcpts.FCPTSConfig.iters)
-    parser.add_argument("--batch-size", type=int, default=16, help="MiniLM only (the images use the default, 64)")
+    parser.add_argument("--batch-size", type=int, help="default: 16 for MiniLM, fcpts' (64) for the images")
+    parser.add_argument("--lr-weight", type=float, help="the fcpts rows' kept-weight rate (default: fcpts')")
     parser.add_argument("--max-length", type=int, default=64, help="MiniLM tokens per sentence")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out (same options)")
@@ -269,10 +290,10 @@ def main() -> None:
 
     if args.model == "minilm":
         args.calib_samples = args.calib_samples or 512
-        task = minilm_task(args.calib_samples, args.max_length, args.batch_size)
+        task = minilm_task(args.calib_samples, args.max_length, args.batch_size or 16)
     else:
         args.calib_samples = args.calib_samples or 4096
-        task = image_task(args.model, args.calib_samples)
+        task = image_task(args.model, args.calib_samples, args.batch_size or fcpts.FCPTSConfig.batch_size)
     model = task.model
     dense = task.score(model)
     print(f"{args.model}: dense {task.measure} {dense:.4f}", flush=True)
@@ -298,6 +319,7 @@ def main() -> None:
         "calibration_samples": args.calib_samples,
         "batch_size": task.batch_size,
         "iters": args.iters,
+        "lr_weight": args.lr_weight or fcpts.FCPTSConfig.lr_weight,
         "seeds": args.seeds,
         "variants": {v: VARIANTS[v] for v in args.variants},
         "versions": versions(),
@@ -318,6 +340,8 @@ def main() -> None:
                     row = run_baseline(model, calibration, task, fcpts.make_config(variant, **shared))
                 else:
                     options = {"iters": args.iters, **overrides}  # a variant may set its own iterations
+                    if args.lr_weight is not None:
+                        options.setdefault("lr_weight", args.lr_weight)
                     row = run_fcpts(model, calibration, task, fcpts.FCPTSConfig(**shared, **options))
                 if variant == "fcpts":
                     reference_time = row["time_s"]

@@ -159,6 +159,9 @@ TABLES: dict[str, Callable[[], str]] = {
     ),
     "ablation-refvit": lambda: ablation("refvit-exact", "refvit", "refvit-refit"),
     "ablation-minilm": lambda: ablation("minilm", "minilm-refit"),
+    "ablation-refmobile": lambda: ablation("refmobile-loop"),
+    "ablation-loop-refcnn": lambda: ablation("refcnn-loop", "refcnn-loop-plain"),
+    "ablation-loop-refvit": lambda: ablation("refvit-loop", "refvit-loop-plain"),
 }
 
 

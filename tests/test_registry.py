@@ -41,7 +41,7 @@ BUILTIN = {
     "BUILTIN_MODELS": (
         BUILTIN_MODELS,
         "built-in model",
-        ["efficientnet_lite1", "efficientnet_lite2", "refcnn", "refdet", "refvit"],
+        ["efficientnet_lite1", "efficientnet_lite2", "refcnn", "refdet", "refmobile", "refvit"],
     ),
     "ALIASES": (ALIASES, "model alias", ["minilm"]),
     "DATA_SPECS": (

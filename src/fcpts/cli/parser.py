@@ -18,9 +18,10 @@ from ..data.images import NORMALIZATIONS
 from ..deploy.export import FORMATS
 from ..method.bridge import DENSITIES
 from ..method.budget import parse_duration
-from ..method.config import FCPTSConfig, oneshot_methods
+from ..method.config import CHOICES, FCPTSConfig, oneshot_methods
 from ..method.losses import RECONSTRUCTION_LOSSES
 from ..method.speed import TEACHER_PRECISIONS
+from ..method.threshold_mask import THRESHOLD_GRADS
 from ..models.state_dicts import KEY_MAPS
 
 #: Flags that set a method's config field of the same name; only some methods take each.
@@ -31,6 +32,9 @@ METHOD_FLAGS = (
     "init",
     "threshold_grad",
     "density",
+    "bandwidth_update",
+    "lr_schedule",
+    "sampling",
     "control_weight",
     "temperature",
     "feature_modules",
@@ -67,8 +71,8 @@ def _add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="built-in name (refcnn, refvit, efficientnet_lite1, efficientnet_lite2, minilm), torchvision:NAME, "
-        "timm:NAME, hf:DIR, path/to/file.py:factory or package.module:factory",
+        help="built-in name (refcnn, refvit, refmobile, efficientnet_lite1, efficientnet_lite2, minilm), "
+        "torchvision:NAME, timm:NAME, hf:DIR, path/to/file.py:factory or package.module:factory",
     )
     p.add_argument("--weights", help="weights file (safetensors, or a torch.save state dict; never unpickled)")
     p.add_argument(
@@ -177,7 +181,12 @@ def _add_fcpts_options(g: argparse._ArgumentGroup) -> None:
         help=f"initial allocation ({', '.join(ALLOCATIONS.names())}; default: {FCPTSConfig.init}), or a one-shot "
         f"method to start from: its masks and weights ({', '.join(oneshot_methods())})",
     )
-    g.add_argument("--threshold-grad", choices=("surrogate", "none"), help="reconstruction gradient to thresholds")
+    g.add_argument(
+        "--threshold-grad",
+        choices=THRESHOLD_GRADS,
+        help="how the reconstruction loss reaches the thresholds: surrogate (default), ste (straight-through: "
+        "the pruned weights near t learn too and can grow back), none",
+    )
     g.add_argument(
         "--density",
         choices=DENSITIES.names(),
@@ -212,7 +221,27 @@ def _add_fcpts_options(g: argparse._ArgumentGroup) -> None:
         help="learn the per-layer thresholds (default); --no-learn-thresholds keeps the --init masks "
         "fixed and only reconstructs the kept weights",
     )
+    _add_loop_options(g)
     _add_refit_and_freeze_options(g)
+
+
+def _add_loop_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--bandwidth-update",
+        choices=CHOICES["bandwidth_update"],
+        help="KDE bandwidths recomputed every step or fixed once at the start "
+        f"(default: {FCPTSConfig.bandwidth_update})",
+    )
+    g.add_argument(
+        "--lr-schedule",
+        choices=CHOICES["lr_schedule"],
+        help=f"kept-weight learning rate: a cosine decay to 0 or constant (default: {FCPTSConfig.lr_schedule})",
+    )
+    g.add_argument(
+        "--sampling",
+        choices=CHOICES["sampling"],
+        help=f"calibration batches: shuffled epochs or drawn with replacement (default: {FCPTSConfig.sampling})",
+    )
 
 
 def _add_refit_and_freeze_options(g: argparse._ArgumentGroup) -> None:

@@ -168,13 +168,15 @@ class Calibration:
         for inputs, _ in self._batches():
             yield inputs
 
-    def stream(self, start_step: int = 0) -> Iterator[tuple[Any, torch.Tensor | None]]:
+    def stream(self, start_step: int = 0, replacement: bool = False) -> Iterator[tuple[Any, torch.Tensor | None]]:
         """``(inputs, row indices)`` forever, from the ``start_step``-th batch on.
 
         A tensor or Dataset is shuffled: epoch ``e`` reads the ``e``-th permutation drawn from a
         generator seeded by ``seed``, in full batches (the last short batch is dropped, unless the
-        data is smaller than one batch). The batch at any position is thus a function of the seed
-        and the position alone, and a resumed run reads the same batches as an uninterrupted one.
+        data is smaller than one batch). With ``replacement`` every batch is instead
+        ``batch_size`` rows drawn uniformly with replacement, from the same seeded generator. The
+        batch at any position is thus a function of the seed and the position alone, and a resumed
+        run reads the same batches as an uninterrupted one.
         An iterable of batches is read in its own order, again and again; its first ``start_step``
         batches are read and skipped (exact when it yields the same batches on every pass).
 
@@ -184,10 +186,15 @@ class Calibration:
         True
         """
         if self.source is not None:
+            if replacement:
+                raise FcptsError("batches drawn with replacement need a tensor or Dataset, not an iterable of batches")
             batches = (batch for _ in itertools.count() for batch in self._batches())
             yield from itertools.islice(batches, start_step, None)
             return
         n = self.rows or 0
+        if replacement:
+            yield from self._drawn(n, start_step)
+            return
         per_epoch = max(1, n // self.batch_size)  # full batches per epoch (one short one if n < batch)
         generator = torch.Generator().manual_seed(self.seed)
         epoch, skip = divmod(start_step, per_epoch)
@@ -197,6 +204,14 @@ class Calibration:
             order = torch.randperm(n, generator=generator)
             yield from self._batches(order[skip * self.batch_size : per_epoch * self.batch_size])
             skip = 0
+
+    def _drawn(self, n: int, start_step: int) -> Iterator[tuple[Any, torch.Tensor | None]]:
+        """Batches of ``batch_size`` rows drawn with replacement, from the ``start_step``-th on."""
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(start_step):
+            torch.randint(n, (self.batch_size,), generator=generator)  # replay the skipped draws (no data)
+        while True:
+            yield from self._batches(torch.randint(n, (self.batch_size,), generator=generator))
 
     def first(self) -> Any:
         return next(self.epoch())

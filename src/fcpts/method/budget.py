@@ -8,8 +8,8 @@ times :data:`WARMUP_STEPS` + :data:`MEASURED_STEPS` probe steps and one exact ma
 they were, and runs :func:`sized_iters` steps: the most that fit in what is left of the budget
 after a margin for finalize, at most ``config.iters`` (a budget only shortens a run; give a large
 ``--iters`` to fill the budget). The probe changes nothing: a sized run is bit for bit the run
-with that ``iters`` and no budget, and ``freeze_masks_at`` and the cosine schedule apply to the
-sized ``iters``. A resumed run keeps the ``iters`` its checkpoint was sized to.
+with that ``iters`` and no budget, and ``freeze_masks_at`` and the learning-rate schedules apply to
+the sized ``iters``. A resumed run keeps the ``iters`` its checkpoint was sized to.
 
 The timer is :func:`clock` (tests replace it with a fake one).
 """

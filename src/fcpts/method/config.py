@@ -26,6 +26,13 @@ from .threshold_mask import validate_mask_options
 #: MiniLM on a CPU gets as many steps as fit instead of a run of hours (README, Benchmark).
 DEFAULT_TIME_BUDGET_S = 600.0
 
+#: The learning loop's options with a fixed set of values (the first: the default).
+CHOICES = {
+    "bandwidth_update": ("step", "once"),
+    "lr_schedule": ("cosine", "constant"),
+    "sampling": ("epochs", "replacement"),
+}
+
 
 @dataclass
 class FCPTSConfig(PruneConfig):
@@ -50,8 +57,11 @@ class FCPTSConfig(PruneConfig):
     # (sparsegpt, pot, wanda...: its masks, allocation and weights; fcpts.method.fcpts.run_oneshot)
     init: str = "erk"
     allocation: str | None = None  # with a one-shot init: that method's allocation (None: its default)
-    threshold_grad: str = "surrogate"  # "surrogate" or "none" (control loss only moves t)
+    threshold_grad: str = "surrogate"  # "surrogate", "ste" (straight-through: pruned weights near t learn) or "none"
     bandwidth: str | float = "silverman"
+    bandwidth_update: str = "step"  # the KDE bandwidths: recomputed every "step", or "once" at the start
+    lr_schedule: str = "cosine"  # the kept weights' learning rate: "cosine" decay to 0, or "constant"
+    sampling: str = "epochs"  # calibration batches: shuffled "epochs", or drawn with "replacement"
     density: str = "kde"  # the bridge's ds/dt: "kde" (the paper) or "histogram" (ablation)
     kde_samples: int = 4096
     recalibrate_bn: bool = False
@@ -107,6 +117,9 @@ class FCPTSConfig(PruneConfig):
         if self.time_budget_s is not None and not (self.time_budget_s > 0 and math.isfinite(self.time_budget_s)):
             raise FcptsError(f"time_budget_s must be > 0 seconds (or None), got {self.time_budget_s!r}")
         validate_mask_options(self.threshold_grad, self.density, self.bandwidth)
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise FcptsError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         self.feature_modules = tuple(self.feature_modules)
 
 

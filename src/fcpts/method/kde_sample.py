@@ -4,7 +4,8 @@ The bridge (:mod:`.bridge`) costs O(m) per layer and step, so a large layer is r
 ``m`` of its weights, drawn once without replacement (seeded: the same draw on every run and
 rank). Their bandwidth (a quantile: a sort of ``m`` values) is read twice per step, by the
 surrogate mask and by the bridge, so it is kept until the weights change: an in-place optimizer
-step bumps the weight tensor's version counter, which makes the cached value stale.
+step bumps the weight tensor's version counter, which makes the cached value stale. A
+:meth:`KdeSample.fix`-ed bandwidth is kept whatever the weights become (``bandwidth_update="once"``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class KdeSample(nn.Module):
         self.rule = rule  # a rule name of bridge.BANDWIDTH_RULES or a number
         self._key: tuple[int, int] | None = None  # (data_ptr, version) of the weights it belongs to
         self._bandwidth = torch.ones(())
+        self.fixed = False  # True: the cached bandwidth stays, whatever the weights become (fix)
 
     @property
     def size(self) -> int:
@@ -59,8 +61,21 @@ class KdeSample(nn.Module):
         return self._bandwidth
 
     def is_current(self, weight: torch.Tensor) -> bool:
-        """Whether the cached bandwidth belongs to ``weight`` as it is now."""
-        return self._key == (weight.data_ptr(), weight._version)
+        """Whether the cached bandwidth belongs to ``weight`` as it is now (always, once fixed)."""
+        return self.fixed or self._key == (weight.data_ptr(), weight._version)
+
+    def fix(self, weight: torch.Tensor, score_of: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Compute the bandwidth of ``weight`` as it is now and keep it from now on.
+
+        >>> kde = KdeSample(10, 10, "silverman")
+        >>> w = torch.linspace(0.1, 1.0, 10)
+        >>> kde.fix(w, torch.abs); h = kde.bandwidth(w, torch.abs).item()
+        >>> _ = w.mul_(2); kde.bandwidth(w, torch.abs).item() == h
+        True
+        """
+        self.fixed = False
+        self.bandwidth(weight, score_of)
+        self.fixed = True
 
     def store(self, weight: torch.Tensor, h: torch.Tensor) -> None:
         """Cache ``h`` (scalar) as the bandwidth of ``weight`` at its current version.

@@ -1,8 +1,8 @@
 """The learning loop of FCPTS: :func:`learn` minimises ``L_rec + λ·L_c`` over thresholds and kept weights.
 
 :func:`learn` reads top-down: it sets the models up (:func:`_set_up`), builds Adam's two groups
-(:func:`_param_groups`: thresholds at a constant rate, kept weights with a cosine decay), and
-runs the steps of a :class:`_Loop` (optimizer, schedule, history, checkpoints) on the losses of
+(:func:`_param_groups`: thresholds at a constant rate, kept weights with a cosine decay or a
+constant rate), and runs the steps of a :class:`_Loop` (optimizer, schedule, history, checkpoints) on the losses of
 an :class:`_Objective` (the teacher's outputs, cached where they fit, the reconstruction and
 feature losses, the control loss on the bridged global sparsity). At ``freeze_masks_at`` the masks
 are held at finalize's exact count (:meth:`~fcpts.method.prepare.Prepared.hold_masks`). In a
@@ -115,8 +115,10 @@ def _run_steps(
     if config.iters == 0:  # a time budget spent before learning
         return []
     loop = _Loop.create(prepared, groups, schedules, config, options, iters_cap)
+    if config.bandwidth_update == "once":  # the bandwidths of the weights learning starts from (a resume's too)
+        prepared.fix_bandwidths()
     loop.resume()
-    stream = calibration.stream(start_step=loop.first_step)
+    stream = calibration.stream(start_step=loop.first_step, replacement=config.sampling == "replacement")
     for step in _steps(loop.first_step, config, options):
         if step == loop.freeze_step:  # allocation learned: the remaining steps only reconstruct
             prepared.hold_masks()
@@ -224,7 +226,8 @@ def _param_groups(prepared: Prepared, config: FCPTSConfig) -> tuple[list[dict[st
     """Adam's parameter groups and their learning-rate factors: thresholds, then the kept weights.
 
     Thresholds keep a constant rate to track the target to the end; the weights (every other
-    parameter of the student that requires a gradient, unless ``lr_weight`` is 0) decay (cosine) to 0.
+    parameter of the student that requires a gradient, unless ``lr_weight`` is 0) decay (cosine) to
+    0, or keep theirs with ``lr_schedule="constant"``.
     """
     thresholds = prepared.threshold_parameters()
     threshold_ids = {id(p) for p in thresholds}
@@ -238,7 +241,10 @@ def _param_groups(prepared: Prepared, config: FCPTSConfig) -> tuple[list[dict[st
         schedules.append(lambda i: 1.0)
     if weights:
         groups.append({"params": weights, "lr": config.lr_weight})
-        schedules.append(lambda i: 0.5 * (1 + math.cos(math.pi * i / config.iters)))
+        if config.lr_schedule == "constant":
+            schedules.append(lambda i: 1.0)
+        else:
+            schedules.append(lambda i: 0.5 * (1 + math.cos(math.pi * i / config.iters)))
     return groups, schedules
 
 

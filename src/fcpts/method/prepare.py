@@ -128,6 +128,12 @@ class Prepared:
         return value
 
     @torch.no_grad()
+    def fix_bandwidths(self) -> None:
+        """Each layer's KDE bandwidth of its weights as they are now, kept from now on (``bandwidth_update="once"``)."""
+        for layer in self.layers:
+            layer.mask.kde.fix(layer.weight, layer.mask.score)
+
+    @torch.no_grad()
     def refresh_bandwidths(self, layers: Sequence[PreparedLayer] | None = None) -> None:
         """Recompute the stale KDE bandwidths of ``layers``, batched by sample size and rule.
 

@@ -19,10 +19,11 @@ from torch import nn
 from ..errors import FcptsError
 from .bridge import BANDWIDTH_RULES, DENSITIES, bridged_sparsity
 from .kde_sample import KdeSample
-from .surrogate import surrogate_masked
+from .surrogate import ste_masked, surrogate_masked
 
-#: How the reconstruction loss reaches the thresholds: not at all, or through a sigmoid surrogate.
-THRESHOLD_GRADS = ("none", "surrogate")
+#: How the reconstruction loss reaches the thresholds: not at all, through a sigmoid surrogate, or
+#: through a straight-through mask that also lets the pruned weights near ``t`` learn (:func:`ste_masked`).
+THRESHOLD_GRADS = ("none", "surrogate", "ste")
 
 
 #: ``score_fn(weight) -> scores`` (weight-shaped, ≥ 0, no gradient): what a threshold applies to.
@@ -58,7 +59,9 @@ class ThresholdMask(nn.Module):
     the hard mask, the backward pass uses ``σ((|W| - t) / h)`` (``h``: the layer's KDE bandwidth).
     With ``"none"`` the mask is a constant to autograd, as in the paper's published code, and only
     the control loss moves ``t``. The weights' gradient is masked either way: a pruned weight
-    keeps its value and comes back only if the threshold drops below it.
+    keeps its value and comes back only if the threshold drops below it. ``"ste"`` is the
+    straight-through mask (:func:`~fcpts.method.surrogate.ste_masked`): a sigmoid of width
+    ``0.05·t`` gives ``t`` its gradient and the pruned weights near ``t`` one too, so they can grow back.
 
     :meth:`freeze` holds the current mask fixed, :meth:`hold` a given one (``frozen_keep``): the
     threshold no longer decides, and kept weights stay kept even where learning shrinks them.
@@ -135,6 +138,8 @@ class ThresholdMask(nn.Module):
         if self.frozen_keep is not None:
             return weight * self.frozen_keep.to(weight.dtype)
         score = self.score(weight)
+        if self.threshold_grad == "ste" and torch.is_grad_enabled() and (t.requires_grad or weight.requires_grad):
+            return ste_masked(weight, score, t)  # value: the hard mask; W and t: σ((score − t)/(0.05 t))
         if self.threshold_grad == "surrogate" and torch.is_grad_enabled() and t.requires_grad:
             # value: the hard mask; t's gradient: σ((score − t)/h)
             return surrogate_masked(weight, score, t, self.bandwidth_of(weight))

@@ -5,7 +5,7 @@ prefixes (:mod:`.zoo`: ``torchvision:``, ``timm:``, ``hf:``, ``minilm``), and us
 Importing this package registers the built-in specs (each in its own module).
 """
 
-from . import efficientnet_lite, refdet, reference, zoo
+from . import efficientnet_lite, mobile, refdet, reference, zoo
 from .specs import (
     ALIASES,
     BUILTIN_MODELS,
@@ -28,6 +28,7 @@ __all__ = [
     "load_model",
     "load_state_dict",
     "map_by_order",
+    "mobile",
     "model_input_config",
     "refdet",
     "reference",
