@@ -36,3 +36,16 @@ def test_fcpts_threshold_on_the_wanda_score():
     assert (result.model.weight != 0).int().tolist() == [[0, 0, 0, 0, 1, 1, 1, 1]]
     plain = fcpts.prune(fc, x, fcpts.FCPTSConfig(target_sparsity=0.5, iters=0, init="uniform"))
     assert (plain.model.weight != 0).int().tolist() == [[1, 1, 1, 1, 0, 0, 0, 0]]
+
+
+def test_weights_already_zero_go_first_so_the_count_stays_exact():
+    # Columns 0-3 never see an input (score 0 for all four); column 5's weight is already zero.
+    # Sorted by score alone, the tie at 0 would prune columns 0-2 and keep 5 with its zero: 5 zeros, not 4.
+    fc = nn.Linear(8, 1, bias=False)
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[8.0, 7.0, 6.0, 5.0, 4.0, 0.0, 2.0, 1.0]]))
+    x = torch.tensor([[0.0, 0.0, 0.0, 0.0, 10.0, 10.0, 10.0, 10.0]])
+    for method in ("wanda", "pot"):
+        result = fcpts.prune(fc, x, fcpts.make_config(method, target_sparsity=0.5))
+        assert result.zeros == 4, method
+        assert (result.model.weight[0] == 0).tolist()[5], method

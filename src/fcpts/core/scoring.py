@@ -61,13 +61,16 @@ def prune_flags(
     """Which weights to prune, per layer: N:M by score, or the allocation's exact counts by score.
 
     Unstructured: each layer's count goes to its lowest scores per output row (``per_row``, Wanda)
-    or in the whole layer. N:M: layers whose input size does not divide by M stay dense.
+    or in the whole layer. N:M: layers whose input size does not divide by M stay dense. Weights
+    that are zero already go first (:func:`zeros_first`): else, tied at score 0 with the weights of
+    an input that is always zero, some could be kept and add zeros beyond the count.
     """
     scores = layer_scores(model, layers, calibration, config.importance)
     pattern = pattern_of(config)
     if pattern is not None:
-        return pattern_flags(scores, *pattern)
+        return pattern_flags(zeros_first(scores, layers), *pattern)
     sparsities = allocate(config.allocation, scores, config.target_sparsity)
+    scores = zeros_first(scores, layers)
     numels = [s.numel() for s in scores]
     counts = layer_counts(sparsities, numels, target_zeros(config.target_sparsity, sum(numels)))
     if per_row:
@@ -78,6 +81,21 @@ def prune_flags(
         f[torch.sort(s.flatten(), stable=True).indices[:k]] = True
         flags.append(f.view(s.shape))
     return flags
+
+
+def zeros_first(scores: list[torch.Tensor], layers: dict[str, nn.Module]) -> list[torch.Tensor]:
+    """The scores (≥ 0) with every weight that is exactly zero already at -1: pruned before any other.
+
+    >>> fc = nn.Linear(3, 1, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = fc.weight.copy_(torch.tensor([[1.0, 2.0, 0.0]]))
+    >>> zeros_first([torch.tensor([[0.0, 0.5, 0.0]])], {"fc": fc})[0].tolist()
+    [[0.0, 0.5, -1.0]]
+    """
+    return [
+        torch.where(module.weight.detach().reshape(s.shape).to(s.device) == 0, -1.0, s)
+        for s, module in zip(scores, layers.values(), strict=True)
+    ]
 
 
 def pattern_flags(scores: list[torch.Tensor], n: int, m: int) -> list[torch.Tensor]:
