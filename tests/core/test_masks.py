@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fcpts.core.masks import exact_global_masks, hard_mask, target_zeros, threshold_for_sparsity
+from fcpts.core.masks import exact_global_masks, hard_mask, row_balanced_flags, target_zeros, threshold_for_sparsity
 
 # |w| = 0.1 ... 0.8, shuffled and with mixed signs.
 W8 = torch.tensor([[0.5, -0.1, 0.8, -0.3, 0.2, -0.7, 0.4, -0.6]])
@@ -110,3 +110,12 @@ def test_exact_global_masks_rejects_impossible_counts():
         exact_global_masks([torch.ones(3)], [1.0], 4)
     with pytest.raises(ValueError):
         exact_global_masks([torch.ones(3)], [1.0], -1)
+
+
+def test_row_balanced_flags_keep_the_count_with_a_dead_row():
+    # Row 0 is zero already (scores -1: zeros_first); its 4 zeros exceed its share of 2, so the
+    # other rows prune one fewer each and the layer holds exactly 6.
+    scores = torch.tensor([[-1.0, -1.0, -1.0, -1.0], [1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
+    flags = row_balanced_flags(scores, 6)
+    assert flags.int().tolist() == [[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 1]]
+    assert int(row_balanced_flags(scores, 2).sum()) == 4  # fewer than the zeros already there: all stay

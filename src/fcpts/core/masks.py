@@ -152,7 +152,10 @@ def row_balanced_flags(scores: torch.Tensor, count: int) -> torch.Tensor:
 
     Row ``r`` of ``scores`` (out, ...) gets ``count // out`` zeros, the first ``count % out`` rows
     one more; within a row the lowest scores go (stable sort: ties to the lower index). This is
-    Wanda's per-output comparison group with an exact layer count.
+    Wanda's per-output comparison group with an exact layer count. A negative score marks a weight
+    that is zero already (:func:`~fcpts.core.scoring.zeros_first`): a row holding more of them than
+    its share (a dead filter) keeps them all, and other rows prune as many fewer, one each from
+    the last rows on, so the layer still ends with exactly ``count`` zeros.
 
     >>> row_balanced_flags(torch.tensor([[3.0, 1.0, 2.0], [0.1, 0.3, 0.2]]), 3).int().tolist()
     [[0, 1, 1], [1, 0, 0]]
@@ -163,6 +166,15 @@ def row_balanced_flags(scores: torch.Tensor, count: int) -> torch.Tensor:
         raise ValueError(f"count={count} outside [0, {rows.numel()}]")
     per_row = torch.full((out,), count // out, device=rows.device)
     per_row[: count % out] += 1
+    forced = (rows < 0).sum(1)  # (out,) zeros already there
+    per_row = torch.maximum(per_row, forced)
+    excess = int(per_row.sum()) - count
+    while excess > 0:  # one zero fewer in each of the last rows that can spare one, round after round
+        spare = (per_row > forced).nonzero().flatten().flip(0)[:excess]
+        if len(spare) == 0:
+            break  # more zeros already than the count: nothing to give back
+        per_row[spare] -= 1
+        excess -= len(spare)
     ranks = torch.empty_like(rows, dtype=torch.long)  # ranks[r, j]: position of weight j in row r's sorted order
     positions = torch.arange(width, device=rows.device).expand(out, width)
     ranks.scatter_(1, torch.sort(rows, dim=1, stable=True).indices, positions)
