@@ -43,17 +43,7 @@ from fcpts.report import versions
 COUNTS = {"train": 4000, "val": 200, "test": 500}
 
 #: label → (method, options); fcpts rows get ``iters`` from the command line.
-ROWS = {
-    "uniform-magnitude": ("uniform-magnitude", {}),
-    "global-magnitude": ("global-magnitude", {}),
-    "erk-magnitude": ("erk-magnitude", {}),
-    "lamp-magnitude": ("lamp-magnitude", {}),
-    "wanda": ("wanda", {}),
-    "owl-wanda": ("owl-wanda", {}),
-    "sparsegpt": ("sparsegpt", {}),
-    "pot": ("pot", {}),
-    "fcpts": ("fcpts", {"lr_weight": 2e-3}),
-}
+ROWS = {**common.ONE_SHOT_ROWS, "fcpts": ("fcpts", {"lr_weight": 2e-3})}
 FCPTS_ROWS = ("fcpts",)
 
 #: The first conv and the head's output layers: kept dense in the ``--choices`` rows that say so.

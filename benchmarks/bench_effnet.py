@@ -30,18 +30,7 @@ from pathlib import Path
 import common
 
 #: label → (method, options): every method with its defaults; fcpts with the defaults.
-ROWS = {
-    "uniform-magnitude": ("uniform-magnitude", {}),
-    "global-magnitude": ("global-magnitude", {}),
-    "erk-magnitude": ("erk-magnitude", {}),
-    "lamp-magnitude": ("lamp-magnitude", {}),
-    "wanda": ("wanda", {}),
-    "owl-wanda": ("owl-wanda", {}),
-    "sparsegpt": ("sparsegpt", {}),
-    "pot": ("pot", {}),
-    "fcpts": ("fcpts", {}),
-    "fcpts batch 16": ("fcpts", {"batch_size": 16}),
-}
+ROWS = {**common.ONE_SHOT_ROWS, "fcpts": ("fcpts", {}), "fcpts batch 16": ("fcpts", {"batch_size": 16})}
 #: Random-weight architectures at 224×224 for ``--step-time`` (spec, batch).
 STEP_MODELS = {
     "torchvision:resnet50": 16,

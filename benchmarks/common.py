@@ -22,6 +22,12 @@ RESULTS = Path(__file__).parent / "results"
 #: time; measured against the 1000-step default in bench_core, bench_methods (with POT's refit first,
 #: on 512 images) and bench_models (the ViT).
 FAST = {"iters": 200, "lr_weight": 2e-3}
+#: The one-shot methods every method benchmark runs at their defaults: label → (method, options).
+ONE_SHOT = (
+    *("uniform-magnitude", "global-magnitude", "erk-magnitude", "lamp-magnitude"),
+    *("wanda", "owl-wanda", "sparsegpt", "pot"),
+)
+ONE_SHOT_ROWS: dict[str, tuple[str, dict]] = {m: (m, {}) for m in ONE_SHOT}
 #: Under N:M every allocation gives the same mask: these rows are left out of a pattern's setting.
 PATTERN_SKIP = {"global-magnitude", "erk-magnitude", "lamp-magnitude", "owl-wanda", "sparsegpt global"}
 
