@@ -1,15 +1,17 @@
 """A time budget for FCPTS: the run measures its first steps and chooses ``iters`` to finish in time.
 
-``FCPTSConfig.time_budget_s`` (``--time-budget 10m``) is the wall time of the whole fcpts run,
-from the start of :func:`~fcpts.method.fcpts.run_fcpts` (the teacher copy, a one-shot start, the
-refit and the teacher-output cache count) to the pruned model. :func:`~fcpts.method.learn.learn`
-times :data:`WARMUP_STEPS` + :data:`MEASURED_STEPS` probe steps and one exact mask cut (what
-:func:`~fcpts.method.prepare.finalize` costs), puts the model, the thresholds and the RNG back as
-they were, and runs :func:`sized_iters` steps: the most that fit in what is left of the budget
-after a margin for finalize, at most ``config.iters`` (a budget only shortens a run; give a large
-``--iters`` to fill the budget). The probe changes nothing: a sized run is bit for bit the run
-with that ``iters`` and no budget, and ``freeze_masks_at`` and the learning-rate schedules apply to
-the sized ``iters``. A resumed run keeps the ``iters`` its checkpoint was sized to.
+``FCPTSConfig.time_budget_s`` (``--time-budget``; 10 minutes by default, None for no budget) is the
+wall time of the whole fcpts run, from the start of :func:`~fcpts.method.fcpts.run_fcpts` (the
+teacher copy, a one-shot start, the refit and the teacher-output cache count) to the pruned model.
+:func:`~fcpts.method.learn.learn` times :data:`WARMUP_STEPS` + :data:`MEASURED_STEPS` probe steps
+and one exact mask cut (what :func:`~fcpts.method.prepare.finalize` costs), puts the model, the
+thresholds and the RNG back as they were, and runs :func:`sized_iters` steps: the most that fit in
+what is left of the budget after a margin for finalize, at most ``config.iters`` (a budget only
+shortens a run; give a large ``--iters`` to fill the budget). The probe changes nothing: a sized
+run is bit for bit the run with that ``iters`` and no budget, and ``freeze_masks_at`` and the
+learning-rate schedules apply to the sized ``iters``. When every step fits, nothing changes and
+nothing is reported. A resumed run keeps the ``iters`` its checkpoint was sized to (the checkpoint
+records the cap it was sized from).
 
 The timer is :func:`clock` (tests replace it with a fake one).
 """
