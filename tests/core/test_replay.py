@@ -67,7 +67,7 @@ def test_chains_flatten_nested_sequentials_and_skip_other_forwards():
 def _prune_in_order(net: nn.Module, batches, order, replayed: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Gram matrices layer after layer, each layer then halved in place (pruned): on a Replay or whole forwards."""
     dense = copy.deepcopy(net)
-    source = Replay(net, batches, reference=dense) if replayed else batches
+    source = Replay(net, lambda: batches, reference=dense) if replayed else batches
     out = []
     for name in order:
         g, c, _ = gram(net, name, source, reference=dense)
@@ -91,7 +91,7 @@ def test_replay_runs_the_stem_once_per_batch_not_once_per_layer():
     net, batches = Net(), [torch.rand(3, 2, 5, 5), torch.rand(2, 2, 5, 5)]
     calls = []
     net.stem.register_forward_hook(lambda *_: calls.append(1))
-    replay = Replay(net, batches)
+    replay = Replay(net, lambda: batches)
     for name in LAYERS[1:7]:
         gram(net, name, replay)
     # one whole forward of the first batch (the chain is called once?), then the chain's input of each batch
@@ -100,7 +100,26 @@ def test_replay_runs_the_stem_once_per_batch_not_once_per_layer():
 
 def test_a_chain_the_forward_bypasses_is_not_replayed():
     net, batches = Net(direct=True), [torch.rand(3, 2, 5, 5)]
-    replay = Replay(net, batches)
+    replay = Replay(net, lambda: batches)
     gram(net, "blocks.1.0.dw", replay)
     assert replay.broken == {0}
     assert all(root is net for root, *_ in replay.feeds("blocks.1.0.dw"))
+
+
+def test_a_layer_outside_every_chain_streams_the_batches():
+    """No chain to cache: the batches are drawn as the layer's forwards run, never held as a list."""
+    net = nn.ModuleDict({"fc": nn.Linear(2, 2)})
+    net.forward = lambda x: net["fc"](x)  # type: ignore[method-assign]
+    drawn = []
+
+    def epoch():
+        for batch in (torch.rand(3, 2), torch.rand(2, 2)):
+            drawn.append(len(batch))
+            yield batch
+
+    replay = Replay(net, epoch)
+    feeds = replay.feeds("fc")
+    assert drawn == [] and replay.batches == []
+    assert [len(x) for _, x, *_ in feeds] == [3, 2] and drawn == [3, 2]
+    _, _, rows = gram(net, "fc", replay)
+    assert rows == 5 and replay.batches == []

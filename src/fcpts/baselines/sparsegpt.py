@@ -198,7 +198,7 @@ def run_sparsegpt(
     layers = prunable(model, config)
     pattern = pattern_of(config)
     counts = None if pattern is not None else allocation_counts(model, layers, calibration, config)
-    replay = Replay(model, calibration.epoch())  # each layer's inputs on the model pruned up to it
+    replay = Replay(model, calibration.epoch)  # each layer's inputs on the model pruned up to it
     for i, (name, module) in enumerate(layers.items()):
         if pattern is not None and not divides(module.weight, pattern[1]):
             continue  # left dense: its input size does not divide by M

@@ -248,8 +248,8 @@ def gram(
     be a :class:`~fcpts.core.replay.Replay` of ``model`` (and ``reference``): layer after layer in
     forward order it runs only the part of the model the layer is in, with the same result.
     """
-    replay = batches if isinstance(batches, Replay) else Replay(model, batches, reference, use_chains=False)
-    feeds = replay.feeds(name)  # before the hooks below: moving its cache runs forwards of its own
+    # Before the hooks below: moving a Replay's cache runs forwards of its own. Plain batches stream.
+    feeds = batches.feeds(name) if isinstance(batches, Replay) else ((model, b, reference, b, b) for b in batches)
     seen: dict[str, Any] = {}  # a tensor, or a GroupedInput
 
     def keep(key: str) -> Any:

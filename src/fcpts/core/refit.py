@@ -86,7 +86,7 @@ def refit_layers(
     are overwritten). ``dense`` is the unpruned model the outputs are matched to.
     """
     dense_layers = dict(dense.named_modules())
-    replay = Replay(model, calibration.epoch(), reference=dense)  # inputs on the model refitted up to each layer
+    replay = Replay(model, calibration.epoch, reference=dense)  # inputs on the model refitted up to each layer
     for name, (weight, keep) in layers.items():
         g, c, _ = gram(model, name, replay, reference=dense)
         assert c is not None

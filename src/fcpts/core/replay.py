@@ -20,7 +20,7 @@ or whose cache would pass :data:`CACHE_BYTES`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -74,25 +74,27 @@ def chains(model: nn.Module) -> list[tuple[str, list[str]]]:
 
 
 class Replay:
-    """The calibration ``batches`` replayed for one layer at a time, in forward order (see the module).
+    """The calibration batches replayed for one layer at a time, in forward order (see the module).
 
-    ``feeds(name)`` yields ``(student root, its input, reference root, its input, batch)``: run
+    ``epoch()`` gives the batches afresh (e.g. ``Calibration.epoch``): a layer outside every chain
+    reads them as they stream, as a whole forward would; a chain holds them from its capture on.
+    ``feeds(name)`` gives ``(student root, its input, reference root, its input, batch)``: run
     the roots until the layer's hook stops them. ``reference`` is the dense model (POT's refit);
-    its cache moves with the student's. ``use_chains=False``: whole forwards for every layer.
+    its cache moves with the student's.
 
     >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
-    >>> replay = Replay(net, [torch.ones(4, 2)])
+    >>> replay = Replay(net, lambda: [torch.ones(4, 2)])
     >>> [type(root).__name__ for root, *_ in replay.feeds("2")]
     ['Linear']
     """
 
     def __init__(
-        self, model: nn.Module, batches: Iterable[Any], reference: nn.Module | None = None, use_chains: bool = True
+        self, model: nn.Module, epoch: Callable[[], Iterable[Any]], reference: nn.Module | None = None
     ) -> None:
-        self.model, self.reference = model, reference
-        self.batches = list(batches)
+        self.model, self.reference, self.epoch = model, reference, epoch
+        self.batches: list[Any] = []  # one epoch, held once a chain is captured
         self.units: dict[str, tuple[int, int]] = {}  # unit name → (chain, position)
-        found = chains(model) if use_chains and self.batches else []
+        found = chains(model)
         self.roots = [root for root, _ in found]
         self.chains = [units for _, units in found]
         for c, chain in enumerate(self.chains):
@@ -102,12 +104,12 @@ class Replay:
         self.cached_ref: list[Any] = []
         self.broken: set[int] = set()  # chains found not to run once per forward, or too large to cache
 
-    def feeds(self, name: str) -> list[tuple[nn.Module, Any, nn.Module | None, Any, Any]]:
+    def feeds(self, name: str) -> Iterable[tuple[nn.Module, Any, nn.Module | None, Any, Any]]:
         """What to run for layer ``name``, batch by batch (see the class). Call it before hooking the
         layer: moving the cache runs forwards that the layer's hooks must not see."""
         place = self._unit_of(name)
         if place is None or place[0] in self.broken or not self._move_to(place):
-            return [(self.model, batch, self.reference, batch, batch) for batch in self.batches]
+            return ((self.model, batch, self.reference, batch, batch) for batch in self.epoch())
         unit = self._module(self.model, place)
         ref_unit = None if self.reference is None else self._module(self.reference, place)
         refs = self.cached_ref if self.reference is not None else [None] * len(self.cached)
@@ -142,7 +144,9 @@ class Replay:
 
     def _capture(self, chain: int) -> bool:
         """The inputs of the chain's first unit on every batch, from whole forwards stopped there."""
-        if not _runs_once(self.model, [self.roots[chain], *self.chains[chain]], self.batches[0]):
+        if not self.batches:
+            self.batches = list(self.epoch())
+        if not self.batches or not _runs_once(self.model, [self.roots[chain], *self.chains[chain]], self.batches[0]):
             return False
         self.cached = _unit_inputs(self.model, self.chains[chain][0], self.batches)
         self.cached_ref = []
