@@ -30,7 +30,15 @@ from pathlib import Path
 import common
 
 #: label → (method, options): every method with its defaults; fcpts with the defaults.
-ROWS = {**common.ONE_SHOT_ROWS, "fcpts": ("fcpts", {}), "fcpts batch 16": ("fcpts", {"batch_size": 16})}
+ROWS = {
+    **common.ONE_SHOT_ROWS,
+    "fcpts": ("fcpts", {}),
+    "fcpts batch 16": ("fcpts", {"batch_size": 16}),
+    "fcpts init pot": ("fcpts", {"init": "pot"}),
+    "fcpts init pot batch 16": ("fcpts", {"init": "pot", "batch_size": 16}),
+    "fcpts refit lr 1e-4 batch 16": ("fcpts", {"refit_init": True, "lr_weight": 1e-4, "batch_size": 16}),
+    "fcpts lr 1e-4 batch 16": ("fcpts", {"lr_weight": 1e-4, "batch_size": 16}),
+}
 #: Random-weight architectures at 224×224 for ``--step-time`` (spec, batch).
 STEP_MODELS = {
     "torchvision:resnet50": 16,
@@ -60,6 +68,8 @@ def worker(spec: dict) -> dict:
     logits = predict(result.model, data.evaluation.first(spec["eval"]).x, batch_size=50)
     row = {**common.pruned(result), "peak_rss_mib": peak, **logit_fidelity(logits, torch.load(spec["dense"]))}
     row["exact_count"] = result.zeros == round(spec["sparsity"] * result.numel)
+    if result.history:  # a learning method: its first and last steps' losses
+        row["history_ends"] = [result.history[0], result.history[-1]]
     return row
 
 

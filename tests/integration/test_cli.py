@@ -542,3 +542,16 @@ def test_cli_method_options_are_checked(run_cli, model_file, npz_file, tmp_path)
     assert code == 2 and "--refit-init does not apply to method 'sparsegpt'" in stderr
     code, _, stderr = run_cli(*base, "--method", "pot", "--sparsity", "0.6", "--pattern", "2:4")
     assert code == 2 and "pattern 2:4 means sparsity 0.5, not 0.6" in stderr
+
+
+def test_keep_start_through_the_cli(run_cli, tmp_path, model_file, npz_file):
+    """``--init pot`` with a rate that wrecks it: the summary and the report say POT's result is returned."""
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(*tiny_args(model_file, npz_file, out, "--init", "pot", "--lr-weight", "1"))
+    assert code == 0, stderr
+    check = json.loads((out / "report.json").read_text())["config"]["start_check"]
+    assert check["kept"] == "start" and check["start_loss"] < check["learned_loss"]
+    assert "start check      pot" in stdout and "the start model is returned" in stdout
+    args = tiny_args(model_file, npz_file, tmp_path / "o2", "--method", "pot", "--keep-start")
+    code, _, stderr = run_cli(*args[: args.index("--iters")], *args[args.index("--iters") + 2 :])
+    assert code == 2 and stderr.startswith("fcpts: error: --keep-start does not apply to method 'pot'")

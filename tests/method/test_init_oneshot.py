@@ -89,3 +89,52 @@ def test_cli_allocation_without_a_one_shot_init(run_cli):
         "--allocation", "global",
     )  # fmt: skip
     assert code == 2 and err.startswith("fcpts: error: allocation 'global' applies to a one-shot init")
+
+
+def test_a_start_learning_made_worse_is_returned_exactly(tiny_net, calib_x):
+    """keep_start: a kept-weight rate that wrecks the start gives back the one-shot result, bit for bit."""
+    reference = oneshot(tiny_net, calib_x, "pot")
+    config = fcpts.FCPTSConfig(
+        target_sparsity=0.7, iters=6, batch_size=16, init="pot", lr_weight=1.0, memory_format="contiguous"
+    )
+    with pytest.warns(UserWarning, match="the pot result is returned"):
+        result = fcpts.prune(tiny_net, calib_x, config)
+    check = result.config["start_check"]
+    assert check["kept"] == "start" and check["start_loss"] < check["learned_loss"]
+    for name in TINY_LAYERS:
+        assert torch.equal(getattr(result.model, name).weight, getattr(reference, name).weight)
+    assert result.zeros == round(0.7 * TINY_TOTAL)
+
+
+def test_no_keep_start_returns_the_learned_model(tiny_net, calib_x):
+    reference = oneshot(tiny_net, calib_x, "pot")
+    config = fcpts.FCPTSConfig(
+        target_sparsity=0.7, iters=6, batch_size=16, init="pot", lr_weight=1.0, memory_format="contiguous",
+        keep_start=False,
+    )  # fmt: skip
+    result = fcpts.prune(tiny_net, calib_x, config)
+    assert "start_check" not in result.config and result.config["keep_start"] is False
+    assert not all(torch.equal(getattr(result.model, n).weight, getattr(reference, n).weight) for n in TINY_LAYERS)
+
+
+def test_learning_that_improves_is_kept(tiny_net, calib_x):
+    """From uniform magnitude (no refit), 40 steps lower the loss: the learned model is returned."""
+    config = fcpts.FCPTSConfig(target_sparsity=0.7, iters=40, batch_size=16, init="uniform-magnitude")
+    result = fcpts.prune(tiny_net, calib_x, config)
+    check = result.config["start_check"]
+    assert check["kept"] == "learned" and check["learned_loss"] <= check["start_loss"]
+
+
+def test_reconstruction_losses_read_the_first_check_samples_rows():
+    """Batches of 64 over 300 rows: the first 4 batches (256 rows), the batch-weighted KL of each model."""
+    from fcpts.method.keep_start import CHECK_SAMPLES, reconstruction_losses
+    from fcpts.method.losses import distillation_loss
+
+    torch.manual_seed(0)
+    teacher, student, x = torch.nn.Linear(5, 4), torch.nn.Linear(5, 4), torch.randn(300, 5)
+    config = fcpts.FCPTSConfig(target_sparsity=0.5, temperature=2.0)
+    got = reconstruction_losses([student, teacher], teacher, Calibration(x, 64), config)
+    with torch.no_grad():
+        want = distillation_loss(student(x[:CHECK_SAMPLES]), teacher(x[:CHECK_SAMPLES]), 2.0).item()
+    assert CHECK_SAMPLES == 256
+    assert got[0] == pytest.approx(want, rel=1e-5) and got[1] == 0.0

@@ -133,6 +133,12 @@ def _summary(result: PruneResult, dense_acc: float | None, sparse_acc: float | N
     sized = result.config.get("time_budget")
     if sized:
         lines.append(f"time budget      {sized['budget_s']:g} s: {result.config['iters']} learning steps")
+    check = result.config.get("start_check")
+    if check:
+        lines.append(
+            f"start check      {result.config['init']} {check['start_loss']:.4g}, learned {check['learned_loss']:.4g}: "
+            f"the {check['kept']} model is returned"
+        )
     if dense_acc is not None and sparse_acc is not None:
         lines.append(f"top-1            dense {dense_acc:.2%} → sparse {sparse_acc:.2%}")
     return "\n".join(lines)

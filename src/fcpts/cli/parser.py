@@ -46,6 +46,7 @@ METHOD_FLAGS = (
     "damp",
     "blocksize",
     "refit_init",
+    "keep_start",
     "refit_rank",
     "refit_samples",
     "freeze_masks_at",
@@ -250,6 +251,13 @@ def _add_refit_and_freeze_options(g: argparse._ArgumentGroup) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="fcpts: refit the kept weights layer by layer (POT's least squares) before learning (default: off)",
+    )
+    g.add_argument(
+        "--keep-start",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with a one-shot --init: return its result if learning ends with a higher reconstruction loss "
+        "on the calibration data (default: on)",
     )
     g.add_argument(
         "--refit-rank",

@@ -57,6 +57,7 @@ class FCPTSConfig(PruneConfig):
     # (sparsegpt, pot, wanda...: its masks, allocation and weights; fcpts.method.fcpts.run_oneshot)
     init: str = "erk"
     allocation: str | None = None  # with a one-shot init: that method's allocation (None: its default)
+    keep_start: bool = True  # with a one-shot init: return it if learning ends with a higher calibration loss
     threshold_grad: str = "surrogate"  # "surrogate", "ste" (straight-through: pruned weights near t learn) or "none"
     bandwidth: str | float = "silverman"
     bandwidth_update: str = "step"  # the KDE bandwidths: recomputed every "step", or "once" at the start

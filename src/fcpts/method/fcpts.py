@@ -32,6 +32,7 @@ from ..core.scoring import layer_scores, prunable
 from ..errors import FcptsError
 from . import budget
 from .config import FCPTSConfig
+from .keep_start import keep_better
 from .learn import learn
 from .prepare import Prepared, finalize, prepare
 from .threshold_mask import LayerScore
@@ -95,17 +96,23 @@ def run_fcpts(
 
     With ``config.pattern`` N:M the mask is fixed (N:M by ``config.importance`` on the dense
     weights) and only the kept weights are learned: thresholds have no meaning there. With a
-    one-shot method as ``config.init`` (:func:`run_oneshot`), learning starts from its result.
+    one-shot method as ``config.init`` (:func:`run_oneshot`), learning starts from its result, and
+    with ``config.keep_start`` that result is returned if learning ended worse on the calibration
+    data (:mod:`.keep_start`).
     """
     started = budget.clock()  # a time budget counts from here
     teacher = copy.deepcopy(model)
+    start = None
     if config.init not in ALLOCATIONS:
         run_oneshot(model, calibration, config, options)
+        start = copy.deepcopy(model) if config.keep_start else None  # the one-shot result, plain
     prepared, config = prepare_from_config(model, teacher, calibration, config)
     history = learn(prepared, teacher, calibration, config, options, started=started)
     finalize(prepared)
     if config.recalibrate_bn:
         recalibrate_batchnorm(model, calibration.epoch())
+    if start is not None and history:  # never below the start (fcpts.method.keep_start)
+        history.run["start_check"] = keep_better(model, start, teacher, calibration, config)
     return history
 
 
