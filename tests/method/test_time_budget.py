@@ -140,3 +140,29 @@ def test_cli_summary_names_a_sized_run():
     layers = [fcpts.LayerResult("fc", 10, 5)]
     result = fcpts.PruneResult(None, "fcpts", 0.5, layers, [], 1.0, {"iters": 40, "time_budget": {"budget_s": 60.0}})
     assert "time budget      60 s: 40 learning steps" in _summary(result, None, None)
+    result.config["time_budget"]["stopped_at_step"] = 25
+    assert "60 s: 25 learning steps (stopped there: the budget ran out, of 40)" in _summary(result, None, None)
+
+
+def test_steps_slower_than_the_probe_stop_at_the_deadline(tiny_net, calib_x, monkeypatch):
+    """Probe steps of 1 s size 34 steps in 40 s; at 2 s a step the deadline (40 − 2 s margin) stops learning.
+
+    After the 4 probe steps the clock reads 4; before step k it reads 4 + 2k, past 38 first at k = 18."""
+    clock = FakeClock(monkeypatch, step_s=1.0)
+    original = _Loop.step
+    calls = []
+
+    def slower(loop, *args, **kwargs):
+        out = original(loop, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == budget.WARMUP_STEPS + budget.MEASURED_STEPS:
+            clock.step_s = 2.0  # the probe is over: the real steps take twice as long
+        return out
+
+    monkeypatch.setattr(_Loop, "step", slower)
+    config = fcpts.FCPTSConfig(target_sparsity=0.7, iters=1000, batch_size=16, time_budget_s=40.0)
+    with pytest.warns(UserWarning, match="ran out: learning stopped after 18 of 34 steps"):
+        result = fcpts.prune(tiny_net, calib_x, config)
+    assert result.config["iters"] == 34 and len(result.history) == 18
+    assert result.config["time_budget"]["stopped_at_step"] == 18
+    assert result.zeros == round(0.7 * TINY_TOTAL)

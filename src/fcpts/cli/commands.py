@@ -132,7 +132,11 @@ def _summary(result: PruneResult, dense_acc: float | None, sparse_acc: float | N
     ]
     sized = result.config.get("time_budget")
     if sized:
-        lines.append(f"time budget      {sized['budget_s']:g} s: {result.config['iters']} learning steps")
+        steps = sized.get("stopped_at_step", result.config["iters"])
+        stopped = ""
+        if "stopped_at_step" in sized:
+            stopped = f" (stopped there: the budget ran out, of {result.config['iters']})"
+        lines.append(f"time budget      {sized['budget_s']:g} s: {steps} learning steps{stopped}")
     check = result.config.get("start_check")
     if check:
         lines.append(

@@ -11,7 +11,10 @@ shortens a run; give a large ``--iters`` to fill the budget). The probe changes 
 run is bit for bit the run with that ``iters`` and no budget, and ``freeze_masks_at`` and the
 learning-rate schedules apply to the sized ``iters``. When every step fits, nothing changes and
 nothing is reported. A resumed run keeps the ``iters`` its checkpoint was sized to (the checkpoint
-records the cap it was sized from).
+records the cap it was sized from). The size is a forecast; the budget is also a limit: a step that
+would start past :func:`deadline` (steps turned slower than the probe's, e.g. on a machine that got
+busy) ends learning there, with a warning, and the report's ``time_budget.stopped_at_step`` says
+where. A stopped run is not the plain run with that ``iters`` (its schedule had not ended).
 
 The timer is :func:`clock` (tests replace it with a fake one).
 """
@@ -53,6 +56,15 @@ def parse_duration(text: str) -> float:
     if not seconds > 0:
         raise ValueError(f"a time budget must be > 0, got {text!r}")
     return seconds
+
+
+def deadline(started: float, budget_s: float, finalize_s: float) -> float:
+    """The clock reading after which no learning step starts: the budget less :func:`sized_iters`'s margin.
+
+    >>> deadline(10.0, 100.0, 0.5)
+    104.0
+    """
+    return started + budget_s - FINALIZE_MARGIN * budget_s - 2 * finalize_s
 
 
 def sized_iters(budget_s: float, spent_s: float, step_s: float, finalize_s: float, cap: int) -> int:

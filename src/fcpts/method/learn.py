@@ -85,11 +85,14 @@ def learn(
         _only_trained_need_grad(prepared.model, trained),
         _Objective(prepared, teacher, calibration, config, memory_format) as objective,
     ):
+        deadline = None
         if config.time_budget_s is not None:
-            config, run = _sized_config(prepared, objective, calibration, config, options, started)
+            config, run, deadline = _sized_config(prepared, objective, calibration, config, options, started)
             groups, schedules = _param_groups(prepared, config)  # the schedules of the sized iters
         cap = run["time_budget"]["iters_cap"] if run else None
-        history = _run_steps(prepared, objective, calibration, groups, schedules, config, options, cap)
+        history = _run_steps(prepared, objective, calibration, groups, schedules, config, options, cap, deadline)
+        if len(history) < config.iters:  # the deadline stopped it (a resume's history holds the earlier steps)
+            run.setdefault("time_budget", {"budget_s": config.time_budget_s})["stopped_at_step"] = len(history)
         for model in (prepared.model, teacher):  # both come back in the default format
             model.to(memory_format=torch.contiguous_format)
         # Identical on every rank whatever the backend's reduction order: rank 0's result for all.
@@ -108,10 +111,13 @@ def _run_steps(
     config: FCPTSConfig,
     options: RunOptions,
     iters_cap: int | None = None,
+    deadline: float | None = None,
 ) -> list[dict[str, float]]:
     """The learning steps of a :class:`_Loop` (from its checkpoint with ``options.resume``); the history.
 
-    ``iters_cap``: the iters a time budget sized ``config.iters`` down from (its checkpoints record it)."""
+    ``iters_cap``: the iters a time budget sized ``config.iters`` down from (its checkpoints record it).
+    ``deadline``: a :func:`~fcpts.method.budget.clock` reading past which no step starts (a warning
+    says where learning stopped)."""
     if config.iters == 0:  # a time budget spent before learning
         return []
     loop = _Loop.create(prepared, groups, schedules, config, options, iters_cap)
@@ -120,6 +126,13 @@ def _run_steps(
     loop.resume()
     stream = calibration.stream(start_step=loop.first_step, replacement=config.sampling == "replacement")
     for step in _steps(loop.first_step, config, options):
+        if _past(deadline, calibration.device):
+            warnings.warn(
+                f"the time budget of {config.time_budget_s:g} s ran out: learning stopped after {step} of "
+                f"{config.iters} steps (the steps turned slower than the first ones timed)",
+                stacklevel=4,
+            )
+            break
         if step == loop.freeze_step:  # allocation learned: the remaining steps only reconstruct
             prepared.hold_masks()
         # The weights changed in the last step: every learning layer's KDE bandwidth at once,
@@ -130,6 +143,15 @@ def _run_steps(
     return loop.history
 
 
+def _past(deadline: float | None, device: torch.device) -> bool:
+    """Whether rank 0's clock is past ``deadline`` (None: never); every rank takes rank 0's answer."""
+    if deadline is None:
+        return False
+    past = torch.tensor([int(budget.clock() > deadline)], device=device)
+    distributed.broadcast_tensors([past])  # one decision, or some ranks would wait on the others' collectives
+    return bool(past.item())
+
+
 def _sized_config(
     prepared: Prepared,
     objective: _Objective,
@@ -137,9 +159,10 @@ def _sized_config(
     config: FCPTSConfig,
     options: RunOptions,
     started: float,
-) -> tuple[FCPTSConfig, dict[str, Any]]:
-    """``config`` with the ``iters`` that fit its time budget (:mod:`.budget`), and what the sizing found
-    (nothing when every step fits: the run and its report are those without a budget).
+) -> tuple[FCPTSConfig, dict[str, Any], float | None]:
+    """``config`` with the ``iters`` that fit its time budget (:mod:`.budget`), what the sizing found
+    (nothing when every step fits: the run and its report are those without a budget), and the
+    deadline no step starts after (None for a resume: it runs its checkpoint's steps).
 
     A resume keeps the iters its checkpoint was sized to. Otherwise probe steps are timed on a
     throwaway optimizer, one exact mask cut stands for finalize, and the model, the thresholds and
@@ -153,8 +176,8 @@ def _sized_config(
         if saved.get("time_budget_iters_cap") == config.iters and isinstance(saved.get("iters"), int):
             sized = dataclasses.replace(config, iters=saved["iters"])  # the budget is compared by load_checkpoint
             facts = {"budget_s": budget_s, "iters_cap": config.iters, "resumed": True}
-            return sized, {"iters": sized.iters, "time_budget": facts}
-        return config, {}  # not a sized run's checkpoint: load_checkpoint names the difference
+            return sized, {"iters": sized.iters, "time_budget": facts}, None
+        return config, {}, None  # not a sized run's checkpoint: load_checkpoint names the difference
     step_s, finalize_s, probes = _probe_times(prepared, objective, calibration, config, options)
     spent_s = budget.clock() - started
     chosen = torch.tensor(
@@ -168,8 +191,9 @@ def _sized_config(
             "no learning step, the initial allocation is finalized",
             stacklevel=3,
         )
+    limit = budget.deadline(started, budget_s, finalize_s)
     if iters == config.iters:  # the whole run fits: nothing changes, and nothing is reported
-        return config, {}
+        return config, {}, limit
     facts = {
         "budget_s": budget_s,
         "iters_cap": config.iters,
@@ -178,7 +202,7 @@ def _sized_config(
         "spent_before_learning_s": round(spent_s, 3),
         "probe_steps": probes,
     }
-    return dataclasses.replace(config, iters=iters), {"iters": iters, "time_budget": facts}
+    return dataclasses.replace(config, iters=iters), {"iters": iters, "time_budget": facts}, limit
 
 
 def _probe_times(
