@@ -14,7 +14,7 @@ import torch
 
 import fcpts
 from fcpts.core.calibration import Calibration
-from fcpts.method.learn import _param_groups
+from fcpts.method.steps import param_groups
 from fcpts.method.surrogate import ste_masked
 from fcpts.method.threshold_mask import ThresholdMask
 from tests.helpers import TINY_TOTAL, TinyNet, cli_error
@@ -82,7 +82,7 @@ def test_constant_schedule_keeps_the_kept_weights_rate(tiny_net):
     prepared = fcpts.prepare(tiny_net, 0.7)
     for schedule, last in (("cosine", 0.0), ("constant", 1.0)):
         config = fcpts.FCPTSConfig(target_sparsity=0.7, iters=10, lr_schedule=schedule)
-        _, schedules = _param_groups(prepared, config)
+        _, schedules = param_groups(prepared, config)
         assert [s(10) for s in schedules] == pytest.approx([1.0, last], abs=1e-12)  # thresholds, then weights
 
 

@@ -1,21 +1,18 @@
 """The learning loop of FCPTS: :func:`learn` minimises ``L_rec + λ·L_c`` over thresholds and kept weights.
 
 :func:`learn` reads top-down: it sets the models up (:func:`_set_up`), builds Adam's two groups
-(:func:`_param_groups`: thresholds at a constant rate, kept weights with a cosine decay or a
+(:func:`param_groups`: thresholds at a constant rate, kept weights with a cosine decay or a
 constant rate), and runs the steps of a :class:`_Loop` (optimizer, schedule, history, checkpoints) on the losses of
 an :class:`_Objective` (the teacher's outputs, cached where they fit, the reconstruction and
 feature losses, the control loss on the bridged global sparsity). At ``freeze_masks_at`` the masks
 are held at finalize's exact count (:meth:`~fcpts.method.prepare.Prepared.hold_masks`). In a
-process group each rank computes on its shard of the global batch (:func:`_rank_shard`) and the
+process group each rank computes on its shard of the global batch (:func:`rank_shard`) and the
 gradients are summed over the ranks (:mod:`fcpts.core.distributed`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
-import statistics
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -26,15 +23,16 @@ from tqdm.auto import tqdm
 
 from ..api import History, RunOptions
 from ..core import distributed
-from ..core.calibration import Calibration, batch_size_of, shard
+from ..core.calibration import Calibration
 from ..core.memory_format import resolve_memory_format
 from ..errors import FcptsError
 from . import budget
-from .checkpoint import checkpoint_config, has_checkpoint
+from .checkpoint import has_checkpoint
 from .config import FCPTSConfig
 from .objective import _Objective
-from .prepare import Prepared, exact_keep_masks
-from .steps import Schedule, _Loop
+from .prepare import Prepared
+from .sizing import past_deadline, sized_config
+from .steps import Schedule, _Loop, param_groups, rank_shard
 
 
 def learn(
@@ -49,27 +47,24 @@ def learn(
     """Minimise ``L_rec + L_c`` over thresholds and kept weights; returns the per-step loss history.
 
     **Time budget.** With ``config.time_budget_s``, ``iters`` is sized to finish the run started at
-    ``started`` (a :func:`fcpts.method.budget.clock` reading; default: now) within the budget;
-    the history's ``run`` records the chosen ``iters`` and the timings (:mod:`fcpts.method.budget`).
+    ``started`` (a :func:`fcpts.method.budget.clock` reading; default: now) within the budget, and
+    no step starts past it; the history's ``run`` records the iters and timings (:mod:`.budget`).
 
-    **Data parallel.** Inside an initialised process group (``torchrun``, or your own
-    ``init_process_group``), ``config.batch_size`` is the *global* batch: every rank reads the same
-    global batch and computes on its own contiguous shard of it (``batch_size / world_size``
-    samples; shard sizes differ by at most one), and each rank's gradients, weighted by its share of
-    the batch, are summed over the ranks before every step (:mod:`fcpts.core.distributed`). Every rank
-    thus takes the step one process takes on the whole batch (equal up to float rounding: the sums
-    run in another order) and all ranks end with identical thresholds and weights. The data and the
-    model must be the same on every rank; rank 0's weights are broadcast at the start and the end.
+    **Data parallel.** In a process group (``torchrun``, or your own ``init_process_group``),
+    ``config.batch_size`` is the *global* batch: each rank computes on its contiguous shard of it
+    (sizes differ by at most one) and the gradients, weighted by each share, are summed over the
+    ranks before every step (:mod:`fcpts.core.distributed`): the step one process takes on the whole
+    batch, up to float rounding. The data and the model must be the same on every rank; rank 0's
+    weights are broadcast at the start and the end, so all ranks end identical.
 
-    **Checkpoints.** With ``options.checkpoint_every = N`` the training state (step, student with
-    thresholds, optimizer, scheduler, RNG, history) goes to ``options.checkpoint_dir`` every N steps
-    (by rank 0); ``options.resume`` continues from it and reaches the same result, bit for bit, as
-    an uninterrupted run with the same options (:mod:`fcpts.method.checkpoint`).
+    **Checkpoints.** With ``options.checkpoint_every = N`` the training state goes to
+    ``options.checkpoint_dir`` every N steps (by rank 0); ``options.resume`` continues from it to the
+    result, bit for bit, of an uninterrupted run with the same options (:mod:`.checkpoint`).
     """
     options = RunOptions() if options is None else options
     started = budget.clock() if started is None else started
     _set_up(prepared, teacher, config)
-    groups, schedules = _param_groups(prepared, config)
+    groups, schedules = param_groups(prepared, config)
     if not groups or config.iters == 0:
         return History()
     _check_run(config, options)
@@ -81,14 +76,14 @@ def learn(
     teacher.to(memory_format=memory_format)
     trained = [p for g in groups for p in g["params"]]
     run: dict[str, Any] = {}
+    deadline = None
     with (
         _only_trained_need_grad(prepared.model, trained),
         _Objective(prepared, teacher, calibration, config, memory_format) as objective,
     ):
-        deadline = None
-        if config.time_budget_s is not None:
-            config, run, deadline = _sized_config(prepared, objective, calibration, config, options, started)
-            groups, schedules = _param_groups(prepared, config)  # the schedules of the sized iters
+        if config.time_budget_s is not None:  # the iters that fit, and the deadline no step starts after
+            config, run, deadline = sized_config(prepared, objective, calibration, config, options, started)
+            groups, schedules = param_groups(prepared, config)  # the schedules of the sized iters
         cap = run["time_budget"]["iters_cap"] if run else None
         history = _run_steps(prepared, objective, calibration, groups, schedules, config, options, cap, deadline)
         if len(history) < config.iters:  # the deadline stopped it (a resume's history holds the earlier steps)
@@ -126,7 +121,7 @@ def _run_steps(
     loop.resume()
     stream = calibration.stream(start_step=loop.first_step, replacement=config.sampling == "replacement")
     for step in _steps(loop.first_step, config, options):
-        if _past(deadline, calibration.device):
+        if past_deadline(deadline, calibration.device):
             warnings.warn(
                 f"the time budget of {config.time_budget_s:g} s ran out: learning stopped after {step} of "
                 f"{config.iters} steps (the steps turned slower than the first ones timed)",
@@ -138,99 +133,9 @@ def _run_steps(
         # The weights changed in the last step: every learning layer's KDE bandwidth at once,
         # before the forward pass's surrogate masks and the bridge read them.
         prepared.refresh_bandwidths()
-        inputs, index, share = _rank_shard(*next(stream))
+        inputs, index, share = rank_shard(*next(stream))
         loop.step(step, objective(inputs, index), share)
     return loop.history
-
-
-def _past(deadline: float | None, device: torch.device) -> bool:
-    """Whether rank 0's clock is past ``deadline`` (None: never); every rank takes rank 0's answer."""
-    if deadline is None:
-        return False
-    past = torch.tensor([int(budget.clock() > deadline)], device=device)
-    distributed.broadcast_tensors([past])  # one decision, or some ranks would wait on the others' collectives
-    return bool(past.item())
-
-
-def _sized_config(
-    prepared: Prepared,
-    objective: _Objective,
-    calibration: Calibration,
-    config: FCPTSConfig,
-    options: RunOptions,
-    started: float,
-) -> tuple[FCPTSConfig, dict[str, Any], float | None]:
-    """``config`` with the ``iters`` that fit its time budget (:mod:`.budget`), what the sizing found
-    (nothing when every step fits: the run and its report are those without a budget), and the
-    deadline no step starts after (None for a resume: it runs its checkpoint's steps).
-
-    A resume keeps the iters its checkpoint was sized to. Otherwise probe steps are timed on a
-    throwaway optimizer, one exact mask cut stands for finalize, and the model, the thresholds and
-    the RNG are put back: the run that follows is the plain run with the chosen iters. Every rank
-    takes rank 0's choice.
-    """
-    budget_s = config.time_budget_s
-    assert budget_s is not None
-    if options.resume:
-        saved = checkpoint_config(options.checkpoint_dir)  # type: ignore[arg-type]
-        if saved.get("time_budget_iters_cap") == config.iters and isinstance(saved.get("iters"), int):
-            sized = dataclasses.replace(config, iters=saved["iters"])  # the budget is compared by load_checkpoint
-            facts = {"budget_s": budget_s, "iters_cap": config.iters, "resumed": True}
-            return sized, {"iters": sized.iters, "time_budget": facts}, None
-        return config, {}, None  # not a sized run's checkpoint: load_checkpoint names the difference
-    step_s, finalize_s, probes = _probe_times(prepared, objective, calibration, config, options)
-    spent_s = budget.clock() - started
-    chosen = torch.tensor(
-        [budget.sized_iters(budget_s, spent_s, step_s, finalize_s, config.iters)], device=calibration.device
-    )
-    distributed.broadcast_tensors([chosen])  # every rank runs rank 0's count
-    iters = int(chosen.item())
-    if iters == 0:
-        warnings.warn(
-            f"the time budget of {budget_s:g} s was spent before learning ({spent_s:.1f} s): "
-            "no learning step, the initial allocation is finalized",
-            stacklevel=3,
-        )
-    limit = budget.deadline(started, budget_s, finalize_s)
-    if iters == config.iters:  # the whole run fits: nothing changes, and nothing is reported
-        return config, {}, limit
-    facts = {
-        "budget_s": budget_s,
-        "iters_cap": config.iters,
-        "step_s": round(step_s, 6),
-        "finalize_s": round(finalize_s, 6),
-        "spent_before_learning_s": round(spent_s, 3),
-        "probe_steps": probes,
-    }
-    return dataclasses.replace(config, iters=iters), {"iters": iters, "time_budget": facts}, limit
-
-
-def _probe_times(
-    prepared: Prepared, objective: _Objective, calibration: Calibration, config: FCPTSConfig, options: RunOptions
-) -> tuple[float, float, int]:
-    """The median step time, one finalize's mask cut, and the probe steps taken; the state is put back."""
-    state = {k: v.detach().clone() for k, v in prepared.model.state_dict().items()}
-    rng = torch.get_rng_state()
-    groups, schedules = _param_groups(prepared, config)
-    quiet = dataclasses.replace(options, checkpoint_dir=None, checkpoint_every=None, resume=False, progress=False)
-    probe = _Loop.create(prepared, groups, schedules, config, quiet)
-    stream = calibration.stream()
-    times = []
-    for step in range(budget.WARMUP_STEPS + budget.MEASURED_STEPS):
-        start = budget.clock()
-        prepared.refresh_bandwidths()
-        inputs, index, share = _rank_shard(*next(stream))
-        probe.step(step, objective(inputs, index), share)
-        times.append(budget.clock() - start)
-    start = budget.clock()
-    exact_keep_masks(prepared)
-    finalize_s = budget.clock() - start
-    with torch.no_grad():
-        prepared.model.load_state_dict(state)
-    torch.set_rng_state(rng)
-    for p in probe.trained:
-        p.grad = None
-    return statistics.median(times[budget.WARMUP_STEPS :]), finalize_s, len(times)
 
 
 def _set_up(prepared: Prepared, teacher: nn.Module, config: FCPTSConfig) -> None:
@@ -244,32 +149,6 @@ def _set_up(prepared: Prepared, teacher: nn.Module, config: FCPTSConfig) -> None
         # weights across the (fixed) thresholds. Before a resume restores the learned weights, so
         # a resumed run freezes the same masks.
         prepared.freeze_masks()
-
-
-def _param_groups(prepared: Prepared, config: FCPTSConfig) -> tuple[list[dict[str, Any]], list[Schedule]]:
-    """Adam's parameter groups and their learning-rate factors: thresholds, then the kept weights.
-
-    Thresholds keep a constant rate to track the target to the end; the weights (every other
-    parameter of the student that requires a gradient, unless ``lr_weight`` is 0) decay (cosine) to
-    0, or keep theirs with ``lr_schedule="constant"``.
-    """
-    thresholds = prepared.threshold_parameters()
-    threshold_ids = {id(p) for p in thresholds}
-    weights = [p for p in prepared.model.parameters() if p.requires_grad and id(p) not in threshold_ids]
-    if config.lr_weight <= 0:
-        weights = []
-    groups: list[dict[str, Any]] = []
-    schedules: list[Schedule] = []
-    if config.learn_thresholds:
-        groups.append({"params": thresholds, "lr": config.lr_threshold})
-        schedules.append(lambda i: 1.0)
-    if weights:
-        groups.append({"params": weights, "lr": config.lr_weight})
-        if config.lr_schedule == "constant":
-            schedules.append(lambda i: 1.0)
-        else:
-            schedules.append(lambda i: 0.5 * (1 + math.cos(math.pi * i / config.iters)))
-    return groups, schedules
 
 
 def _check_run(config: FCPTSConfig, options: RunOptions) -> None:
@@ -310,14 +189,3 @@ def _steps(first_step: int, config: FCPTSConfig, options: RunOptions) -> Iterabl
         disable=disable,
         leave=False,
     )
-
-
-def _rank_shard(inputs: Any, index: torch.Tensor | None) -> tuple[Any, torch.Tensor | None, float]:
-    """This rank's contiguous shard of a global batch (its row indices too), and its share of the batch."""
-    rank, world = distributed.rank(), distributed.world_size()
-    total = batch_size_of(inputs)
-    if world > 1:
-        if total < world:
-            raise FcptsError(f"a calibration batch of {total} samples cannot be split over {world} processes")
-        inputs, index = shard(inputs, rank, world), shard(index, rank, world)
-    return inputs, index, batch_size_of(inputs) / total

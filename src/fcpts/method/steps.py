@@ -1,6 +1,8 @@
 """One learning run's state (:class:`_Loop`): Adam over the trained parameters and its schedule, the
 loss history, one optimizer step (gradients summed over the ranks, a non-finite loss stopped),
-resuming from a checkpoint and writing one (rank 0 writes; every rank learns whether it worked).
+resuming from a checkpoint and writing one (rank 0 writes; every rank learns whether it worked);
+Adam's parameter groups and their schedules (:func:`param_groups`), and a rank's shard of the
+global batch (:func:`rank_shard`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from ..api import DEFAULT_CHECKPOINT_EVERY, RunOptions
 from ..core import distributed
+from ..core.calibration import batch_size_of, shard
 from ..errors import FcptsError
 from .checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from .config import FCPTSConfig
@@ -119,3 +122,40 @@ class _Loop:
             fingerprint=self.options.fingerprint,
             every=self.every,
         )
+
+
+def param_groups(prepared: Prepared, config: FCPTSConfig) -> tuple[list[dict[str, Any]], list[Schedule]]:
+    """Adam's parameter groups and their learning-rate factors: thresholds, then the kept weights.
+
+    Thresholds keep a constant rate to track the target to the end; the weights (every other
+    parameter of the student that requires a gradient, unless ``lr_weight`` is 0) decay (cosine) to
+    0, or keep theirs with ``lr_schedule="constant"``.
+    """
+    thresholds = prepared.threshold_parameters()
+    threshold_ids = {id(p) for p in thresholds}
+    weights = [p for p in prepared.model.parameters() if p.requires_grad and id(p) not in threshold_ids]
+    if config.lr_weight <= 0:
+        weights = []
+    groups: list[dict[str, Any]] = []
+    schedules: list[Schedule] = []
+    if config.learn_thresholds:
+        groups.append({"params": thresholds, "lr": config.lr_threshold})
+        schedules.append(lambda i: 1.0)
+    if weights:
+        groups.append({"params": weights, "lr": config.lr_weight})
+        if config.lr_schedule == "constant":
+            schedules.append(lambda i: 1.0)
+        else:
+            schedules.append(lambda i: 0.5 * (1 + math.cos(math.pi * i / config.iters)))
+    return groups, schedules
+
+
+def rank_shard(inputs: Any, index: torch.Tensor | None) -> tuple[Any, torch.Tensor | None, float]:
+    """This rank's contiguous shard of a global batch (its row indices too), and its share of the batch."""
+    rank, world = distributed.rank(), distributed.world_size()
+    total = batch_size_of(inputs)
+    if world > 1:
+        if total < world:
+            raise FcptsError(f"a calibration batch of {total} samples cannot be split over {world} processes")
+        inputs, index = shard(inputs, rank, world), shard(index, rank, world)
+    return inputs, index, batch_size_of(inputs) / total
