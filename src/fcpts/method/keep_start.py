@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core import distributed
 from ..core.calibration import Calibration, batch_size_of, call_model
 from ..core.evaluate import output_logits
 from ..core.memory_format import in_format, resolve_memory_format
@@ -91,4 +92,5 @@ def keep_better(
         )
         with torch.no_grad():
             model.load_state_dict(start.state_dict())
+    distributed.broadcast_module(model)  # in a process group every rank returns rank 0's choice
     return {"start_loss": round(start_loss, 6), "learned_loss": round(learned_loss, 6), "kept": kept}
