@@ -20,10 +20,9 @@ from torch import nn
 
 from ..core import distributed
 from ..core.calibration import Calibration, batch_size_of, call_model
-from ..core.evaluate import output_logits
 from ..core.memory_format import in_format, resolve_memory_format
 from .config import FCPTSConfig
-from .losses import RECONSTRUCTION_LOSSES, resolve_loss
+from .losses import RECONSTRUCTION_LOSSES, apply_loss, resolve_loss
 
 #: Calibration rows the start and the learned model are compared on.
 CHECK_SAMPLES = 256
@@ -58,18 +57,12 @@ def reconstruction_losses(
                 loss = RECONSTRUCTION_LOSSES[resolve_loss(config.loss, target)]
             n = batch_size_of(inputs)
             for i, model in enumerate(models):
-                sums[i] += n * float(_loss(loss, call_model(model, inputs), target, config.temperature))
+                sums[i] += n * float(apply_loss(loss, call_model(model, inputs), target, config.temperature))
             rows += n
     finally:
         for m, mode in zip((*models, teacher), modes, strict=True):
             m.train(mode)
     return [s / max(rows, 1) for s in sums]
-
-
-def _loss(loss: Any, output: Any, target: Any, temperature: float) -> torch.Tensor:
-    if getattr(loss, "whole_output", False):  # a detector's dict of raw outputs
-        return loss(output, target, temperature)
-    return loss(output_logits(output), output_logits(target), temperature)
 
 
 def keep_better(

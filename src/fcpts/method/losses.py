@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.evaluate import is_logits_output
+from ..core.evaluate import is_logits_output, output_logits
 from ..errors import FcptsError
 from ..registry import Registry
 
@@ -60,6 +60,18 @@ RECONSTRUCTION_LOSSES: Registry[Callable[[torch.Tensor, torch.Tensor, float], to
 RECONSTRUCTION_LOSSES.register("kl", distillation_loss)
 RECONSTRUCTION_LOSSES.register("cosine", cosine_loss)
 RECONSTRUCTION_LOSSES.register("mse", mse_loss)
+
+
+def apply_loss(loss: Callable[..., torch.Tensor], output: Any, target: Any, temperature: float) -> torch.Tensor:
+    """``loss`` of the student's ``output`` against the teacher's ``target``: on the whole outputs for a
+    loss that reads them (``whole_output``: a detector's dict of raw outputs), else on their logits.
+
+    >>> apply_loss(mse_loss, {"logits": torch.zeros(1, 2)}, torch.ones(1, 2), 1.0).item()
+    1.0
+    """
+    if getattr(loss, "whole_output", False):
+        return loss(output, target, temperature)
+    return loss(output_logits(output), output_logits(target), temperature)
 
 
 def resolve_loss(loss: str, output: Any) -> str:

@@ -23,7 +23,7 @@ from ..core.evaluate import output_logits
 from ..core.memory_format import in_format
 from ..errors import FcptsError
 from .config import FCPTSConfig
-from .losses import RECONSTRUCTION_LOSSES, check_loss_fits, control_loss, resolve_loss
+from .losses import RECONSTRUCTION_LOSSES, apply_loss, check_loss_fits, control_loss, resolve_loss
 from .prepare import Prepared
 from .speed import cache_dtype, teacher_autocast
 
@@ -176,7 +176,7 @@ class _Objective:
             self.reconstruction = RECONSTRUCTION_LOSSES[loss]
         whole = getattr(self.reconstruction, "whole_output", False)  # e.g. a detector's dict of raw outputs
         target = self.target(inputs, index, whole)
-        rec = self.reconstruction(output if whole else output_logits(output), target, config.temperature)
+        rec = apply_loss(self.reconstruction, output, target, config.temperature)
         student, teacher = self.student_tap.outputs, self.teacher_tap.outputs
         feat = sum(
             (F.mse_loss(student[n].float(), teacher[n].float()) for n in config.feature_modules),
