@@ -127,3 +127,11 @@ def cli_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("fcpts: error: ") and err.count("\n") == 1
     return err
+
+
+def sparsify_(module: nn.Module, sparsity: float, seed: int = 0) -> nn.Module:
+    """Zero ``module.weight`` in place where a seeded uniform draw falls below ``sparsity``; returns ``module``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        module.weight[torch.rand(module.weight.shape, generator=g) < sparsity] = 0.0
+    return module

@@ -15,18 +15,12 @@ from torch import nn
 from fcpts.deploy import cpu_sparse
 from fcpts.deploy.cpu_sparse import CPUSparseConv2d, CPUSparseLinear
 from fcpts.deploy.sparse_inference import KERNELS, ConvertConfig, convert, plan
+from tests.helpers import sparsify_
 
 pytestmark = pytest.mark.skipif(cpu_sparse.library() is None, reason="no C++ compiler: cpu-sparse not built")
 
 ONLY = ConvertConfig(min_speedup=0.0, repeats=1, warmup=0, kernels=("cpu-sparse",), model_repeats=0)
 NEVER = ConvertConfig(min_speedup=math.inf, repeats=1, warmup=0, kernels=("cpu-sparse",))
-
-
-def sparsify_(module: nn.Module, sparsity: float, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        module.weight[torch.rand(module.weight.shape, generator=g) < sparsity] = 0.0
-    return module
 
 
 def assert_rel(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:

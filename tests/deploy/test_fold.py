@@ -11,6 +11,7 @@ from torch import nn
 
 from fcpts.deploy.fold import fold_batchnorm
 from fcpts.deploy.sparse_inference import ConvertConfig, convert
+from tests.helpers import sparsify_
 
 
 def randomise_(bn: nn.modules.batchnorm._BatchNorm, seed: int = 0) -> nn.Module:
@@ -23,13 +24,6 @@ def randomise_(bn: nn.modules.batchnorm._BatchNorm, seed: int = 0) -> nn.Module:
             bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
             bn.bias.copy_(torch.rand(bn.num_features, generator=g) - 0.5)
     return bn
-
-
-def sparsify_(module: nn.Module, sparsity: float, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        module.weight[torch.rand(module.weight.shape, generator=g) < sparsity] = 0.0
-    return module
 
 
 def assert_rel(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
