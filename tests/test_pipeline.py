@@ -14,7 +14,7 @@ import fcpts
 from fcpts.pipeline import DataSettings, Job, load_inputs, run
 from tests.helpers import FACTORY_TOTAL, load_factory, write_npz
 
-RUN_FIELDS = {"device", "progress", "checkpoint_dir", "checkpoint_every", "resume"}
+RUN_FIELDS = {"device", "progress", "checkpoint_dir", "checkpoint_every", "resume", "retain_heap"}
 
 
 def fcpts_job(model_file: Path, npz_file: Path, out: Path, **fields: object) -> Job:
@@ -56,7 +56,7 @@ def test_report_content(model_file, npz_file, tmp_path):
         la["zeros"] for la in report["layers"]
     ]
     # Run options are reported apart from the config, which holds the method's settings only.
-    assert report["run_options"] == {"device": "cpu", "checkpoint_every": None}
+    assert report["run_options"] == {"device": "cpu", "checkpoint_every": None, "retain_heap": True}
     assert not RUN_FIELDS & set(report["config"])
     assert report["config"] == fcpts.make_config("fcpts", **{
         k: v for k, v in report["config"].items() if k in ("target_sparsity", "iters", "batch_size")
@@ -77,7 +77,7 @@ def test_report_content(model_file, npz_file, tmp_path):
 def test_run_options_reach_the_report(model_file, npz_file, tmp_path):
     options = fcpts.RunOptions(checkpoint_dir=tmp_path / "ckpt", checkpoint_every=2)
     done = run(fcpts_job(model_file, npz_file, tmp_path / "out", options=options))
-    assert done.report["run_options"] == {"device": "cpu", "checkpoint_every": 2}
+    assert done.report["run_options"] == {"device": "cpu", "checkpoint_every": 2, "retain_heap": True}
     assert (tmp_path / "ckpt" / "checkpoint.pt").is_file()
 
 

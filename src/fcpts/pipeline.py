@@ -227,7 +227,11 @@ def _report_and_write(
         evaluation_samples=len(data.evaluation),
         dense_accuracy=dense_acc,
         sparse_accuracy=sparse_acc,
-        run_options={"device": str(options.device), "checkpoint_every": options.checkpoint_every},
+        run_options={
+            "device": str(options.device),
+            "checkpoint_every": options.checkpoint_every,
+            "retain_heap": options.retain_heap,
+        },
         **extra,
     )
     out = write_outputs(result, job.out, report, job.overwrite)

@@ -99,7 +99,7 @@ def test_prune_tiny_model_end_to_end(run_cli, model_file, npz_file, tmp_path):
     assert (config["method"], config["iters"], config["target_sparsity"], config["seed"]) == ("fcpts", 5, 0.6, 0)
     assert config["batch_size"] == 16
     assert not {"device", "progress", "checkpoint_dir", "checkpoint_every", "resume"} & set(config)
-    assert report["run_options"] == {"device": "cpu", "checkpoint_every": None}
+    assert report["run_options"] == {"device": "cpu", "checkpoint_every": None, "retain_heap": True}
     assert report["versions"]["fcpts"] == fcpts.__version__
     assert report["versions"]["torch"] == torch.__version__
     assert len(report["loss_history"]) == 5

@@ -45,7 +45,7 @@ def test_invalid_fcpts_options_are_rejected_up_front(option, value, message):
         fcpts.FCPTSConfig(target_sparsity=0.5, **{option: value})
 
 
-@pytest.mark.parametrize("field", ["device", "progress", "checkpoint_dir", "checkpoint_every", "resume"])
+@pytest.mark.parametrize("field", ["device", "progress", "checkpoint_dir", "checkpoint_every", "resume", "retain_heap"])
 def test_run_options_are_not_config_fields(field):
     """How a run executes moved to RunOptions: the config (and so report.json's config) has none of it."""
     with pytest.raises(TypeError, match=f"unexpected keyword argument '{field}'"):

@@ -77,6 +77,7 @@ def _run_options(args: argparse.Namespace, entry: Method) -> RunOptions:
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=every,
         resume=args.resume is not None,
+        retain_heap=not args.no_retain_heap,
     )
 
 

@@ -157,6 +157,12 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument(
+        "--no-retain-heap",
+        action="store_true",
+        help="let glibc return freed memory to the system during the run (default: kept for reuse, "
+        "which spares a large model's steps their page faults)",
+    )
+    p.add_argument(
         "--memory-format",
         choices=MEMORY_FORMATS,
         help="hold the model (and fcpts's image batches) in this memory format while pruning "
