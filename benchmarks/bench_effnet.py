@@ -43,6 +43,11 @@ EXTRA_ROWS = {
     "fcpts batch 16": ("fcpts", {"batch_size": 16}),
     "fcpts init pot": ("fcpts", {"init": "pot"}),
     "fcpts refit lr 1e-4 batch 16": ("fcpts", {"refit_init": True, "lr_weight": 1e-4, "batch_size": 16}),
+    "pot lamp": ("pot", {"allocation": "lamp"}),
+    "fcpts init pot lamp lr 1e-4 batch 16": (
+        "fcpts",
+        {"init": "pot", "allocation": "lamp", "lr_weight": 1e-4, "batch_size": 16},
+    ),
 }
 #: Random-weight architectures at 224×224 for ``--step-time`` (spec, batch).
 STEP_MODELS = {
