@@ -29,26 +29,33 @@ from pathlib import Path
 
 import common
 
-#: label → (method, options): every method with its defaults; fcpts with the defaults, at batch 16 with
-#: a tenth of the kept-weight rate, and from POT's result (``--init pot``: the start is returned unless
-#: learning lowers the calibration loss).
+#: label → (method, options): every method with its defaults, POT with the LAMP allocation; fcpts
+#: with the defaults, at batch 16 with a tenth of the kept-weight rate, from POT's result (``--init
+#: pot``: the start is returned unless learning lowers the calibration loss), and from POT-LAMP's at
+#: batch 16 with a tenth of the rate.
 ROWS = {
     **common.ONE_SHOT_ROWS,
+    "pot lamp": ("pot", {"allocation": "lamp"}),
     "fcpts": ("fcpts", {}),
     "fcpts lr 1e-4 batch 16": ("fcpts", {"lr_weight": 1e-4, "batch_size": 16}),
     "fcpts init pot batch 16": ("fcpts", {"init": "pot", "batch_size": 16}),
+    "fcpts init pot lamp lr 1e-4 batch 16": (
+        "fcpts",
+        {"init": "pot", "allocation": "lamp", "lr_weight": 1e-4, "batch_size": 16},
+    ),
 }
 #: Rows run only when named in ``--rows`` (the kept-weight rate and the refit start, docs/benchmarks.md).
 EXTRA_ROWS = {
     "fcpts batch 16": ("fcpts", {"batch_size": 16}),
     "fcpts init pot": ("fcpts", {"init": "pot"}),
     "fcpts refit lr 1e-4 batch 16": ("fcpts", {"refit_init": True, "lr_weight": 1e-4, "batch_size": 16}),
-    "pot lamp": ("pot", {"allocation": "lamp"}),
-    "fcpts init pot lamp lr 1e-4 batch 16": (
-        "fcpts",
-        {"init": "pot", "allocation": "lamp", "lr_weight": 1e-4, "batch_size": 16},
-    ),
+    "sparsegpt, heap released": ("sparsegpt", {}),
+    "pot, heap released": ("pot", {}),
+    "fcpts, heap released": ("fcpts", {}),
 }
+#: Run options of a row (``fcpts.RunOptions``), apart from the defaults: the paired measurement of
+#: ``retain_heap`` (glibc returns freed memory to the system, as without fcpts.core.heap).
+RUN_OPTIONS = {label: {"retain_heap": False} for label in EXTRA_ROWS if label.endswith(", heap released")}
 #: Random-weight architectures at 224×224 for ``--step-time`` (spec, batch).
 STEP_MODELS = {
     "torchvision:resnet50": 16,
@@ -73,7 +80,7 @@ def worker(spec: dict) -> dict:
     data = load_data("fashion-mnist")
     calibration = data.calibration.subset(spec["calib"], spec["seed"]).x
     config = fcpts.make_config(spec["method"], target_sparsity=spec["sparsity"], seed=spec["seed"], **spec["options"])
-    result = fcpts.prune(model, calibration, config)
+    result = fcpts.prune(model, calibration, config, fcpts.RunOptions(**spec.get("run", {})))
     peak = common.max_rss_mib()
     logits = predict(result.model, data.evaluation.first(spec["eval"]).x, batch_size=50)
     row = {**common.pruned(result), "peak_rss_mib": peak, **logit_fidelity(logits, torch.load(spec["dense"]))}
@@ -213,6 +220,7 @@ def main() -> None:
                         continue
                     method, options = {**ROWS, **EXTRA_ROWS}[label]
                     spec = {"model": model, "method": method, "options": options, "sparsity": sparsity}
+                    spec["run"] = RUN_OPTIONS.get(label, {})
                     spec.update(calib=args.calib_samples, eval=args.eval, seed=args.seed, threads=args.threads)
                     row = {
                         "model": model,
