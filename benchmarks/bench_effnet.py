@@ -44,7 +44,7 @@ ROWS = {
         {"init": "pot", "allocation": "lamp", "lr_weight": 1e-4, "batch_size": 16},
     ),
 }
-#: Rows run only when named in ``--rows`` (the kept-weight rate and the refit start, docs/benchmarks.md).
+#: Rows run only when named in ``--rows`` (the kept-weight rate, the refit start, the heap; docs/benchmarks.md).
 EXTRA_ROWS = {
     "fcpts batch 16": ("fcpts", {"batch_size": 16}),
     "fcpts init pot": ("fcpts", {"init": "pot"}),

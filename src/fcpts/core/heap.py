@@ -1,13 +1,13 @@
 """Keeping freed memory in the process's heap while a run lasts (glibc's ``mallopt``).
 
-glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and
-returns it on free, so each training step of a large model faults its activations in again, page
-by page: an fcpts step on EfficientNet-Lite1 (batch 64, 240×240, 2 cores) spends most of its time
-in the kernel (111 s of system time in a 150 s run) and takes 11 s at first, falling to 6 s as
-glibc's dynamic threshold adapts. With mmap off and the heap never trimmed, freed blocks are reused:
-the same steps take 4.2 s from the first, which is also what makes the time budget's probe
-(:mod:`fcpts.method.budget`) a true forecast. This is what a preloaded jemalloc or tcmalloc does
-for PyTorch CPU training, done in-process.
+glibc serves every allocation above its mmap threshold (128 KiB, raised as blocks are freed up to
+32 MiB) with a fresh ``mmap`` and returns it on free, so every pass of a large model over a batch
+faults its activations in again, page by page. With mmap off and the heap never trimmed, freed
+blocks are reused instead; this is what a preloaded jemalloc or tcmalloc does for PyTorch CPU
+training, done in-process. On EfficientNet-Lite1 at 240×240 on 2 cores (docs/benchmarks.md, the
+same run): SparseGPT takes 66 s instead of 110 s and POT 127 s instead of 220 s; fcpts's budget
+probe measures 5.0 s a step instead of 9.3 s, so its 10 minutes buy 106 steps instead of 55.
+The cost is peak memory: 0.8–1.2 GiB more there.
 
 :func:`retained_heap` sets it for the duration of a run (:attr:`fcpts.RunOptions.retain_heap`) and
 puts glibc's documented defaults back after, then hands the freed memory to the system. It does
