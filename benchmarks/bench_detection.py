@@ -70,7 +70,7 @@ def main() -> None:
         __doc__,
         common.result_path("detection", "refdet"),
         [0.5, 0.7, 0.8, 0.9],
-        iters=200,
+        iters=600,
         calib_samples=512,
         quick="sparsity 0.8 only, fcpts at 50 steps, 100 test canvases",
     )
