@@ -154,6 +154,10 @@ def target(model: str, sparsity: float, batch: int) -> float | None:
 
 def load_mkl() -> tuple[object | None, str]:
     """``(sparse_dot_mkl module or None, why not)``; FCPTS_MKL_SITE: a site-packages holding it and mkl."""
+    # MKL's OpenMP runtime (Intel's, not the GNU one torch and cpu-sparse share) spins for 200 ms
+    # after each call by default: in this process that takes a core from every model timed after it
+    # (measured: MiniLM at 0.9, 1 thread, batch 1 read 2.07x with the spin, 2.51x without).
+    os.environ.setdefault("KMP_BLOCKTIME", "0")
     site = os.environ.get("FCPTS_MKL_SITE")
     if site:
         sys.path.append(site)  # appended: this interpreter's torch and numpy come first
