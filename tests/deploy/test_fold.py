@@ -131,3 +131,22 @@ def test_convert_folds_unless_told_not_to() -> None:
     assert type(convert(net, x, never)[1]) is nn.Identity
     assert type(convert(net, x, ConvertConfig(fold_batchnorm=False, min_speedup=float("inf")))[1]) is nn.BatchNorm2d
     assert type(net[1]) is nn.BatchNorm2d  # the input model is not modified
+
+
+def test_detector_folds_checked_on_its_head_outputs() -> None:
+    """refdet's every conv → BatchNorm pair folds; its raw head outputs and feature maps (not its
+    NMS-ed boxes, whose number can change with a score's last bit) stay within 1e-5 relative."""
+    from fcpts.models.detection import DetectionOutputs
+    from fcpts.models.refdet import reference_detector
+
+    torch.manual_seed(0)
+    det = reference_detector(image_size=64).eval()
+    norms = [randomise_(m, seed=i) for i, m in enumerate(det.modules()) if isinstance(m, nn.BatchNorm2d)]
+    x = torch.rand(2, 3, 64, 64)
+    folded = copy.deepcopy(det)
+    assert len(fold_batchnorm(folded, x)) == len(norms) > 0
+    with torch.no_grad():
+        expected, got = DetectionOutputs(det)(x), DetectionOutputs(folded)(x)
+    assert list(got) == list(expected)
+    for name in expected:
+        assert_rel(got[name], expected[name])

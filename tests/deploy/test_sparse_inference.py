@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from fcpts.deploy.kernels import KERNELS, CSRConv2d, CSRLinear, is_2_of_4
-from fcpts.deploy.sparse_inference import ConvertConfig, convert, plan
+from fcpts.deploy.sparse_inference import ConvertConfig, convert, convert_with_choices, plan
 
 # take the CSR kernel whenever it applies (cpu-sparse has its own tests: tests/deploy/test_cpu_kernel.py)
 ALWAYS = ConvertConfig(min_speedup=0.0, repeats=1, warmup=0, kernels=("csr",), model_repeats=0)
@@ -200,3 +201,35 @@ def test_the_whole_model_is_kept_only_if_faster(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr(si, "_paired_times", lambda *_a, t=converted_times: ([1.0] * 5, t))
         assert si.keep_if_faster(dense, converted, x, config) is kept
     assert si.keep_if_faster(dense, converted, x, ConvertConfig(model_repeats=0)) is converted
+
+
+def test_convert_with_choices_reports_what_the_model_holds(conv_mlp: ConvMLP) -> None:
+    x = torch.randn(2, 2, 10, 10)
+    fast, choices = convert_with_choices(conv_mlp, x, ALWAYS)
+    assert [c.chosen for c in choices] == ["csr", "dense", "csr", "csr"]  # conv, grouped (no kernel), fc1, fc2
+    assert type(fast.fc1).__name__ == "CSRLinear"
+    slower = dataclasses.replace(ALWAYS, model_repeats=1, min_model_speedup=math.inf)  # the whole-model check says no
+    kept, choices = convert_with_choices(conv_mlp, x, slower)
+    assert type(kept.fc1) is nn.Linear and [c.chosen for c in choices] == ["dense"] * 4
+
+
+class SharedHead(nn.Module):
+    """One Linear applied to two inputs of different row counts (as a detector head to each feature level)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)[:2] + self.head(x[:2] * 2)  # (2, 3): raises if the second call saw the first's input
+
+
+def test_plan_leaves_a_shared_layers_inputs_alone() -> None:
+    net, x = SharedHead(), torch.randn(5, 8)
+    with torch.no_grad():
+        expected = net(x)
+    choices = plan(net, x, ALWAYS)  # timed on its first call's input, (5, 8)
+    assert [(c.name, c.chosen) for c in choices] == [("head", "csr")]
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(convert(net, x, ALWAYS)(x), expected, rtol=1e-5, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -206,8 +207,11 @@ def test_prune_and_eval_report_map(tmp_path: Path, capsys: pytest.CaptureFixture
         torch.rand(1, 3, 160, 160),
         [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}],
     ) == {"map50": 0.0, "map": 0.0}  # no ground truth: 0
-    code = main(
-        ["eval", "--model", "refdet", "--weights", str(tmp_path / "out/model.safetensors"), "--data", f"voc:{data}"]
-    )
+    argv = ["eval", "--model", "refdet", "--weights", str(tmp_path / "out/model.safetensors"), "--data", f"voc:{data}"]
+    code = main(argv)
     printed = capsys.readouterr().out
     assert code == 0 and f"mAP@0.5   {report['sparse_map50']:.4f}" in printed
+    assert main([*argv, "--sparse-inference"]) == 0  # BatchNorm folded, kernels where faster: the same boxes
+    printed = capsys.readouterr().out
+    assert f"mAP@0.5   {report['sparse_map50']:.4f}" in printed
+    assert re.search(r"kernels   \d+ of 28 layers sparse", printed)

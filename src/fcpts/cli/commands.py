@@ -21,7 +21,6 @@ from ..data.detection import DetectionSplit
 from ..data.specs import load_data
 from ..deploy import sparse_inference
 from ..deploy.export import export
-from ..deploy.fold import fold_batchnorm
 from ..errors import FcptsError
 from ..evaluation import evaluation_warnings, split_accuracy, split_detection_map
 from ..models.detection import is_detector
@@ -150,15 +149,10 @@ def _summary(result: PruneResult, dense_acc: float | None, sparse_acc: float | N
 
 
 def _sparse_inference(model: Any, x: Any) -> tuple[Any, str]:
-    """``model`` (in place) with BatchNorm folded (not a detector's: its outputs are boxes) and the
-    planned sparse kernels; and the line saying how many layers went sparse."""
-    if not is_detector(model):
-        was_training = model.training
-        fold_batchnorm(model.eval(), x)
-        model.train(was_training)
-    choices = sparse_inference.plan(model, x)
-    model = sparse_inference.apply(model, choices)
-    return model, f"{sum(c.chosen != 'dense' for c in choices)} of {len(choices)} layers sparse"
+    """:func:`~fcpts.deploy.sparse_inference.convert` on ``x`` (BatchNorm folded, sparse kernels
+    where timed faster); and the line saying how many layers went sparse."""
+    fast, choices = sparse_inference.convert_with_choices(model, x)
+    return fast, f"{sum(c.chosen != 'dense' for c in choices)} of {len(choices)} layers sparse"
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -9,7 +9,9 @@ activation fewer, and one activation fewer held in memory). timm's ``BatchNormAc
 
 The pairs come from one forward pass of an example input (a hook sees the BatchNorm receive the very
 tensor the layer returned); the folded model's output is then checked against the original's, and
-if they differ (the layer's output also went elsewhere, e.g. a shortcut) nothing is folded.
+if they differ (the layer's output also went elsewhere, e.g. a shortcut) nothing is folded. A
+torchvision detector is checked on its raw head outputs (:mod:`fcpts.models.detection`): its boxes
+after score threshold and NMS can change in number with the last bit of a score.
 
 >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval()
 >>> _ = net[1].running_mean.uniform_(-1, 1), net[1].running_var.uniform_(0.5, 2)
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 
 from ..core.evaluate import output_logits
+from ..models.detection import HeadOutputs, wrap
 
 #: Layers whose output channels are dim 0 of the weight and dim 1 (Linear: the last) of the output.
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -104,6 +107,13 @@ def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
     return bn.num_features == channels and not torch.isinf(bn.running_var + bn.eps).any()
 
 
+@torch.no_grad()
+def _checked_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output tensors folding must keep: a detector's raw head outputs and feature maps, else the logits."""
+    out = wrap(model)(x)
+    return list(out.values()) if isinstance(out, HeadOutputs) else [output_logits(out)]
+
+
 def fold_batchnorm(model: nn.Module, example_input: torch.Tensor, rtol: float = 1e-4) -> list[tuple[str, str]]:
     """Fold, in place, every eval-mode BatchNorm fed only by the layer before it; returns the (layer, bn) pairs.
 
@@ -117,16 +127,14 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor, rtol: float = 
     pairs = [(a, b) for a, b in found if _foldable(model.get_submodule(a), model.get_submodule(b))]
     if not pairs:
         return []
-    with torch.no_grad():
-        expected = output_logits(model(example_input[:1]))
+    expected = _checked_outputs(model, example_input[:1])
     saved = {a: copy.deepcopy(model.get_submodule(a)) for a, _ in pairs}
     saved |= {b: model.get_submodule(b) for _, b in pairs}
     for layer, bn in pairs:
         _fold_into(model.get_submodule(layer), model.get_submodule(bn))
         _set(model, bn, _normalisation_only(model.get_submodule(bn)))
-    with torch.no_grad():
-        got = output_logits(model(example_input[:1]))
-    if (got - expected).abs().max() > rtol * expected.abs().max() + 1e-6:
+    got = _checked_outputs(model, example_input[:1])
+    if any((g - e).abs().max() > rtol * e.abs().max() + 1e-6 for g, e in zip(got, expected, strict=True)):
         for name, module in saved.items():
             _set(model, name, module)
         warnings.warn("fcpts: folding BatchNorm changed the model's output; left unfolded", stacklevel=2)

@@ -24,6 +24,7 @@ True
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -101,14 +102,17 @@ def _paired_times(
 
 
 def _layer_inputs(model: nn.Module, names: list[str], example_input: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The input tensor each named layer receives in one forward pass of ``example_input``."""
+    """The input tensor each named layer receives in one forward pass of ``example_input`` (its first
+    call's, for a layer called more than once, e.g. a detector head shared by every feature level)."""
     seen: dict[str, torch.Tensor] = {}
-    hooks = [
-        model.get_submodule(name).register_forward_pre_hook(
-            lambda _m, args, name=name: seen.setdefault(name, args[0].detach())
-        )
-        for name in names
-    ]
+
+    def record(name: str) -> Callable[[nn.Module, tuple], None]:
+        def hook(_module: nn.Module, args: tuple) -> None:  # returns None: the layer's input is left as it is
+            seen.setdefault(name, args[0].detach())
+
+        return hook
+
+    hooks = [model.get_submodule(name).register_forward_pre_hook(record(name)) for name in names]
     try:
         output_logits(model(example_input))
     finally:
@@ -179,14 +183,32 @@ def convert(model: nn.Module, example_input: torch.Tensor, config: ConvertConfig
     ``example_input`` should look like the inputs it will serve (the batch size matters: CSR wins
     at some batch sizes and loses at others). The input model is not modified.
     """
+    return convert_with_choices(model, example_input, config)[0]
+
+
+def convert_with_choices(
+    model: nn.Module, example_input: torch.Tensor, config: ConvertConfig | None = None
+) -> tuple[nn.Module, list[LayerChoice]]:
+    """:func:`convert`'s model and the layer choices it holds: every choice ``"dense"`` where the
+    whole-model check (:func:`keep_if_faster`) kept the dense model.
+
+    >>> net = nn.Sequential(nn.Linear(64, 64))
+    >>> slower = ConvertConfig(min_speedup=0.0, kernels=("csr",), model_repeats=1, min_model_speedup=float("inf"))
+    >>> fast, choices = convert_with_choices(net, torch.randn(8, 64), slower)  # CSR planned, then not fast enough
+    >>> type(fast[0]).__name__, [c.chosen for c in choices]
+    ('Linear', ['dense'])
+    """
     config = config or ConvertConfig()
     dense = copy.deepcopy(model).eval()
     if config.fold_batchnorm:
         fold_batchnorm(dense, example_input)
     choices = plan(dense, example_input, config)
     if all(c.chosen == "dense" for c in choices):
-        return dense
-    return keep_if_faster(dense, apply(copy.deepcopy(dense), choices), example_input, config)
+        return dense, choices
+    converted = keep_if_faster(dense, apply(copy.deepcopy(dense), choices), example_input, config)
+    if converted is dense:
+        choices = [dataclasses.replace(c, chosen="dense") for c in choices]
+    return converted, choices
 
 
 @torch.no_grad()
