@@ -6,8 +6,8 @@ For each model and sparsity (magnitude pruning: it is the kernels being measured
   ``--threads`` (default 1 and 2), of five models taking turns in the same run: the dense-with-zeros
   model as pruned (the user's model); the same with its BatchNorm folded into the convs
   (``fcpts.deploy.fold``, still dense: what folding alone gains); and, on the folded model,
-  ``fcpts.deploy.sparse_inference`` plan + apply with fcpts' kernels (each layer ``cpu-sparse``,
-  ``csr`` or dense by paired timings, kept only if the whole model is faster, as ``convert`` does);
+  ``fcpts.deploy.sparse_inference.convert_with_choices`` with fcpts' kernels (each layer ``cpu-sparse``,
+  ``csr`` or dense by paired timings, kept only if the whole model is faster);
   the same with torch CSR only; the same with MKL only
   (``sparse-dot-mkl``: set ``FCPTS_MKL_SITE`` to the site-packages of a venv with ``sparse-dot-mkl
   mkl``; "not loaded" in the table when it is absent);
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import os
 import statistics
@@ -54,7 +53,7 @@ from fcpts.deploy.cpu_sparse import pointwise
 from fcpts.deploy.export import export
 from fcpts.deploy.fold import fold_batchnorm
 from fcpts.deploy.kernels import KERNELS
-from fcpts.deploy.sparse_inference import ConvertConfig, apply, keep_if_faster, plan
+from fcpts.deploy.sparse_inference import ConvertConfig, convert_with_choices
 from fcpts.report import versions
 
 
@@ -331,18 +330,15 @@ def latency_row(
     repeats: int,
     tmp: str,
 ) -> dict:
-    """One (model, sparsity, threads, batch): dense, dense folded, and each variant's plan + apply on
+    """One (model, sparsity, threads, batch): dense, dense folded, and each variant converted from
     the folded model, timed taking turns."""
     pruned, folded = models
     x = bench.make_input(batch, 1)
     plan_config = {"repeats": args.plan_repeats, "warmup": 1}
     converted, choices = {}, {}
-    for variant, kernels in variants.items():  # what convert() does, on the model folded once
-        config = ConvertConfig(kernels=kernels, **plan_config)
-        choices[variant] = plan(folded, x, config)
-        converted[variant] = keep_if_faster(folded, apply(copy.deepcopy(folded), choices[variant]), x, config)
-        if converted[variant] is folded:  # the whole-model check fell back to dense
-            choices[variant] = [dataclasses.replace(c, chosen="dense") for c in choices[variant]]
+    for variant, kernels in variants.items():  # convert(), on the model folded once
+        config = ConvertConfig(kernels=kernels, fold_batchnorm=False, **plan_config)
+        converted[variant], choices[variant] = convert_with_choices(folded, x, config)
     with torch.no_grad():
         expected = output_logits(pruned(x))
         scale = float(expected.abs().max())
@@ -361,7 +357,7 @@ def latency_row(
         "fcpts_vs_folded": times["folded"] / times["fcpts"],
         "target": target(name, sparsity, batch),
         "kernels": {v: [c.chosen for c in cs] for v, cs in choices.items()},
-        "whole_model_kept": {v: m is not folded for v, m in converted.items()},
+        "whole_model_kept": {v: any(c.chosen != "dense" for c in cs) for v, cs in choices.items()},
         "layers_sparse": sum(c.chosen != "dense" for c in choices["fcpts"]),
         "layers": len(choices["fcpts"]),
         "max_abs_diff": max_diff,
