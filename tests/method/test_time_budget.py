@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import fcpts
 from fcpts.api import RunOptions
 from fcpts.errors import FcptsError
 from fcpts.method import budget
+from fcpts.method.prepare import Prepared
 from fcpts.method.steps import _Loop
 from tests.helpers import TINY_TOTAL, cli_error
 
@@ -142,27 +144,91 @@ def test_cli_summary_names_a_sized_run():
     assert "time budget      60 s: 40 learning steps" in _summary(result, None, None)
     result.config["time_budget"]["stopped_at_step"] = 25
     assert "60 s: 25 learning steps (stopped there: the budget ran out, of 40)" in _summary(result, None, None)
+    result.config["time_budget"] = {"budget_s": 60.0, "resized": {"at_step": 12, "step_s": 1.25, "iters_before": 30}}
+    assert "60 s: 40 learning steps (re-sized at step 12 from 30: 1.25 s a step)" in _summary(result, None, None)
 
 
-def test_steps_slower_than_the_probe_stop_at_the_deadline(tiny_net, calib_x, monkeypatch):
-    """Probe steps of 1 s size 34 steps in 40 s; at 2 s a step the deadline (40 − 2 s margin) stops learning.
-
-    After the 4 probe steps the clock reads 4; before step k it reads 4 + 2k, past 38 first at k = 18."""
-    clock = FakeClock(monkeypatch, step_s=1.0)
+def _switch_step_time(monkeypatch, clock: FakeClock, after_calls: int, step_s: float) -> None:
+    """From ``after_calls`` calls of ``_Loop.step`` on (the probe's 4 included), a step takes ``step_s``."""
     original = _Loop.step
     calls = []
 
-    def slower(loop, *args, **kwargs):
+    def step(loop, *args, **kwargs):
         out = original(loop, *args, **kwargs)
         calls.append(1)
-        if len(calls) == budget.WARMUP_STEPS + budget.MEASURED_STEPS:
-            clock.step_s = 2.0  # the probe is over: the real steps take twice as long
+        if len(calls) == after_calls:
+            clock.step_s = step_s
         return out
 
-    monkeypatch.setattr(_Loop, "step", slower)
-    config = fcpts.FCPTSConfig(target_sparsity=0.7, iters=1000, batch_size=16, time_budget_s=40.0)
-    with pytest.warns(UserWarning, match="ran out: learning stopped after 18 of 34 steps"):
+    monkeypatch.setattr(_Loop, "step", step)
+
+
+PROBE = budget.WARMUP_STEPS + budget.MEASURED_STEPS
+
+
+def test_steps_faster_than_the_probe_re_size_the_run_up(tiny_net, calib_x, monkeypatch):
+    """Probe steps of 2 s size ⌊(60 − 8 − 3) / 2⌋ = 24 steps; the run's steps take 1 s, so before step
+    12 (clock 8 + 12 = 20) it re-sizes to 12 + ⌊(57 − 20) / 1⌋ = 49 and uses the budget."""
+    assert (PROBE, budget.RESIZE_AT_STEP) == (4, 12)
+    clock = FakeClock(monkeypatch, step_s=2.0)
+    _switch_step_time(monkeypatch, clock, PROBE, 1.0)
+    config = fcpts.FCPTSConfig(target_sparsity=0.7, iters=1000, batch_size=16, time_budget_s=60.0)
+    result = fcpts.prune(tiny_net, calib_x, config)
+    assert result.config["iters"] == 49 == len(result.history)
+    facts = result.config["time_budget"]
+    assert facts["step_s"] == 2.0 and facts["resized"] == {
+        "at_step": 12,
+        "step_s": 1.0,
+        "iters_before": 24,
+        "iters": 49,
+    }
+    assert "stopped_at_step" not in facts and facts["learned_s"] == 57.0
+    assert result.zeros == round(0.7 * TINY_TOTAL)
+
+
+def test_steps_slower_than_the_probe_re_size_the_run_down(tiny_net, calib_x, monkeypatch):
+    """Probe steps of 1 s size 34 steps in 40 s; at 2 s a step the re-size before step 12 (clock
+    4 + 24 = 28) cuts the run to 12 + ⌊(38 − 28) / 2⌋ = 17 steps, which end in time: no warning.
+    With ``freeze_masks_at`` 0.5 the freeze step moves from 17 to 9, behind the re-size: the masks
+    are held at step 12, once."""
+    clock = FakeClock(monkeypatch, step_s=1.0)
+    _switch_step_time(monkeypatch, clock, PROBE, 2.0)
+    held = []
+    hold = Prepared.hold_masks
+    monkeypatch.setattr(Prepared, "hold_masks", lambda self, masks=None: held.append(1) or hold(self, masks))
+    config = fcpts.FCPTSConfig(target_sparsity=0.7, iters=1000, batch_size=16, time_budget_s=40.0, freeze_masks_at=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         result = fcpts.prune(tiny_net, calib_x, config)
-    assert result.config["iters"] == 34 and len(result.history) == 18
-    assert result.config["time_budget"]["stopped_at_step"] == 18
+    assert result.config["iters"] == 17 == len(result.history)
+    assert result.config["time_budget"]["resized"] == {"at_step": 12, "step_s": 2.0, "iters_before": 34, "iters": 17}
+    assert len(held) == 1
+    assert result.zeros == round(0.7 * TINY_TOTAL)
+
+
+def test_a_resumed_re_sized_run_is_the_uninterrupted_one(tiny_net, calib_x, monkeypatch, tmp_path):
+    """Checkpoints after the re-size record its iters and the cap: the resume ends where the full run did."""
+    clock = FakeClock(monkeypatch, step_s=2.0)
+    _switch_step_time(monkeypatch, clock, PROBE, 1.0)
+    config = fcpts.FCPTSConfig(target_sparsity=0.7, iters=1000, batch_size=16, time_budget_s=60.0)
+    full = fcpts.prune(tiny_net, calib_x, config, RunOptions(checkpoint_dir=str(tmp_path / "a"), checkpoint_every=8))
+    assert full.config["iters"] == 49  # the last checkpoint is at step 48
+    clock.now, clock.step_s = 0.0, 100.0
+    resumed = fcpts.prune(tiny_net, calib_x, config, RunOptions(checkpoint_dir=str(tmp_path / "a"), resume=True))
+    assert resumed.config["iters"] == 49 and resumed.history == full.history
+    for a, b in zip(resumed.model.state_dict().values(), full.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_steps_slower_after_the_re_size_stop_at_the_deadline(tiny_net, calib_x, monkeypatch):
+    """Probe and first 12 steps at 1 s: 34 steps, the re-size (clock 16, ⌊(38 − 16) / 1⌋ = 22 left)
+    keeps 34. From step 12 on a step takes 2 s: before step k the clock reads 16 + 2(k − 12), past
+    38 first at k = 24, where the deadline stops learning."""
+    clock = FakeClock(monkeypatch, step_s=1.0)
+    _switch_step_time(monkeypatch, clock, PROBE + budget.RESIZE_AT_STEP, 2.0)
+    config = fcpts.FCPTSConfig(target_sparsity=0.7, iters=1000, batch_size=16, time_budget_s=40.0)
+    with pytest.warns(UserWarning, match="ran out: learning stopped after 24 of 34 steps"):
+        result = fcpts.prune(tiny_net, calib_x, config)
+    assert result.config["iters"] == 34 and len(result.history) == 24
+    assert result.config["time_budget"]["stopped_at_step"] == 24 and "resized" not in result.config["time_budget"]
     assert result.zeros == round(0.7 * TINY_TOTAL)

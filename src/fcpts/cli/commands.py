@@ -136,6 +136,10 @@ def _summary(result: PruneResult, dense_acc: float | None, sparse_acc: float | N
         stopped = ""
         if "stopped_at_step" in sized:
             stopped = f" (stopped there: the budget ran out, of {result.config['iters']})"
+        resized = sized.get("resized")
+        if resized:
+            at, before, step_s = resized["at_step"], resized["iters_before"], resized["step_s"]
+            stopped += f" (re-sized at step {at} from {before}: {step_s:.3g} s a step)"
         lines.append(f"time budget      {sized['budget_s']:g} s: {steps} learning steps{stopped}")
     check = result.config.get("start_check")
     if check:

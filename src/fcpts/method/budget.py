@@ -17,9 +17,15 @@ records the cap it was sized from). The size is a forecast; the budget is also a
 would start past :func:`deadline` (steps turned slower than the probe's, e.g. on a machine that got
 busy) ends learning there, with a warning, and the report's ``time_budget.stopped_at_step`` says
 where. A stopped run is not the plain run with that ``iters`` (its schedule had not ended).
-The forecast errs on the safe side where the first steps are the slowest: on EfficientNet-Lite1
-at 0.8 the probe measured 5.0 s a step and the steps then averaged about 3.9 s, so the run ended
-at 463 s of 600 (the run is not re-sized while it runs).
+The first steps are often the slowest (on EfficientNet-Lite1 at 0.8 the probe measured 5.0 s a
+step and the steps then averaged about 3.9 s, and a run sized on the probe alone ended at 463 s of
+600), so the run is **re-sized once**, before step :data:`RESIZE_AT_STEP`, from the median of its
+own last :data:`RESIZE_TIMED` steps (:func:`resized_iters`, at most the cap; the report's
+``time_budget.resized`` holds the step time and both sizes). From there the learning-rate schedule
+and the mask-freeze point follow the new ``iters``; the steps before it followed the probe's, so a
+re-sized run is the plain run with its ``iters`` except for the first :data:`RESIZE_AT_STEP`
+steps' kept-weight rates. A run resumed from a checkpoint taken before the re-size keeps the
+probe's size (a resume is not re-timed).
 
 The timer is :func:`clock` (tests replace it with a fake one).
 """
@@ -37,6 +43,10 @@ clock = time.perf_counter
 WARMUP_STEPS = 1
 #: Timed probe steps: their median is the step time.
 MEASURED_STEPS = 3
+#: The run's step before which it is re-sized from its own step times (once; shorter runs never are).
+RESIZE_AT_STEP = 12
+#: The steps just before :data:`RESIZE_AT_STEP` whose median is the re-sized step time.
+RESIZE_TIMED = 6
 #: Kept back for finalize and the return, as a fraction of the budget, besides twice the timed mask cut.
 FINALIZE_MARGIN = 0.05
 
@@ -84,3 +94,17 @@ def sized_iters(budget_s: float, spent_s: float, step_s: float, finalize_s: floa
     if step_s <= 0:
         return cap if left > 0 else 0
     return max(0, min(cap, math.floor(left / step_s)))
+
+
+def resized_iters(deadline: float, now: float, step_s: float, done: int, cap: int) -> int:
+    """The run's new length at ``now``, ``done`` steps in: those plus the steps of ``step_s`` that
+    end by the ``deadline``, in ``[done, cap]``.
+
+    >>> resized_iters(100.0, 40.0, 2.0, 12, 1000), resized_iters(100.0, 40.0, 2.0, 12, 30)
+    (42, 30)
+    >>> resized_iters(10.0, 20.0, 1.0, 12, 50)  # past the deadline already: no further step
+    12
+    """
+    if step_s <= 0:
+        return cap
+    return max(done, min(cap, done + math.floor((deadline - now) / step_s)))

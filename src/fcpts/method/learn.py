@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from .checkpoint import has_checkpoint
 from .config import FCPTSConfig
 from .objective import _Objective
 from .prepare import Prepared
-from .sizing import past_deadline, sized_config
+from .sizing import Resize, past_deadline, sized_config
 from .steps import Schedule, _Loop, param_groups, rank_shard
 
 
@@ -48,7 +48,8 @@ def learn(
 
     **Time budget.** With ``config.time_budget_s``, ``iters`` is sized to finish the run started at
     ``started`` (a :func:`fcpts.method.budget.clock` reading; default: now) within the budget, and
-    no step starts past it; the history's ``run`` records the iters and timings (:mod:`.budget`).
+    no step starts past it (re-sized once from its own step times); the history's ``run`` records
+    the iters and timings (:mod:`.budget`).
 
     **Data parallel.** In a process group (``torchrun``, or your own ``init_process_group``),
     ``config.batch_size`` is the *global* batch: each rank computes on its contiguous shard of it
@@ -74,20 +75,19 @@ def learn(
     memory_format = resolve_memory_format(prepared.model, config.memory_format)
     prepared.model.to(memory_format=memory_format)
     teacher.to(memory_format=memory_format)
-    trained = [p for g in groups for p in g["params"]]
     run: dict[str, Any] = {}
     deadline = None
     with (
-        _only_trained_need_grad(prepared.model, trained),
+        _only_trained_need_grad(prepared.model, [p for g in groups for p in g["params"]]),
         _Objective(prepared, teacher, calibration, config, memory_format) as objective,
     ):
         if config.time_budget_s is not None:  # the iters that fit, and the deadline no step starts after
             config, run, deadline = sized_config(prepared, objective, calibration, config, options, started)
             groups, schedules = param_groups(prepared, config)  # the schedules of the sized iters
         cap = run["time_budget"]["iters_cap"] if run else None
-        history = _run_steps(prepared, objective, calibration, groups, schedules, config, options, cap, deadline)
-        if len(history) < config.iters:  # the deadline stopped it (a resume's history holds the earlier steps)
-            run.setdefault("time_budget", {"budget_s": config.time_budget_s})["stopped_at_step"] = len(history)
+        steps = _run_steps(prepared, objective, calibration, groups, schedules, config, options, cap, deadline)
+        history, iters, resized = steps
+        _record_run_end(run, config, len(history), iters, resized)
         for model in (prepared.model, teacher):  # both come back in the default format
             model.to(memory_format=torch.contiguous_format)
         # Identical on every rank whatever the backend's reduction order: rank 0's result for all.
@@ -95,6 +95,15 @@ def learn(
     if run:
         run["time_budget"]["learned_s"] = round(budget.clock() - started, 3)
     return History(history, run=run)
+
+
+def _record_run_end(run: dict[str, Any], config: FCPTSConfig, steps: int, iters: int, resized: dict) -> None:
+    """Into the report's ``run``: a re-size (the new iters and its facts), and a stop at the deadline."""
+    if resized:  # the run's own step times re-sized it
+        facts = run.setdefault("time_budget", {"budget_s": config.time_budget_s, "iters_cap": config.iters})
+        run["iters"], facts["resized"] = iters, resized
+    if steps < iters:  # the deadline stopped it (a resume's history holds the earlier steps)
+        run.setdefault("time_budget", {"budget_s": config.time_budget_s})["stopped_at_step"] = steps
 
 
 def _run_steps(
@@ -107,35 +116,46 @@ def _run_steps(
     options: RunOptions,
     iters_cap: int | None = None,
     deadline: float | None = None,
-) -> list[dict[str, float]]:
-    """The learning steps of a :class:`_Loop` (from its checkpoint with ``options.resume``); the history.
+) -> tuple[list[dict[str, float]], int, dict[str, Any]]:
+    """The learning steps of a :class:`_Loop` (from its checkpoint with ``options.resume``): the
+    history, the iters the run ended sized to, and what a re-size did (empty: none).
 
     ``iters_cap``: the iters a time budget sized ``config.iters`` down from (its checkpoints record it).
     ``deadline``: a :func:`~fcpts.method.budget.clock` reading past which no step starts (a warning
-    says where learning stopped)."""
+    says where learning stopped); with one, the run is re-sized once from its own step times
+    (:class:`~fcpts.method.sizing.Resize`)."""
     if config.iters == 0:  # a time budget spent before learning
-        return []
+        return [], 0, {}
     loop = _Loop.create(prepared, groups, schedules, config, options, iters_cap)
     if config.bandwidth_update == "once":  # the bandwidths of the weights learning starts from (a resume's too)
         prepared.fix_bandwidths()
     loop.resume()
     stream = calibration.stream(start_step=loop.first_step, replacement=config.sampling == "replacement")
-    for step in _steps(loop.first_step, config, options):
-        if past_deadline(deadline, calibration.device):
-            warnings.warn(
-                f"the time budget of {config.time_budget_s:g} s ran out: learning stopped after {step} of "
-                f"{config.iters} steps (the steps turned slower than the first ones timed)",
-                stacklevel=4,
-            )
-            break
-        if step == loop.freeze_step:  # allocation learned: the remaining steps only reconstruct
-            prepared.hold_masks()
-        # The weights changed in the last step: every learning layer's KDE bandwidth at once,
-        # before the forward pass's surrogate masks and the bridge read them.
-        prepared.refresh_bandwidths()
-        inputs, index, share = rank_shard(*next(stream))
-        loop.step(step, objective(inputs, index), share)
-    return loop.history
+    resize = None if deadline is None else Resize(deadline, iters_cap or config.iters)
+    with _progress(loop, options) as bar:
+        step = loop.first_step
+        while step < loop.config.iters:
+            if past_deadline(deadline, calibration.device):
+                warnings.warn(
+                    f"the time budget of {config.time_budget_s:g} s ran out: learning stopped after {step} of "
+                    f"{loop.config.iters} steps (the steps turned slower than the first ones timed)",
+                    stacklevel=4,
+                )
+                break
+            iters = None if resize is None else resize.iters(step, loop.config.iters, calibration.device)
+            if iters is not None:
+                loop.resize(iters)
+                bar.total = iters
+            if loop.holds_masks_at(step):  # allocation learned: the remaining steps only reconstruct
+                prepared.hold_masks()
+            # The weights changed in the last step: every learning layer's KDE bandwidth at once,
+            # before the forward pass's surrogate masks and the bridge read them.
+            prepared.refresh_bandwidths()
+            inputs, index, share = rank_shard(*next(stream))
+            loop.step(step, objective(inputs, index), share)
+            step += 1
+            bar.update()
+    return loop.history, loop.config.iters, {} if resize is None else resize.facts
 
 
 def _set_up(prepared: Prepared, teacher: nn.Module, config: FCPTSConfig) -> None:
@@ -176,16 +196,10 @@ def _only_trained_need_grad(model: nn.Module, trained: list[nn.Parameter]) -> It
             p.requires_grad_(flag)
 
 
-def _steps(first_step: int, config: FCPTSConfig, options: RunOptions) -> Iterable[int]:
-    """Steps ``first_step .. iters - 1``, behind a progress bar on the main rank if ``options.progress``."""
+def _progress(loop: _Loop, options: RunOptions) -> tqdm:
+    """A progress bar over the loop's steps on the main rank if ``options.progress`` (updated by hand:
+    a re-size changes its total)."""
     show = options.progress and distributed.is_main()
     # disable=None: tqdm hides the bar when stderr is not a terminal (CI logs, pipes).
     disable = None if show else True
-    return tqdm(
-        range(first_step, config.iters),
-        desc="fcpts",
-        initial=first_step,
-        total=config.iters,
-        disable=disable,
-        leave=False,
-    )
+    return tqdm(desc="fcpts", initial=loop.first_step, total=loop.config.iters, disable=disable, leave=False)

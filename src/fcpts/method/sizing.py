@@ -2,14 +2,17 @@
 
 :func:`sized_config` times probe steps (:func:`probe_times`, then undone) and returns the config
 with the ``iters`` that fit, the facts the report records and the deadline; :func:`past_deadline`
-is the per-step check every rank agrees on.
+is the per-step check every rank agrees on; a :class:`Resize` re-sizes the run once from its own
+step times.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import statistics
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +35,33 @@ def past_deadline(deadline: float | None, device: torch.device) -> bool:
     past = torch.tensor([int(budget.clock() > deadline)], device=device)
     distributed.broadcast_tensors([past])  # one decision, or some ranks would wait on the others' collectives
     return bool(past.item())
+
+
+@dataclass
+class Resize:
+    """The one re-sizing of a budgeted run (:func:`~fcpts.method.budget.resized_iters`): call
+    :meth:`iters` before every step; before step :data:`~fcpts.method.budget.RESIZE_AT_STEP` it
+    returns the new length (None at every other step, and when nothing changes)."""
+
+    deadline: float
+    cap: int  # the most steps the run may take: the iters the budget sized down from
+    starts: list[float] = field(default_factory=list)  # the clock at the start of each step so far
+    facts: dict[str, Any] = field(default_factory=dict)  # what the report records of a re-size
+
+    def iters(self, step: int, current: int, device: torch.device) -> int | None:
+        now = budget.clock()
+        self.starts.append(now)
+        if step != budget.RESIZE_AT_STEP or len(self.starts) <= budget.RESIZE_TIMED or current <= step:
+            return None  # not the step, a resume (its first steps were not timed here), or the run's end
+        recent = self.starts[-budget.RESIZE_TIMED - 1 :]  # RESIZE_TIMED + 1 readings: RESIZE_TIMED steps
+        step_s = statistics.median(b - a for a, b in itertools.pairwise(recent))
+        chosen = torch.tensor([budget.resized_iters(self.deadline, now, step_s, step, self.cap)], device=device)
+        distributed.broadcast_tensors([chosen])  # every rank runs rank 0's count
+        iters = int(chosen.item())
+        if iters == current:
+            return None
+        self.facts = {"at_step": step, "step_s": round(step_s, 6), "iters_before": current, "iters": iters}
+        return iters
 
 
 def sized_config(

@@ -7,6 +7,7 @@ global batch (:func:`rank_shard`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +72,23 @@ class _Loop:
         """The step that holds the masks (None with fixed masks; at ``iters`` or beyond: never reached)."""
         config = self.config
         return math.ceil(config.freeze_masks_at * config.iters) if config.learn_thresholds else None
+
+    def holds_masks_at(self, step: int) -> bool:
+        """Whether ``step`` is where the masks are to be held: the freeze step or past it (a re-size may
+        have moved it behind), with the masks not held yet."""
+        freeze = self.freeze_step
+        return freeze is not None and step >= freeze and self.prepared.frozen_masks() is None
+
+    def resize(self, iters: int) -> None:
+        """Run ``iters`` steps in all (a time budget's re-size): from the next step on, the schedules and
+        the freeze step of that length; checkpoints record it, and the cap it may not pass."""
+        self.iters_cap = self.iters_cap or self.config.iters
+        self.config = dataclasses.replace(self.config, iters=iters)
+        _, schedules = param_groups(self.prepared, self.config)
+        self.scheduler.lr_lambdas = schedules
+        step = self.scheduler.last_epoch  # the next step's rates, from the new schedules
+        for group, base, schedule in zip(self.optimizer.param_groups, self.scheduler.base_lrs, schedules, strict=True):
+            group["lr"] = base * schedule(step)
 
     def resume(self) -> None:
         """With ``options.resume``: the checkpoint's step, history, states and held masks."""
