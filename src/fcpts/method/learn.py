@@ -84,10 +84,7 @@ def learn(
         if config.time_budget_s is not None:  # the iters that fit, and the deadline no step starts after
             config, run, deadline = sized_config(prepared, objective, calibration, config, options, started)
             groups, schedules = param_groups(prepared, config)  # the schedules of the sized iters
-        cap = run["time_budget"]["iters_cap"] if run else None
-        steps = _run_steps(prepared, objective, calibration, groups, schedules, config, options, cap, deadline)
-        history, iters, resized = steps
-        _record_run_end(run, config, len(history), iters, resized)
+        history = _run_steps(prepared, objective, calibration, groups, schedules, config, options, run, deadline)
         for model in (prepared.model, teacher):  # both come back in the default format
             model.to(memory_format=torch.contiguous_format)
         # Identical on every rank whatever the backend's reduction order: rank 0's result for all.
@@ -114,18 +111,19 @@ def _run_steps(
     schedules: list[Schedule],
     config: FCPTSConfig,
     options: RunOptions,
-    iters_cap: int | None = None,
+    run: dict[str, Any],
     deadline: float | None = None,
-) -> tuple[list[dict[str, float]], int, dict[str, Any]]:
-    """The learning steps of a :class:`_Loop` (from its checkpoint with ``options.resume``): the
-    history, the iters the run ended sized to, and what a re-size did (empty: none).
+) -> list[dict[str, float]]:
+    """The learning steps of a :class:`_Loop` (from its checkpoint with ``options.resume``); the history.
 
-    ``iters_cap``: the iters a time budget sized ``config.iters`` down from (its checkpoints record it).
-    ``deadline``: a :func:`~fcpts.method.budget.clock` reading past which no step starts (a warning
+    ``run``: what the time budget's sizing recorded (its ``iters_cap``, the iters it sized
+    ``config.iters`` down from, goes into the checkpoints); a re-size and a stop at the deadline
+    are added to it. ``deadline``: a :func:`~fcpts.method.budget.clock` reading past which no step starts (a warning
     says where learning stopped); with one, the run is re-sized once from its own step times
     (:class:`~fcpts.method.sizing.Resize`)."""
     if config.iters == 0:  # a time budget spent before learning
-        return [], 0, {}
+        return []
+    iters_cap = run["time_budget"]["iters_cap"] if run else None
     loop = _Loop.create(prepared, groups, schedules, config, options, iters_cap)
     if config.bandwidth_update == "once":  # the bandwidths of the weights learning starts from (a resume's too)
         prepared.fix_bandwidths()
@@ -155,7 +153,8 @@ def _run_steps(
             loop.step(step, objective(inputs, index), share)
             step += 1
             bar.update()
-    return loop.history, loop.config.iters, {} if resize is None else resize.facts
+    _record_run_end(run, config, len(loop.history), loop.config.iters, {} if resize is None else resize.facts)
+    return loop.history
 
 
 def _set_up(prepared: Prepared, teacher: nn.Module, config: FCPTSConfig) -> None:

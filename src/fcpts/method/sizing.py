@@ -51,8 +51,8 @@ class Resize:
     def iters(self, step: int, current: int, device: torch.device) -> int | None:
         now = budget.clock()
         self.starts.append(now)
-        if step != budget.RESIZE_AT_STEP or len(self.starts) <= budget.RESIZE_TIMED or current <= step:
-            return None  # not the step, a resume (its first steps were not timed here), or the run's end
+        if step != budget.RESIZE_AT_STEP or len(self.starts) <= budget.RESIZE_TIMED:
+            return None  # not the step, or fewer steps timed (a run that did not start at step 0)
         recent = self.starts[-budget.RESIZE_TIMED - 1 :]  # RESIZE_TIMED + 1 readings: RESIZE_TIMED steps
         step_s = statistics.median(b - a for a, b in itertools.pairwise(recent))
         chosen = torch.tensor([budget.resized_iters(self.deadline, now, step_s, step, self.cap)], device=device)
