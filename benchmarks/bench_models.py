@@ -42,13 +42,15 @@ from fcpts.report import versions
 
 
 def configs(
-    sparsity: float, pattern: str | None, seed: int, iters: int, batch_size: int, fast: bool
+    sparsity: float, pattern: str | None, seed: int, iters: int, batch_size: int, fast: bool, defaults: bool = False
 ) -> list[tuple[str, Any]]:
     """A config per registered method; ``iters`` and ``batch_size`` where the method takes them.
 
     With an N:M ``pattern``, the methods that only differ by allocation are left out (every
     allocation gives the same N:M mask). ``fast`` adds the fast fcpts recipe (``common.FAST``,
-    at the library's default batch size) as the row ``fcpts fast``.
+    at the library's default batch size) as the row ``fcpts fast``; ``defaults`` adds fcpts with
+    every library default (batch, steps, 10-minute budget, ``init="auto"``) as ``fcpts defaults``, and
+    with ``init="erk"`` (the allocation start) as ``fcpts defaults, erk start``.
     """
     out = []
     common: dict[str, Any] = {"target_sparsity": sparsity, "seed": seed, "pattern": pattern}
@@ -62,6 +64,9 @@ def configs(
         out.append((name, fcpts.make_config(name, **options)))
     if fast:
         out.append(("fcpts fast", fcpts.make_config("fcpts", **common, **FAST)))
+    if defaults:
+        out.append(("fcpts defaults", fcpts.make_config("fcpts", **common)))
+        out.append(("fcpts defaults, erk start", fcpts.make_config("fcpts", **common, init="erk")))
     return out
 
 
@@ -71,7 +76,10 @@ def run_rows(label: str, model: torch.nn.Module, calibration: Any, score: Any, a
     rows = [{**dense, "achieved": 0.0, "time_s": 0.0}]
     print(f"{label} dense {rows[0]}", flush=True)
     for setting, sparsity, pattern in common.settings(args.sparsities, args.patterns, parse_pattern):
-        for name, config in configs(sparsity, pattern, args.seed, args.iters, args.batch_size, args.fast):
+        rows_here = configs(sparsity, pattern, args.seed, args.iters, args.batch_size, args.fast, args.defaults)
+        for name, config in rows_here:
+            if args.methods and name not in args.methods:
+                continue
             row: dict[str, Any] = {"model": label, "setting": setting, "sparsity": sparsity, "method": name}
             try:
                 result = fcpts.prune(model, calibration, config)
@@ -129,6 +137,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fast", action="store_true", help="add the fast fcpts recipe (200 steps) as a row")
+    parser.add_argument("--defaults", action="store_true", help="add fcpts at the library's defaults as rows")
+    parser.add_argument("--methods", nargs="+", help="run only these rows (e.g. sparsegpt 'fcpts defaults')")
     args = parser.parse_args()
     if args.quick:
         args.sparsities, args.iters = [0.5], 20

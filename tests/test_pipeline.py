@@ -58,9 +58,13 @@ def test_report_content(model_file, npz_file, tmp_path):
     # Run options are reported apart from the config, which holds the method's settings only.
     assert report["run_options"] == {"device": "cpu", "checkpoint_every": None, "retain_heap": True}
     assert not RUN_FIELDS & set(report["config"])
-    assert report["config"] == fcpts.make_config("fcpts", **{
-        k: v for k, v in report["config"].items() if k in ("target_sparsity", "iters", "batch_size")
-    }).to_dict()  # fmt: skip
+    # init "auto" and lr_weight None are reported as the start and rate the run took (fcpts.method.start)
+    asked = {k: v for k, v in report["config"].items() if k in ("target_sparsity", "iters", "batch_size")}
+    start = {"init": "erk", "allocation": None, "reason": "the budget affords at least 0.5 of the steps"}
+    assert report["config"] == {
+        **fcpts.make_config("fcpts", **asked, init="erk", lr_weight=1e-3).to_dict(),
+        "start": start,
+    }
     assert (report["calibration_samples"], report["evaluation_samples"]) == (32, 48)
     assert report["random_weights"] is False and report["evaluation_data_spec"] is None
     assert report["model_spec"] == f"{model_file}:factory" and report["data_spec"] == f"npz:{npz_file}"

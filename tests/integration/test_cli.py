@@ -555,3 +555,15 @@ def test_keep_start_through_the_cli(run_cli, tmp_path, model_file, npz_file):
     args = tiny_args(model_file, npz_file, tmp_path / "o2", "--method", "pot", "--keep-start")
     code, _, stderr = run_cli(*args[: args.index("--iters")], *args[args.index("--iters") + 2 :])
     assert code == 2 and stderr.startswith("fcpts: error: --keep-start does not apply to method 'pot'")
+
+
+def test_auto_start_through_the_cli(run_cli, tmp_path, model_file, npz_file):
+    """A budget that affords a small part of --iters: the summary and the report name POT-LAMP as the start."""
+    out = tmp_path / "out"
+    args = tiny_args(model_file, npz_file, out, "--time-budget", "2s")
+    code, stdout, stderr = run_cli(*args[: args.index("--iters") + 1], "100000", *args[args.index("--iters") + 2 :])
+    assert code == 0, stderr
+    config = json.loads((out / "report.json").read_text())["config"]
+    assert (config["init"], config["allocation"], config["lr_weight"]) == ("pot", "lamp", 1e-4)
+    assert config["start"]["init"] == "pot" and config["start"]["affordable_steps"] < 50000
+    assert "start            pot under lamp (auto: the budget affords about" in stdout

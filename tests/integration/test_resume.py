@@ -3,6 +3,7 @@ equal bit for bit to an uninterrupted one (in process, and after a SIGKILL of th
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -99,7 +100,8 @@ def test_checkpoint_holds_the_training_state_and_loads_without_unpickling(tmp_pa
     assert len(state["optimizer"]["state"]) == len(list(tiny_net.parameters())) + 4  # + 4 thresholds
     assert state["scheduler"]["last_epoch"] == 6
     assert state["rng"]["cpu"].dtype == torch.uint8
-    assert state["config"] == config.to_dict()  # the method's settings only: no run options
+    # the method's settings only, no run options; the start and rate init "auto" and lr_weight None chose
+    assert state["config"] == dataclasses.replace(config, init="erk", lr_weight=1e-3).to_dict()
     assert not {"device", "progress", "checkpoint_dir", "checkpoint_every", "resume"} & set(state["config"])
     assert [h["step"] for h in state["history"]] == list(range(6))
 

@@ -18,7 +18,7 @@ BAD_OPTIONS = [
     (
         "init",
         "bogus",
-        "init must be an allocation (erk, global, lamp, owl, uniform) or a one-shot method (erk-magnitude, "
+        "init must be auto, an allocation (erk, global, lamp, owl, uniform) or a one-shot method (erk-magnitude, "
         "global-magnitude, lamp-magnitude, owl-wanda, pot, sparsegpt, uniform-magnitude, wanda), got 'bogus'",
     ),
     ("density", "parzen", "unknown density 'parzen'; choose from histogram, kde"),
@@ -35,6 +35,7 @@ BAD_OPTIONS = [
     ("freeze_masks_at", -0.1, "freeze_masks_at must be in [0, 1], got -0.1"),
     ("refit_rank", "x", "refit_rank must be 'dense' or 'refitted', got 'x'"),
     ("refit_samples", -1, "refit_samples must be ≥ 0 (0: all), got -1"),
+    ("start_samples", -1, "start_samples must be ≥ 0 (0: all), got -1"),
 ]
 
 

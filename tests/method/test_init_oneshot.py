@@ -59,7 +59,7 @@ def test_without_threshold_learning_the_one_shot_masks_stay(tiny_net, calib_x):
 
 
 def test_unknown_init_is_refused():
-    with pytest.raises(FcptsError, match=r"init must be an allocation .* or a one-shot method"):
+    with pytest.raises(FcptsError, match=r"init must be auto, an allocation .* or a one-shot method"):
         fcpts.FCPTSConfig(target_sparsity=0.5, init="fcpts")
 
 
@@ -78,7 +78,8 @@ def test_allocation_reaches_the_one_shot_method(tiny_net, calib_x):
 
 def test_allocation_needs_a_one_shot_init():
     with pytest.raises(FcptsError, match="applies to a one-shot init"):
-        fcpts.FCPTSConfig(target_sparsity=0.5, allocation="global")
+        fcpts.FCPTSConfig(target_sparsity=0.5, init="erk", allocation="global")
+    assert fcpts.FCPTSConfig(target_sparsity=0.5, allocation="global").allocation == "global"  # auto's start
     with pytest.raises(FcptsError, match="nope"):
         fcpts.FCPTSConfig(target_sparsity=0.5, init="sparsegpt", allocation="nope")
 
@@ -86,7 +87,7 @@ def test_allocation_needs_a_one_shot_init():
 def test_cli_allocation_without_a_one_shot_init(run_cli):
     code, _, err = run_cli(
         "prune", "--model", "refcnn", "--data", "fashion-mnist", "--sparsity", "0.9", "--out", "o",
-        "--allocation", "global",
+        "--init", "erk", "--allocation", "global",
     )  # fmt: skip
     assert code == 2 and err.startswith("fcpts: error: allocation 'global' applies to a one-shot init")
 

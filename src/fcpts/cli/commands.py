@@ -130,6 +130,10 @@ def _summary(result: PruneResult, dense_acc: float | None, sparse_acc: float | N
         f"global sparsity  {result.global_sparsity:.6f} ({result.zeros} of {result.numel} weights zero)",
         f"prune time       {result.wall_time_s:.1f} s",
     ]
+    chosen = result.config.get("start")  # what init "auto" chose
+    if chosen:
+        under = f" under {chosen['allocation']}" if chosen["allocation"] else ""
+        lines.append(f"start            {chosen['init']}{under} (auto: {chosen['reason']})")
     sized = result.config.get("time_budget")
     if sized:
         steps = sized.get("stopped_at_step", result.config["iters"])

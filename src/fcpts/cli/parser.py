@@ -18,7 +18,7 @@ from ..data.images import NORMALIZATIONS
 from ..deploy.export import FORMATS
 from ..method.bridge import DENSITIES
 from ..method.budget import parse_duration
-from ..method.config import CHOICES, FCPTSConfig, oneshot_methods
+from ..method.config import ALLOCATION_LR_WEIGHT, CHOICES, ONESHOT_LR_WEIGHT, FCPTSConfig, oneshot_methods
 from ..method.losses import RECONSTRUCTION_LOSSES
 from ..method.speed import TEACHER_PRECISIONS
 from ..method.threshold_mask import THRESHOLD_GRADS
@@ -49,6 +49,7 @@ METHOD_FLAGS = (
     "keep_start",
     "refit_rank",
     "refit_samples",
+    "start_samples",
     "freeze_masks_at",
     "memory_format",
     "teacher_precision",
@@ -178,16 +179,13 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
 def _add_fcpts_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--iters", type=int, help=f"learning iterations (default: {FCPTSConfig.iters})")
     g.add_argument(
-        "--lr-weight", type=float, help=f"kept-weight learning rate, 0 freezes (default: {FCPTSConfig.lr_weight})"
+        "--lr-weight",
+        type=float,
+        help=f"kept-weight learning rate, 0 freezes (default: {ALLOCATION_LR_WEIGHT:g} from an allocation, "
+        f"{ONESHOT_LR_WEIGHT:g} from a one-shot start)",
     )
     g.add_argument("--lr-threshold", type=float, help=f"threshold learning rate (default: {FCPTSConfig.lr_threshold})")
-    g.add_argument(
-        "--init",
-        choices=[*ALLOCATIONS.names(), *oneshot_methods()],
-        metavar="RULE|METHOD",
-        help=f"initial allocation ({', '.join(ALLOCATIONS.names())}; default: {FCPTSConfig.init}), or a one-shot "
-        f"method to start from: its masks and weights ({', '.join(oneshot_methods())})",
-    )
+    _add_start_options(g)
     g.add_argument(
         "--threshold-grad",
         choices=THRESHOLD_GRADS,
@@ -230,6 +228,23 @@ def _add_fcpts_options(g: argparse._ArgumentGroup) -> None:
     )
     _add_loop_options(g)
     _add_refit_and_freeze_options(g)
+
+
+def _add_start_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--init",
+        choices=["auto", *ALLOCATIONS.names(), *oneshot_methods()],
+        metavar="auto|RULE|METHOD",
+        help=f"initial allocation ({', '.join(ALLOCATIONS.names())}), or a one-shot method to start from: its "
+        f"masks and weights ({', '.join(oneshot_methods())}); default auto: erk, or pot with --allocation lamp "
+        "when the time budget affords fewer than half the --iters steps",
+    )
+    g.add_argument(
+        "--start-samples",
+        type=int,
+        metavar="N",
+        help=f"calibration samples a one-shot start reads, 0 all (default: {FCPTSConfig.start_samples})",
+    )
 
 
 def _add_loop_options(g: argparse._ArgumentGroup) -> None:
@@ -304,7 +319,8 @@ def _add_score_options(o: argparse._ArgumentGroup) -> None:
     o.add_argument(
         "--allocation",
         choices=ALLOCATIONS.names(),
-        help="per-layer sparsities (default: uniform); fcpts: of the one-shot method its --init names",
+        help="per-layer sparsities (default: uniform); fcpts: of the one-shot method its --init names "
+        "(or --init auto starts from; default there: lamp)",
     )
     o.add_argument("--damp", type=float, help="sparsegpt/pot: relative Hessian dampening (default: 0.01)")
     o.add_argument("--blocksize", type=int, help="sparsegpt: columns per block (default: 128)")

@@ -25,6 +25,11 @@ from .threshold_mask import validate_mask_options
 #: CNN on 2 cores, about 3 minutes for the ViT), so it changes nothing there; a 224×224 CNN or
 #: MiniLM on a CPU gets as many steps as fit instead of a run of hours (README, Benchmark).
 DEFAULT_TIME_BUDGET_S = 600.0
+#: The kept-weight learning rate from an allocation start (``lr_weight=None``): measured on the reference CNN.
+ALLOCATION_LR_WEIGHT = 1e-3
+#: ... and from a one-shot start: a tenth, which refines the fit where the allocation start's rate undoes it
+#: (EfficientNet-Lite1 from POT: the calibration loss rose from 0.126 to 1.88 in 10 steps at 1e-3; docs/benchmarks.md).
+ONESHOT_LR_WEIGHT = 1e-4
 
 #: The learning loop's options with a fixed set of values (the first: the default).
 CHOICES = {
@@ -39,12 +44,14 @@ class FCPTSConfig(PruneConfig):
     """FCPTS options; the defaults were measured on the reference CNN (README, Benchmark).
 
     >>> FCPTSConfig(target_sparsity=0.9).init
-    'erk'
+    'auto'
     """
 
     iters: int = 1000
     lr_threshold: float = 0.02  # Adam on log t: a relative step of ~2% per iteration at most
-    lr_weight: float = 1e-3  # Adam on the kept weights (and biases, norms); 0 freezes them
+    # Adam on the kept weights (and biases, norms); 0 freezes them; None: 1e-3 from an allocation, 1e-4 from a
+    # one-shot start (fcpts.method.start)
+    lr_weight: float | None = None
     learn_thresholds: bool = True  # False: the initial masks stay fixed (reconstruction only)
     freeze_masks_at: float = 0.9  # after this fraction of iters, hold finalize's exact masks (1: learn t to the end)
     control_weight: float = 10.0  # λ
@@ -54,9 +61,11 @@ class FCPTSConfig(PruneConfig):
     feature_modules: tuple[str, ...] = ()  # names of modules whose outputs are matched by MSE
     feature_weight: float = 1.0
     # the initial allocation (erk, uniform, global, lamp, owl), or a one-shot method to start from
-    # (sparsegpt, pot, wanda...: its masks, allocation and weights; fcpts.method.fcpts.run_oneshot)
-    init: str = "erk"
-    allocation: str | None = None  # with a one-shot init: that method's allocation (None: its default)
+    # (sparsegpt, pot, wanda...: its masks, allocation and weights; fcpts.method.fcpts.run_oneshot), or "auto":
+    # ERK, or POT under LAMP when the time budget affords few steps (fcpts.method.start)
+    init: str = "auto"
+    allocation: str | None = None  # with a one-shot init: that method's allocation (None: its default; auto: lamp)
+    start_samples: int = 256  # calibration samples a one-shot start reads (its cost grows with them; 0: all)
     keep_start: bool = True  # with a one-shot init: return it if learning ends with a higher calibration loss
     threshold_grad: str = "surrogate"  # "surrogate", "ste" (straight-through: pruned weights near t learn) or "none"
     bandwidth: str | float = "silverman"
@@ -84,6 +93,8 @@ class FCPTSConfig(PruneConfig):
         if self.control_loss not in ("abs", "squared"):
             raise FcptsError(f"control_loss must be 'abs' or 'squared', got {self.control_loss!r}")
         for name in ("lr_threshold", "lr_weight", "control_weight", "feature_weight"):
+            if name == "lr_weight" and self.lr_weight is None:
+                continue  # chosen by the start (fcpts.method.start)
             if not getattr(self, name) >= 0:
                 raise FcptsError(f"{name} must be ≥ 0, got {getattr(self, name)!r}")
         if self.loss != "auto" and self.loss not in RECONSTRUCTION_LOSSES:
@@ -96,14 +107,15 @@ class FCPTSConfig(PruneConfig):
             raise FcptsError(f"freeze_masks_at must be in [0, 1], got {self.freeze_masks_at!r}")
         if self.refit_rank not in ("dense", "refitted"):
             raise FcptsError(f"refit_rank must be 'dense' or 'refitted', got {self.refit_rank!r}")
-        if self.refit_samples < 0:
-            raise FcptsError(f"refit_samples must be ≥ 0 (0: all), got {self.refit_samples}")
+        for name in ("refit_samples", "start_samples"):
+            if getattr(self, name) < 0:
+                raise FcptsError(f"{name} must be ≥ 0 (0: all), got {getattr(self, name)}")
         if self.kde_samples < 2:
             raise FcptsError(f"kde_samples must be ≥ 2, got {self.kde_samples}")
         get_importance(self.importance)
-        if self.init not in ALLOCATIONS and self.init not in oneshot_methods():
+        if self.init != "auto" and self.init not in ALLOCATIONS and self.init not in oneshot_methods():
             raise FcptsError(
-                f"init must be an allocation ({', '.join(ALLOCATIONS.names())}) or a one-shot method "
+                f"init must be auto, an allocation ({', '.join(ALLOCATIONS.names())}) or a one-shot method "
                 f"({', '.join(oneshot_methods())}), got {self.init!r}"
             )
         if self.allocation is not None:
@@ -122,6 +134,17 @@ class FCPTSConfig(PruneConfig):
             if getattr(self, name) not in choices:
                 raise FcptsError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         self.feature_modules = tuple(self.feature_modules)
+
+    @property
+    def kept_weight_rate(self) -> float:
+        """``lr_weight``, or for None the start's rate: a tenth after a one-shot ``init``.
+
+        >>> FCPTSConfig(0.5, init="pot").kept_weight_rate, FCPTSConfig(0.5).kept_weight_rate
+        (0.0001, 0.001)
+        """
+        if self.lr_weight is not None:
+            return self.lr_weight
+        return ONESHOT_LR_WEIGHT if self.init in oneshot_methods() else ALLOCATION_LR_WEIGHT
 
 
 def oneshot_methods() -> list[str]:

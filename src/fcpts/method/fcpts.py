@@ -35,6 +35,7 @@ from .config import FCPTSConfig
 from .keep_start import keep_better
 from .learn import learn
 from .prepare import Prepared, finalize, prepare
+from .start import resolve_start
 from .threshold_mask import LayerScore
 
 
@@ -96,18 +97,24 @@ def run_fcpts(
 
     With ``config.pattern`` N:M the mask is fixed (N:M by ``config.importance`` on the dense
     weights) and only the kept weights are learned: thresholds have no meaning there. With a
-    one-shot method as ``config.init`` (:func:`run_oneshot`), learning starts from its result, and
-    with ``config.keep_start`` that result is returned if learning ended worse on the calibration
-    data (:mod:`.keep_start`).
+    one-shot method as ``config.init`` (:func:`run_oneshot`, on the first ``config.start_samples``
+    calibration rows), learning starts from its result, and with ``config.keep_start`` that result
+    is returned if learning ended worse on the calibration data (:mod:`.keep_start`). ``init="auto"``
+    chooses between ERK and a one-shot start by the time budget (:mod:`.start`).
     """
     started = budget.clock()  # a time budget counts from here
+    config, chosen = resolve_start(model, calibration, config, options, started)  # init "auto", lr_weight None
     teacher = copy.deepcopy(model)
     start = None
     if config.init not in ALLOCATIONS:
-        run_oneshot(model, calibration, config, options)
+        run_oneshot(model, refit_calibration(calibration, config.start_samples), config, options)
         start = copy.deepcopy(model) if config.keep_start else None  # the one-shot result, plain
     prepared, config = prepare_from_config(model, teacher, calibration, config)
     history = learn(prepared, teacher, calibration, config, options, started=started)
+    # The report's config: the start and rate this run took (the config may leave them to fcpts).
+    history.run.update(init=config.init, allocation=config.allocation, lr_weight=config.lr_weight)
+    if chosen:
+        history.run["start"] = chosen
     finalize(prepared)
     if config.recalibrate_bn:
         recalibrate_batchnorm(model, calibration.epoch())

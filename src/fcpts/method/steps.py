@@ -152,7 +152,7 @@ def param_groups(prepared: Prepared, config: FCPTSConfig) -> tuple[list[dict[str
     thresholds = prepared.threshold_parameters()
     threshold_ids = {id(p) for p in thresholds}
     weights = [p for p in prepared.model.parameters() if p.requires_grad and id(p) not in threshold_ids]
-    if config.lr_weight <= 0:
+    if config.kept_weight_rate <= 0:
         weights = []
     groups: list[dict[str, Any]] = []
     schedules: list[Schedule] = []
@@ -160,7 +160,7 @@ def param_groups(prepared: Prepared, config: FCPTSConfig) -> tuple[list[dict[str
         groups.append({"params": thresholds, "lr": config.lr_threshold})
         schedules.append(lambda i: 1.0)
     if weights:
-        groups.append({"params": weights, "lr": config.lr_weight})
+        groups.append({"params": weights, "lr": config.kept_weight_rate})
         if config.lr_schedule == "constant":
             schedules.append(lambda i: 1.0)
         else:
