@@ -21,7 +21,7 @@ from fcpts.data import load_data
 from fcpts.data.detection import DetectionSplit
 from fcpts.data.detection_canvas import FASHION_CLASSES, make_detection_dataset
 from fcpts.errors import FcptsError
-from fcpts.method.losses import RECONSTRUCTION_LOSSES, resolve_loss
+from fcpts.method.losses import RECONSTRUCTION_LOSSES, check_loss_fits, resolve_loss
 from fcpts.models import load_model
 from fcpts.models.detection import DetectionOutputs, HeadOutputs, is_detector
 from fcpts.models.refdet import reference_detector
@@ -161,6 +161,54 @@ def test_every_method_on_the_detector_exact_count(tiny_detector: torch.nn.Module
         assert set(out[0]) == {"boxes", "labels", "scores"}
 
 
+def _tiny_faster_rcnn() -> torch.nn.Module:
+    """A two-stage detector of 9,152 prunable weights: a depthwise backbone, an RPN, a 3×3 ROI box head, 3 classes."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    backbone = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1, groups=8), nn.ReLU(), nn.Conv2d(8, 16, 1)
+    )
+    backbone.out_channels = 16
+    return FasterRCNN(
+        backbone,
+        rpn_anchor_generator=AnchorGenerator(((8, 16),), ((1.0,),)),
+        box_roi_pool=MultiScaleRoIAlign(["0"], 3, 1),
+        box_head=TwoMLPHead(16 * 3 * 3, 32),
+        box_predictor=FastRCNNPredictor(32, 4),
+        min_size=64,
+        max_size=64,
+    ).eval()
+
+
+def test_two_stage_detector_every_kind_of_method() -> None:
+    detector = _tiny_faster_rcnn()
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    out = DetectionOutputs(detector)(images)
+    shapes = {k: tuple(v.shape) for k, v in out.items()}  # RPN on every anchor, ROI head on 33 grid proposals
+    assert shapes == {
+        "objectness": (4, 512),
+        "rpn_bbox_regression": (4, 2048),
+        "softmax_logits": (4, 33, 4),
+        "bbox_regression": (4, 33, 16),
+        "features.0": (4, 16, 16, 16),
+    }
+    loss = RECONSTRUCTION_LOSSES["detection"]
+    assert loss(out, out, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss({k: v + 0.5 for k, v in out.items()}, out, 1.0).item() > 0
+    n = sum(m.weight.numel() for m in detector.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    # Activations through both stages (wanda), a layer-by-layer replay (pot), the detection loss (fcpts).
+    for method in ("wanda", "pot", "fcpts"):
+        extra = {"iters": 2, "kde_samples": 64, "time_budget_s": None} if method == "fcpts" else {}
+        result = fcpts.prune(detector, images, fcpts.make_config(method, target_sparsity=0.6, batch_size=2, **extra))
+        assert type(result.model) is type(detector) and result.numel == n and result.zeros == round(0.6 * n), method
+        assert set(result.model(list(images[:1]))[0]) == {"boxes", "labels", "scores"}
+
+
 def test_detection_loss_auto_and_errors(tiny_detector: torch.nn.Module) -> None:
     out = DetectionOutputs(tiny_detector)(torch.rand(2, 3, 64, 64))
     assert isinstance(out, HeadOutputs) and resolve_loss("auto", out) == "detection"
@@ -175,6 +223,29 @@ def test_detection_loss_auto_and_errors(tiny_detector: torch.nn.Module) -> None:
     net = torch.nn.Sequential(torch.nn.Linear(4, 3))
     with pytest.raises(FcptsError, match="not a detector's"):
         fcpts.prune(net, torch.rand(8, 4), fcpts.make_config("fcpts", target_sparsity=0.5, iters=1, loss="detection"))
+
+
+class _CallsDetector(torch.nn.Module):
+    """A module around a detector (not one itself): its outputs are the detector's post-processed boxes."""
+
+    def __init__(self, detector: torch.nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return self.detector(list(images))
+
+
+def test_post_processed_detections_take_no_loss(tiny_detector: torch.nn.Module) -> None:
+    model = _CallsDetector(tiny_detector).eval()
+    config = fcpts.make_config("fcpts", target_sparsity=0.5, iters=1, kde_samples=64, time_budget_s=None)
+    with pytest.raises(FcptsError, match="post-processed detections"):  # was image 0's boxes taken as an output
+        fcpts.prune(model, torch.rand(4, 3, 64, 64), config)
+    with pytest.raises(FcptsError, match="pass the detector itself"):  # streamed teacher outputs: the first step
+        check_loss_fits("cosine", model(torch.rand(1, 3, 64, 64)))
+    # The one-shot methods read only the layers' inputs: they prune it.
+    result = fcpts.prune(model, torch.rand(4, 3, 64, 64), fcpts.make_config("wanda", target_sparsity=0.5))
+    assert result.zeros == round(0.5 * result.numel)
 
 
 def test_random_weights_never_download(monkeypatch: pytest.MonkeyPatch) -> None:

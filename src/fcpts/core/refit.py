@@ -28,12 +28,20 @@ def refit_rows(weight: torch.Tensor, keep: torch.Tensor, g: torch.Tensor, c: tor
 
     A grouped conv's ``g``/``c`` are (groups, cols, cols): see :func:`refit_rows_grouped`.
 
+    A layer whose inputs are all zero on the calibration data (a dead layer, e.g. behind ReLUs
+    that never fire in a randomly initialised detector) has nothing to fit, and ``G = 0`` makes
+    ``λ = 0`` and every system singular: its kept weights stay the dense ones.
+
     >>> g = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
     >>> refit_rows(torch.tensor([[1.0, 1.0]]), torch.tensor([[True, False]]), g, g, 1e-9).tolist()
     [[1.5, 0.0]]
+    >>> refit_rows(torch.tensor([[1.0, 2.0]]), torch.tensor([[False, True]]), 0 * g, 0 * g, 0.01).tolist()
+    [[0.0, 2.0]]
     """
     if g.dim() == 3:
         return refit_rows_grouped(weight, keep, g, c, damp)
+    if not torch.diagonal(g).any():  # dead inputs: diag(G) is each input's sum of squares
+        return weight.detach() * keep.reshape(weight.shape).to(weight.device)
     w = weight.detach().reshape(weight.shape[0], -1).double()  # (out, cols)
     k = keep.reshape(w.shape)
     g, c = g.double(), c.double()
@@ -44,7 +52,9 @@ def refit_rows(weight: torch.Tensor, keep: torch.Tensor, g: torch.Tensor, c: tor
         idx = k[r].nonzero().squeeze(1)
         if idx.numel() == 0:
             continue
-        a = g[idx][:, idx] + lam * torch.eye(idx.numel(), dtype=g.dtype, device=g.device)
+        # G_KK gathered at once: g[idx][:, idx] would copy the kept rows whole first (13× slower for
+        # a 12,544-input layer at 70%: Faster R-CNN's box head, 1,024 rows of 3,763 kept).
+        a = g[idx[:, None], idx] + lam * torch.eye(idx.numel(), dtype=g.dtype, device=g.device)
         out[r, idx] = torch.linalg.solve(a, rhs[r, idx])
     return out.to(weight.dtype).reshape(weight.shape)
 
@@ -55,7 +65,7 @@ def refit_rows_grouped(
     """:func:`refit_rows` of a grouped conv: the rows of group ``i`` use ``g[i]``, ``c[i]`` and their own λ.
 
     A group whose inputs are all zero (a dead channel of a depthwise conv) has nothing to fit: its
-    kept weights stay the dense ones.
+    kept weights stay the dense ones (:func:`refit_rows`'s dead layer).
 
     >>> g = torch.tensor([[[2.0, 1.0], [1.0, 2.0]], [[1.0, 0.0], [0.0, 1.0]]])
     >>> refit_rows_grouped(torch.ones(2, 2), torch.tensor([[True, False], [True, False]]), g, g, 1e-9).tolist()
@@ -66,8 +76,7 @@ def refit_rows_grouped(
     parts = []
     for i in range(len(g)):
         rows = slice(i * per, (i + 1) * per)
-        dead = not torch.diagonal(g[i]).any()
-        parts.append(w[rows] * k[rows] if dead else refit_rows(w[rows], k[rows], g[i], c[i], damp))
+        parts.append(refit_rows(w[rows], k[rows], g[i], c[i], damp))
     return torch.cat(parts).reshape(weight.shape)
 
 

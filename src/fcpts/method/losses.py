@@ -88,14 +88,41 @@ def resolve_loss(loss: str, output: Any) -> str:
     return "kl" if is_logits_output(output) else "cosine"
 
 
+def is_detections(output: Any) -> bool:
+    """True for post-processed detections: a list of per-image dicts with ``boxes`` (a detector in eval mode).
+
+    >>> is_detections([{"boxes": torch.zeros(0, 4)}]), is_detections([torch.zeros(1)]), is_detections([])
+    (True, False, False)
+    """
+    return isinstance(output, (list, tuple)) and bool(output) and isinstance(output[0], dict) and "boxes" in output[0]
+
+
+def check_output_has_loss(output: Any) -> None:
+    """One clear error for a model output that no reconstruction loss fits: post-processed detections.
+
+    Their number and order change with the weights (score threshold, NMS), so the student's boxes
+    cannot be compared to the teacher's one by one; the first tensor in them (image 0's boxes) would
+    otherwise be taken for the model's output. fcpts wraps a torchvision detector itself to read its
+    raw head outputs (:mod:`fcpts.models.detection`), but not a module that calls one.
+    """
+    if is_detections(output):
+        raise FcptsError(
+            "this model returns post-processed detections (per-image boxes, labels, scores), which no reconstruction "
+            "loss fits: their number changes with the weights. fcpts prunes a torchvision detector (SSD, RetinaNet, "
+            "FCOS, Faster R-CNN) on its raw head outputs: pass the detector itself, not a module that calls it"
+        )
+
+
 def check_loss_fits(loss: str, output: Any) -> None:
     """One clear error when the loss ``loss`` does not fit the model's ``output``.
 
     An output that names its own loss (``fcpts_loss``: a detector's raw outputs) takes a loss that
-    reads the whole output (``whole_output``); such a loss takes nothing else.
+    reads the whole output (``whole_output``); such a loss takes nothing else. Post-processed
+    detections take no loss (:func:`check_output_has_loss`).
 
     >>> check_loss_fits("kl", torch.zeros(1, 3))
     """
+    check_output_has_loss(output)
     named = getattr(output, "fcpts_loss", None)
     whole = getattr(RECONSTRUCTION_LOSSES.get(loss), "whole_output", False)
     if named is not None and not whole:

@@ -23,7 +23,14 @@ from ..core.evaluate import output_logits
 from ..core.memory_format import in_format
 from ..errors import FcptsError
 from .config import FCPTSConfig
-from .losses import RECONSTRUCTION_LOSSES, apply_loss, check_loss_fits, control_loss, resolve_loss
+from .losses import (
+    RECONSTRUCTION_LOSSES,
+    apply_loss,
+    check_loss_fits,
+    check_output_has_loss,
+    control_loss,
+    resolve_loss,
+)
 from .prepare import Prepared
 from .speed import cache_dtype, teacher_autocast
 
@@ -83,6 +90,7 @@ def cache_teacher_outputs(
         raw = call_model(teacher, in_format(x[:1].to(device), memory_format))
     if getattr(raw, "fcpts_loss", None) is not None:  # outputs for a whole-output loss (a detector's): streamed
         return None
+    check_output_has_loss(raw)  # before image 0's boxes are taken for the first sample's output
     probe = output_logits(raw)  # (1, C...)
     dtype = cache_dtype(precision, probe.dtype)
     if len(x) * probe[0].numel() * dtype.itemsize > budget_bytes:
