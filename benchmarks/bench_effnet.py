@@ -29,29 +29,29 @@ from pathlib import Path
 
 import common
 
-#: label → (method, options): every method with its defaults, POT with the LAMP allocation; fcpts
-#: with the defaults, at batch 16 with a tenth of the kept-weight rate, from POT's result (``--init
-#: pot``: the start is returned unless learning lowers the calibration loss), and from POT-LAMP's at
-#: batch 16 with a tenth of the rate.
+#: label → (method, options): every method with its defaults, POT also with the LAMP allocation; fcpts
+#: with the defaults (``init="auto"``: here the budget affords few steps, so it starts from POT-LAMP's fit) and
+#: from the ERK allocation (``init="erk"``: where the reference models start).
 ROWS = {
     **common.ONE_SHOT_ROWS,
     "pot lamp": ("pot", {"allocation": "lamp"}),
     "fcpts": ("fcpts", {}),
-    "fcpts lr 1e-4 batch 16": ("fcpts", {"lr_weight": 1e-4, "batch_size": 16}),
-    "fcpts init pot batch 16": ("fcpts", {"init": "pot", "batch_size": 16}),
+    "fcpts, erk start": ("fcpts", {"init": "erk"}),
+}
+#: Rows run only when named in ``--rows`` (the batch, the kept-weight rate, the start, the heap; docs/benchmarks.md).
+EXTRA_ROWS = {
+    "fcpts batch 16": ("fcpts", {"batch_size": 16}),
+    "fcpts lr 1e-4 batch 16": ("fcpts", {"init": "erk", "lr_weight": 1e-4, "batch_size": 16}),
+    "fcpts init pot": ("fcpts", {"init": "pot"}),
+    "fcpts init pot lr 1e-3 batch 16": ("fcpts", {"init": "pot", "lr_weight": 1e-3, "batch_size": 16}),
     "fcpts init pot lamp lr 1e-4 batch 16": (
         "fcpts",
         {"init": "pot", "allocation": "lamp", "lr_weight": 1e-4, "batch_size": 16},
     ),
-}
-#: Rows run only when named in ``--rows`` (the kept-weight rate, the refit start, the heap; docs/benchmarks.md).
-EXTRA_ROWS = {
-    "fcpts batch 16": ("fcpts", {"batch_size": 16}),
-    "fcpts init pot": ("fcpts", {"init": "pot"}),
-    "fcpts refit lr 1e-4 batch 16": ("fcpts", {"refit_init": True, "lr_weight": 1e-4, "batch_size": 16}),
+    "fcpts refit lr 1e-4 batch 16": ("fcpts", {"init": "erk", "refit_init": True, "lr_weight": 1e-4, "batch_size": 16}),
     "sparsegpt, heap released": ("sparsegpt", {}),
     "pot, heap released": ("pot", {}),
-    "fcpts, heap released": ("fcpts", {}),
+    "fcpts, erk start, heap released": ("fcpts", {"init": "erk"}),
 }
 #: Run options of a row (``fcpts.RunOptions``), apart from the defaults: the paired measurement of
 #: ``retain_heap`` (glibc returns freed memory to the system, as without fcpts.core.heap).

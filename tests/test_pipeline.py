@@ -60,7 +60,7 @@ def test_report_content(model_file, npz_file, tmp_path):
     assert not RUN_FIELDS & set(report["config"])
     # init "auto" and lr_weight None are reported as the start and rate the run took (fcpts.method.start)
     asked = {k: v for k, v in report["config"].items() if k in ("target_sparsity", "iters", "batch_size")}
-    start = {"init": "erk", "allocation": None, "reason": "the budget affords at least 0.5 of the steps"}
+    start = {"init": "erk", "allocation": None, "reason": "the budget affords at least 50% of the steps"}
     assert report["config"] == {
         **fcpts.make_config("fcpts", **asked, init="erk", lr_weight=1e-3).to_dict(),
         "start": start,

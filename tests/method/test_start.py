@@ -36,13 +36,21 @@ def test_auto_without_a_budget_is_erk_bit_for_bit(tiny_net, calib_x):
     assert auto.config["start"] == {"init": "erk", "allocation": None, "reason": "no time budget"}
 
 
+def test_auto_under_a_budget_that_affords_the_steps_is_erk_bit_for_bit(tiny_net, calib_x):
+    """The timed forward and backward pass leaves no trace: the default run is the ERK run without a budget."""
+    auto = fcpts.prune(tiny_net, calib_x, fcpts.FCPTSConfig(0.7, iters=8, batch_size=16))
+    erk = fcpts.FCPTSConfig(0.7, iters=8, batch_size=16, time_budget_s=None, init="erk", lr_weight=1e-3)
+    assert auto.config["start"]["init"] == "erk" and auto.history == fcpts.prune(tiny_net, calib_x, erk).history
+    assert same_weights(auto.model, fcpts.prune(tiny_net, calib_x, erk).model)
+
+
 def test_auto_with_a_budget_that_affords_the_steps_is_erk(tiny_net, calib_x, monkeypatch):
     # 600 s budget, 5% kept back: (570 − spent) / 1 s ≥ 500 = half of the 1000 iters
     slow_steps(monkeypatch, 1.0)
     monkeypatch.setattr(budget, "clock", lambda: 0.0)  # nothing spent before the choice
     config = fcpts.FCPTSConfig(0.7, iters=1000, batch_size=16, time_budget_s=600.0)
     facts = start_module.resolve_start(tiny_net, calib(calib_x), config, RunOptions(), 0.0)[1]
-    assert facts == {"init": "erk", "allocation": None, "reason": "the budget affords at least 0.5 of the steps"}
+    assert facts == {"init": "erk", "allocation": None, "reason": "the budget affords at least 50% of the steps"}
     slow_steps(monkeypatch, 1.2)  # (570 − spent) / 1.2 s < 500
     facts = start_module.resolve_start(tiny_net, calib(calib_x), config, RunOptions(), 0.0)[1]
     assert facts["init"] == "pot" and facts["step_s"] == 1.2 and facts["affordable_steps"] == 475

@@ -33,6 +33,7 @@ from ..core.memory_format import in_format, resolve_memory_format
 from . import budget
 from .checkpoint import checkpoint_config
 from .config import FCPTSConfig, oneshot_methods
+from .steps import rank_shard
 
 #: ``init="auto"``'s start when the budget is short: POT's least-squares refit of every layer ...
 AUTO_ONESHOT = "pot"
@@ -86,13 +87,14 @@ def _auto_init(
     choice = torch.tensor([int(steps < MIN_STEP_FRACTION * config.iters)], device=calibration.device)
     distributed.broadcast_tensors([choice])  # every rank starts where rank 0 does
     if not choice.item():  # no timings in the report: the run is the one asked for with init "erk"
-        return AUTO_ALLOCATION_START, {"reason": f"the budget affords at least {MIN_STEP_FRACTION:g} of the steps"}
+        return AUTO_ALLOCATION_START, {"reason": f"the budget affords at least {MIN_STEP_FRACTION:.0%} of the steps"}
     reason = f"the budget affords about {steps} of {config.iters} steps"
     return AUTO_ONESHOT, {"reason": reason, "step_s": round(step_s, 6), "affordable_steps": steps}
 
 
 def forward_backward_s(model: nn.Module, calibration: Calibration, config: FCPTSConfig) -> float:
-    """Seconds of one forward and backward pass of ``model`` on the first calibration batch, in eval mode.
+    """Seconds of one forward and backward pass of ``model`` on the first calibration batch (this rank's
+    share in a process group), in eval mode.
 
     A lower bound of a learning step (no masks, no loss against a teacher), timed after an untimed
     pass on one row (first-call costs). The model's gradients are cleared afterwards and its mode
@@ -102,7 +104,8 @@ def forward_backward_s(model: nn.Module, calibration: Calibration, config: FCPTS
     >>> forward_backward_s(nn.Linear(4, 2), Calibration(torch.randn(8, 4), 4), FCPTSConfig(0.5)) > 0
     True
     """
-    batch = in_format(calibration.first(), resolve_memory_format(model, config.memory_format))
+    batch, _, _ = rank_shard(calibration.first(), None)  # this rank's share of the global batch
+    batch = in_format(batch, resolve_memory_format(model, config.memory_format))
     training = model.training
     model.eval()
     try:
