@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from ..api import METHODS, RunOptions, make_config, register_method
 from ..core.activations import input_norms
@@ -83,7 +84,7 @@ def prepare_from_config(
                 # CNN (README, Ablation), so it is the default.
                 if config.refit_rank == "dense":
                     layer.mask.score_fn = functools.partial(_constant_score, score)
-        refit_layers(model, teacher, keeps, refit_calibration(calibration, config.refit_samples), config.refit_damp)
+        refit_layers(model, teacher, keeps, first_rows(calibration, config.refit_samples), config.refit_damp)
     return prepared, config
 
 
@@ -107,7 +108,7 @@ def run_fcpts(
     teacher = copy.deepcopy(model)
     start = None
     if config.init not in ALLOCATIONS:
-        run_oneshot(model, refit_calibration(calibration, config.start_samples), config, options)
+        run_oneshot(model, first_rows(calibration, config.start_samples), config, options)
         start = copy.deepcopy(model) if config.keep_start else None  # the one-shot result, plain
     prepared, config = prepare_from_config(model, teacher, calibration, config)
     history = learn(prepared, teacher, calibration, config, options, started=started)
@@ -209,8 +210,17 @@ def _score_with(score: Any, input_norms: torch.Tensor | None, weight: torch.Tens
     return score(weight, input_norms)
 
 
-def refit_calibration(calibration: Calibration, samples: int) -> Calibration:
-    """The first ``samples`` rows of a tensor calibration set (all of it for 0, or for other data)."""
-    if calibration.tensor is None or samples <= 0 or samples >= len(calibration.tensor):
+def first_rows(calibration: Calibration, samples: int) -> Calibration:
+    """The first ``samples`` rows of a tensor or Dataset calibration set (a token dict is a Dataset here):
+    what the refit and a one-shot start read. All of it for 0, or for an iterable of batches.
+
+    >>> first_rows(Calibration({"input_ids": torch.zeros(8, 3)}, 4), 5).rows
+    5
+    """
+    rows = calibration.rows
+    if rows is None or samples <= 0 or samples >= rows:
         return calibration
-    return Calibration(calibration.tensor[:samples], calibration.batch_size, calibration.seed, calibration.device)
+    data = (
+        calibration.tensor[:samples] if calibration.tensor is not None else Subset(calibration.dataset, range(samples))
+    )
+    return Calibration(data, calibration.batch_size, calibration.seed, calibration.device)
