@@ -44,7 +44,7 @@ def test_auto_under_a_budget_that_affords_the_steps_is_erk_bit_for_bit(tiny_net,
     assert same_weights(auto.model, fcpts.prune(tiny_net, calib_x, erk).model)
 
 
-def test_auto_with_a_budget_that_affords_the_steps_is_erk(tiny_net, calib_x, monkeypatch):
+def test_auto_switches_at_half_the_steps(tiny_net, calib_x, monkeypatch):
     # 600 s budget, 5% kept back: (570 − spent) / 1 s ≥ 500 = half of the 1000 iters
     slow_steps(monkeypatch, 1.0)
     monkeypatch.setattr(budget, "clock", lambda: 0.0)  # nothing spent before the choice
