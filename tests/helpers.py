@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import struct
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,12 @@ FASHION_STEMS = (
     "t10k-labels-idx1-ubyte",
 )
 HAVE_FASHION = all((FASHION_DIR / f"{s}.gz").is_file() or (FASHION_DIR / s).is_file() for s in FASHION_STEMS)
+
+
+def same_weights(a: nn.Module | Mapping[str, torch.Tensor], b: nn.Module | Mapping[str, torch.Tensor]) -> bool:
+    """Same keys and every tensor equal bit for bit (so the masks are equal too); modules or state dicts."""
+    a, b = (x.state_dict() if isinstance(x, nn.Module) else x for x in (a, b))
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 class TinyNet(nn.Module):

@@ -20,17 +20,10 @@ from torch.utils.data import TensorDataset
 
 import fcpts
 from fcpts.method.checkpoint import CHECKPOINT_NAME
-from tests.helpers import TinyNet
+from tests.helpers import TinyNet, same_weights
 
 # The batch objective (teacher cache, losses) lives in fcpts.method.objective.
 learn_module = importlib.import_module("fcpts.method.objective")
-
-
-def assert_same_model(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    """Same keys, and every tensor equal bit for bit (so the masks are equal too)."""
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def leftovers(parent: Path) -> list[str]:
@@ -82,7 +75,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(monkeypatch, t
     assert (state["frozen_masks"] is not None) == bool(extra)
 
     resumed = fcpts.prune(net, data, config, fcpts.RunOptions(checkpoint_dir=ckpt, checkpoint_every=5, resume=True))
-    assert_same_model(resumed.model.state_dict(), reference.model.state_dict())
+    assert same_weights(resumed.model.state_dict(), reference.model.state_dict())
     assert resumed.history == reference.history
     assert resumed.zeros == reference.zeros == round(0.7 * resumed.numel)
     assert leftovers(ckpt) == []
@@ -201,7 +194,8 @@ def test_cli_checkpoint_flags(run_cli, model_file, npz_file, tmp_path):
     # A finished run resumes from its last checkpoint without learning more: the same weights.
     code, _, err = run_cli(*args, "--out", tmp_path / "d", "--resume", tmp_path / "c")
     assert code == 0, err
-    assert_same_model(load_file(tmp_path / "d" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors"))
+    resumed, whole = (load_file(tmp_path / run / "model.safetensors") for run in ("d", "b"))
+    assert same_weights(resumed, whole)
 
 
 #: Enough steps that the run is still going long after its first checkpoint (step 5), when it is killed.
@@ -246,7 +240,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(run_cli, model_file,
         _, resumed_err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, resumed_err.decode()
 
-    assert_same_model(load_file(out / "model.safetensors"), load_file(tmp_path / "reference" / "model.safetensors"))
+    assert same_weights(load_file(out / "model.safetensors"), load_file(tmp_path / "reference" / "model.safetensors"))
     report = json.loads((out / "report.json").read_text())
     reference_report = json.loads((tmp_path / "reference" / "report.json").read_text())
     assert report["loss_history"] == reference_report["loss_history"]

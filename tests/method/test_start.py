@@ -14,13 +14,9 @@ from fcpts.core.calibration import Calibration
 from fcpts.method import budget
 from fcpts.method import start as start_module
 from fcpts.method.config import ALLOCATION_LR_WEIGHT, ONESHOT_LR_WEIGHT
-from tests.helpers import TINY_TOTAL
+from tests.helpers import TINY_TOTAL, same_weights
 
 objective_module = importlib.import_module("fcpts.method.objective")
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def slow_steps(monkeypatch: pytest.MonkeyPatch, step_s: float) -> None:
