@@ -4,6 +4,13 @@
 sparsity (uniform in the paper; ``owl-wanda``: the OWL allocation), with the layer counts rounded
 so that the whole model holds exactly ``round(S*·N)`` zeros. With a ``pattern`` N:M every group of
 M consecutive input weights loses its N lowest-scoring weights instead.
+
+As in the paper ("after pruning a preceding layer, the subsequent layer receives updated input
+activations"), the layers are pruned one after the other in forward order, and each layer's
+``‖X_j‖₂`` is measured on the model whose earlier layers are already pruned (``sequential``;
+False: every layer's norms from one pass of the dense model, as the reference code for image
+classifiers does). Padding tokens are not counted (:func:`fcpts.core.activations.real_tokens`).
+A non-uniform allocation (OWL) is computed from the dense model's scores.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from ..api import PruneConfig, RunOptions, register_method
 from ..core.batchnorm import recalibrate_batchnorm
 from ..core.calibration import Calibration
 from ..core.importance import get_importance
-from ..core.scoring import apply_flags, prunable, prune_flags
+from ..core.scoring import apply_flags, prunable, prune_flags, prune_in_order
 
 
 @dataclass
@@ -32,6 +39,9 @@ class ScoreConfig(PruneConfig):
     importance: str = "wanda"
     allocation: str = "uniform"
     per_row: bool = True  # compare weights within each output row (Wanda) or within the whole layer
+    # Each layer's input norms on the model pruned up to it (the paper's procedure), or all from the dense model
+    # (one pass). MiniLM at 0.5 on 591 fortunes: 0.8622 mean cosine sequential, 0.8644 from the dense model.
+    sequential: bool = True
     recalibrate_bn: bool = True  # like the magnitude baselines: BatchNorm statistics of the pruned model
 
     @property  # type: ignore[override]
@@ -50,7 +60,10 @@ def run_score(
 ) -> list[dict[str, float]]:
     """Prune the lowest scores (exact global count, or N:M), then recalibrate BatchNorm."""
     layers = prunable(model, config)
-    apply_flags(layers, prune_flags(model, layers, calibration, config, config.per_row))
+    if config.sequential and get_importance(config.importance).needs_inputs:
+        prune_in_order(model, layers, calibration, config, config.per_row)
+    else:  # scores that read no inputs do not change as earlier layers are pruned: one pass
+        apply_flags(layers, prune_flags(model, layers, calibration, config, config.per_row))
     if config.recalibrate_bn:
         recalibrate_batchnorm(model, calibration.epoch())
     return []
