@@ -23,7 +23,8 @@ from ..api import PruneConfig, RunOptions, register_method
 from ..core.batchnorm import recalibrate_batchnorm
 from ..core.calibration import Calibration
 from ..core.importance import get_importance
-from ..core.scoring import apply_flags, prunable, prune_flags, prune_in_order
+from ..core.scoring import apply_flags, prunable, prune_flags
+from ..core.sequential import prune_in_order
 
 
 @dataclass

@@ -2,8 +2,7 @@
 POT, fcpts's input-based scores): which layers are prunable, each layer's importance scores, the
 zeros per layer under an allocation (summing to exactly ``round(S*·N)``), the flags to prune
 (per output row or per layer, or N:M), and applying them: all layers at once on the dense model's
-inputs (:func:`prune_flags`), or layer after layer in forward order, each scored on the inputs of
-the model whose earlier layers are already pruned (:func:`prune_in_order`, Wanda's procedure).
+inputs (:func:`prune_flags`; layer after layer on the already-pruned model: :mod:`.sequential`).
 """
 
 from __future__ import annotations
@@ -13,15 +12,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import FcptsError
-from .activations import GroupedInput, _Inputs, input_norms, real_tokens
+from .activations import input_norms
 from .allocation import allocate
 from .calibration import Calibration
 from .importance import get_importance
 from .layers import require_prunable_layers
 from .masks import layer_counts, row_balanced_flags, target_zeros
 from .patterns import divides, nm_prune_flags, parse_pattern
-from .replay import Replay, StopForward, run_until_stop
 
 if TYPE_CHECKING:  # the configs' type only: core/ imports nothing above it at run time
     from ..api import PruneConfig
@@ -99,61 +96,6 @@ def count_flags(score: torch.Tensor, count: int, per_row: bool) -> torch.Tensor:
     flags = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
     flags[torch.sort(score.flatten(), stable=True).indices[:count]] = True
     return flags.view(score.shape)
-
-
-@torch.no_grad()
-def prune_in_order(
-    model: nn.Module, layers: dict[str, nn.Module], calibration: Calibration, config: Any, per_row: bool = True
-) -> None:
-    """Prune layer after layer in forward order, each by its score on the already-pruned model's inputs.
-
-    The layer counts are :func:`allocation_counts`' (a non-uniform allocation reads the dense
-    model's scores once); N:M as in :func:`prune_flags`. Each layer's input norms come from the
-    model whose earlier layers are pruned already (a :class:`~fcpts.core.replay.Replay`, as
-    SparseGPT's Gram matrices), so a layer's score sees the inputs it will get in the pruned model.
-    """
-    entry = get_importance(config.importance)
-    pattern = pattern_of(config)
-    counts = None if pattern is not None else allocation_counts(model, layers, calibration, config)
-    replay = Replay(model, calibration.epoch)
-    for i, (name, module) in enumerate(layers.items()):
-        norms = current_norms(model, name, replay) if entry.needs_inputs else None
-        score = zeros_first([entry.score(module.weight.detach(), norms)], {name: module})[0]
-        if pattern is not None:
-            flags = pattern_flags([score], *pattern)[0]
-        else:
-            assert counts is not None
-            flags = count_flags(score, counts[i], per_row)
-        apply_flags({name: module}, [flags])
-
-
-@torch.no_grad()
-def current_norms(model: nn.Module, name: str, replay: Replay) -> torch.Tensor:
-    """``‖X_j‖₂`` of layer ``name``'s inputs on ``model`` as it is now (its first call per batch; real tokens).
-
-    (cols,), or (groups, cols) for a grouped conv, as :func:`~fcpts.core.activations.input_norms`.
-    """
-    feeds = replay.feeds(name)  # before the hook: moving the replay's cache runs forwards of its own
-    state: dict[str, Any] = {"squares": None, "calls": 0}  # summed batch after batch, as input_norms sums
-
-    def sink(_: str, x: torch.Tensor | GroupedInput) -> None:
-        sq = x.squares() if isinstance(x, GroupedInput) else (x * x).sum(0)  # (cols,); (groups, cols) grouped
-        state["squares"] = sq if state["squares"] is None else state["squares"] + sq
-        state["calls"] += 1
-        raise StopForward  # the layers after this one are not needed
-
-    tap = _Inputs({name: model.get_submodule(name)}, sink)
-    try:
-        for batches, (root, x, _, _, batch) in enumerate(feeds, 1):
-            tap.tokens = real_tokens(batch)
-            run_until_stop(root, x)
-            if state["calls"] != batches:
-                raise FcptsError(f"layer {name!r} was never called on the calibration data")
-    finally:
-        tap.close()
-    if state["squares"] is None:
-        raise FcptsError(f"layer {name!r} was never called on the calibration data")
-    return state["squares"].sqrt()
 
 
 def zeros_first(scores: list[torch.Tensor], layers: dict[str, nn.Module]) -> list[torch.Tensor]:
