@@ -25,6 +25,7 @@ The switches take one difference at a time (defaults: the reference's procedure)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from typing import Any
@@ -61,10 +62,8 @@ def block_inputs(model: nn.Module, block: nn.Module, batches: list[dict]) -> lis
     handle = block.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for batch in batches:
-            try:
+            with contextlib.suppress(Stop):
                 model(**batch)
-            except Stop:
-                pass
     finally:
         handle.remove()
     return seen
@@ -149,16 +148,18 @@ class SparseGPTStats:
         layer.weight.data = W.reshape(layer.weight.shape).to(layer.weight.dtype)
 
 
+def collect(stats: WandaStats | SparseGPTStats) -> Any:
+    """A forward hook handing the layer's input to ``stats`` (the reference's ``add_batch`` hook)."""
+    return lambda module, inp, out: stats.add_batch(inp[0].data)
+
+
 def prune_block(block: nn.Module, inps: list, args: argparse.Namespace) -> None:
     """Collect each group's statistics on one forward of the block, prune the group (reference order)."""
-    groups = SEQUENTIAL if args.true_sequential else [sum(SEQUENTIAL, [])]
+    groups = SEQUENTIAL if args.true_sequential else [[name for group in SEQUENTIAL for name in group]]
     for names in groups:
         subset = {n: block.get_submodule(n) for n in names}
         stats = {n: (WandaStats if args.method == "wanda" else SparseGPTStats)(m) for n, m in subset.items()}
-        handles = [
-            m.register_forward_hook(lambda _m, inp, out, n=n: stats[n].add_batch(inp[0].data))
-            for n, m in subset.items()
-        ]
+        handles = [m.register_forward_hook(collect(stats[n])) for n, m in subset.items()]
         run_block(block, inps)
         for h in handles:
             h.remove()

@@ -81,15 +81,16 @@ def chain_case() -> tuple[nn.Linear, nn.Linear, torch.Tensor]:
 def test_each_layer_is_scored_on_the_already_pruned_model(wrap):
     a, b, x = chain_case()
     model = nn.Sequential(a, b) if wrap == "sequential" else TwoLinears(a, b)  # replayed, or whole forwards
-    pruned = fcpts.prune(model, x, fcpts.make_config("wanda", target_sparsity=0.5)).model
+    config = fcpts.make_config("wanda", target_sparsity=0.5, sequential=True)
+    pruned = fcpts.prune(model, x, config).model
     first, second = (pruned[0], pruned[1]) if wrap == "sequential" else (pruned.a, pruned.b)
     assert first.weight.tolist() == [[1.0, 0.0], [0.0, 2.0]]
     assert second.weight.tolist() == [[0.0, 1.0]]
 
 
-def test_no_sequential_scores_every_layer_on_the_dense_model():
+def test_by_default_every_layer_is_scored_on_the_dense_model():
     a, b, x = chain_case()
-    config = fcpts.make_config("wanda", target_sparsity=0.5, sequential=False)
+    config = fcpts.make_config("wanda", target_sparsity=0.5)
     pruned = fcpts.prune(nn.Sequential(a, b), x, config).model
     assert pruned[0].weight.tolist() == [[1.0, 0.0], [0.0, 2.0]]
     assert pruned[1].weight.tolist() == [[1.75, 0.0]]
@@ -102,8 +103,7 @@ def test_sequential_n_m():
         a.weight.copy_(torch.eye(4) * torch.tensor([1.0, 2.0, 3.0, 4.0]))
         b.weight.copy_(torch.tensor([[4.0, 3.5, 1.375, 1.0]]))
     # b's input norms are a's outputs [1, 2, 3, 4]: scores [4, 7, 4.125, 4], the two 4s go.
-    pruned = fcpts.prune(
-        nn.Sequential(a, b), torch.ones(1, 4), fcpts.make_config("wanda", target_sparsity=0.5, pattern="2:4")
-    )
+    config = fcpts.make_config("wanda", target_sparsity=0.5, pattern="2:4", sequential=True)
+    pruned = fcpts.prune(nn.Sequential(a, b), torch.ones(1, 4), config)
     assert pruned.model[0].weight.tolist() == torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0])).tolist()
     assert pruned.model[1].weight.tolist() == [[0.0, 3.5, 1.375, 0.0]]

@@ -5,12 +5,20 @@ sparsity (uniform in the paper; ``owl-wanda``: the OWL allocation), with the lay
 so that the whole model holds exactly ``round(S*·N)`` zeros. With a ``pattern`` N:M every group of
 M consecutive input weights loses its N lowest-scoring weights instead.
 
-As in the paper ("after pruning a preceding layer, the subsequent layer receives updated input
-activations"), the layers are pruned one after the other in forward order, and each layer's
-``‖X_j‖₂`` is measured on the model whose earlier layers are already pruned (``sequential``;
-False: every layer's norms from one pass of the dense model, as the reference code for image
-classifiers does). Padding tokens are not counted (:func:`fcpts.core.activations.real_tokens`).
-A non-uniform allocation (OWL) is computed from the dense model's scores.
+The scores are those of the dense model: every layer's ``‖X_j‖₂`` from one pass over the
+calibration data, as the reference code for image classifiers (DeiT, ConvNeXt) collects them.
+``sequential=True`` takes the reference code's procedure for language models instead (the one the
+paper describes: a layer's metric is computed on the activations updated by the pruning before it): the
+layers are pruned one after the other in forward order, each scored on the inputs of the model whose
+earlier layers are already pruned (:mod:`fcpts.core.sequential`). Padding tokens are not counted
+either way (:func:`fcpts.core.activations.real_tokens`). A non-uniform allocation (OWL) is computed
+from the dense model's scores.
+
+On all-MiniLM-L6-v2 at 0.5 (591 fortunes) the two give 0.8644 and 0.8624 mean cosine (the language-
+model reference code, block by block: 0.8622), the sequential one in about 10× the time (layer after
+layer, one partial forward per group of layers that read the same input); on the reference CNN
+(BatchNorm: the inputs of a partly pruned model are measured before recalibration) 86.4% and 77.6%
+top-1 at 0.5, 68.0% and 11.7% at 0.8; on the reference ViT 61.6% and 59.0% at 0.5.
 """
 
 from __future__ import annotations
@@ -40,9 +48,9 @@ class ScoreConfig(PruneConfig):
     importance: str = "wanda"
     allocation: str = "uniform"
     per_row: bool = True  # compare weights within each output row (Wanda) or within the whole layer
-    # Each layer's input norms on the model pruned up to it (the paper's procedure), or all from the dense model
-    # (one pass). MiniLM at 0.5 on 591 fortunes: 0.8622 mean cosine sequential, 0.8644 from the dense model.
-    sequential: bool = True
+    # True: each layer's input norms on the model pruned up to it, layer after layer (the language-model
+    # reference code); False: all from one pass of the dense model (the image-classifier reference code).
+    sequential: bool = False
     recalibrate_bn: bool = True  # like the magnitude baselines: BatchNorm statistics of the pruned model
 
     @property  # type: ignore[override]

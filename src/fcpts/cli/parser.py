@@ -329,8 +329,8 @@ def _add_score_options(o: argparse._ArgumentGroup) -> None:
         "--sequential",
         action=argparse.BooleanOptionalAction,
         help="wanda, owl-wanda: each layer's input norms on the model whose earlier layers are already pruned, "
-        "layer after layer in forward order (default, the paper's procedure); --no-sequential: all from one "
-        "pass of the dense model",
+        "layer after layer in forward order (the reference code for language models); default --no-sequential: "
+        "all from one pass of the dense model (the reference code for image classifiers)",
     )
 
 
