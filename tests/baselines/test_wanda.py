@@ -107,3 +107,15 @@ def test_sequential_n_m():
     pruned = fcpts.prune(nn.Sequential(a, b), torch.ones(1, 4), config)
     assert pruned.model[0].weight.tolist() == torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0])).tolist()
     assert pruned.model[1].weight.tolist() == [[0.0, 3.5, 1.375, 0.0]]
+
+
+def test_cli_sequential_sets_the_option_of_wanda_only(run_cli):
+    from fcpts.cli.commands import _config
+    from fcpts.cli.parser import build_parser
+
+    base = ["prune", "--model", "refcnn", "--data", "fashion-mnist", "--sparsity", "0.5", "--out", "o"]
+    for flags, expected in ((["--sequential"], True), (["--no-sequential"], False), ([], False)):
+        config, _ = _config(build_parser().parse_args([*base, "--method", "wanda", *flags]))
+        assert config.sequential is expected
+    code, _, err = run_cli(*base, "--method", "sparsegpt", "--sequential")
+    assert code == 2 and err == "fcpts: error: --sequential does not apply to method 'sparsegpt'\n"
