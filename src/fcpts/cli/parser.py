@@ -45,6 +45,7 @@ METHOD_FLAGS = (
     "allocation",
     "damp",
     "blocksize",
+    "sequential",
     "refit_init",
     "keep_start",
     "refit_rank",
@@ -324,6 +325,13 @@ def _add_score_options(o: argparse._ArgumentGroup) -> None:
     )
     o.add_argument("--damp", type=float, help="sparsegpt/pot: relative Hessian dampening (default: 0.01)")
     o.add_argument("--blocksize", type=int, help="sparsegpt: columns per block (default: 128)")
+    o.add_argument(
+        "--sequential",
+        action=argparse.BooleanOptionalAction,
+        help="wanda, owl-wanda: each layer's input norms on the model whose earlier layers are already pruned, "
+        "layer after layer in forward order (the reference code for language models); default --no-sequential: "
+        "all from one pass of the dense model (the reference code for image classifiers)",
+    )
 
 
 def _add_checkpoint_options(c: argparse._ArgumentGroup) -> None:

@@ -1,7 +1,8 @@
 """Scores, per-layer counts and pruning flags shared by the score-based methods (Wanda, SparseGPT,
 POT, fcpts's input-based scores): which layers are prunable, each layer's importance scores, the
 zeros per layer under an allocation (summing to exactly ``round(S*·N)``), the flags to prune
-(per output row or per layer, or N:M), and applying them.
+(per output row or per layer, or N:M), and applying them: all layers at once on the dense model's
+inputs (:func:`prune_flags`; layer after layer on the already-pruned model: :mod:`.sequential`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,15 @@ def layer_scores(
 def allocation_counts(
     model: nn.Module, layers: dict[str, nn.Module], calibration: Calibration, config: Any
 ) -> list[int]:
-    """Zeros per layer: ``config.allocation`` over ``config.importance`` scores, summing to ``round(S*·N)``."""
+    """Zeros per layer: ``config.allocation`` over ``config.importance`` scores, summing to ``round(S*·N)``.
+
+    The uniform allocation reads no scores (no calibration pass): every layer at the target.
+    """
+    if config.allocation == "uniform":
+        numels = [m.weight.numel() for m in layers.values()]
+        return layer_counts(
+            [config.target_sparsity] * len(numels), numels, target_zeros(config.target_sparsity, sum(numels))
+        )
     scores = layer_scores(model, layers, calibration, config.importance)
     sparsities = allocate(config.allocation, scores, config.target_sparsity)
     numels = [s.numel() for s in scores]
@@ -73,14 +82,20 @@ def prune_flags(
     scores = zeros_first(scores, layers)
     numels = [s.numel() for s in scores]
     counts = layer_counts(sparsities, numels, target_zeros(config.target_sparsity, sum(numels)))
+    return [count_flags(s, k, per_row) for s, k in zip(scores, counts, strict=True)]
+
+
+def count_flags(score: torch.Tensor, count: int, per_row: bool) -> torch.Tensor:
+    """Flags of the ``count`` lowest scores of one layer: per output row (Wanda) or in the whole layer.
+
+    >>> count_flags(torch.tensor([[3.0, 1.0], [0.1, 0.2]]), 2, per_row=False).int().tolist()
+    [[0, 0], [1, 1]]
+    """
     if per_row:
-        return [row_balanced_flags(s, k) for s, k in zip(scores, counts, strict=True)]
-    flags = []
-    for s, k in zip(scores, counts, strict=True):
-        f = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
-        f[torch.sort(s.flatten(), stable=True).indices[:k]] = True
-        flags.append(f.view(s.shape))
-    return flags
+        return row_balanced_flags(score, count)
+    flags = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+    flags[torch.sort(score.flatten(), stable=True).indices[:count]] = True
+    return flags.view(score.shape)
 
 
 def zeros_first(scores: list[torch.Tensor], layers: dict[str, nn.Module]) -> list[torch.Tensor]:
