@@ -8,13 +8,15 @@ hits all of them), medians of ``--rounds`` rounds, each round a loop of calls la
 ``--min-ms``:
 
 * ``dense``: ``F.linear`` on the weight with its zeros (MKL/oneDNN GEMM);
-* ``csr``: the ``cpu-sparse`` kernel (``csrc/spmm.cpp``) on the unstructured weight;
-* ``lanes``: the ``cpu-block`` kernel's row-lane path on the 1×B weight (vectors along the rows,
-  as ``csr``, one column index per block);
-* ``dot``: its along-the-block path (vectors along the block, for few rows).
+* ``csr_lanes`` / ``csr_dot``: the ``cpu-sparse`` kernel (``csrc/spmm.cpp``) on the unstructured
+  weight, each path forced: the row-lane path (vectors along the rows) and the few-rows one
+  (scalar, one gathered input per stored weight);
+* ``block_lanes`` / ``block_dot``: the ``cpu-block`` kernel on the 1×B weight: the row-lane path
+  (one column index per block) and the few-rows one (vectors along the block).
 
-The table gives each one's median time and the median paired speedups of the block kernel (the
-path ``cpu_sparse.DOT_BELOW`` picks for this row count) over ``csr`` and over dense. Run it pinned
+The table gives each one's median time and the median paired speedups: block over CSR each on
+the path ``cpu_sparse.DOT_BELOW`` picks for this row count, block over CSR each on its faster
+path here ("best/best"), and each over dense. Run it pinned
 to one core for one-thread figures: ``OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_blocks.py``.
 Writes JSON (default: benchmarks/results/blocks/cpu.json).
 """
@@ -52,15 +54,16 @@ def pruned_linear(k: int, m: int, sparsity: float, block: int, seed: int) -> nn.
     return lin
 
 
-def with_dot_below(module: nn.Module, dot_below: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``module`` called with ``cpu_sparse.DOT_BELOW`` set to ``dot_below`` (the path forced)."""
+def with_dot_below(module: CPUSparseLinear, dot_below: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``module`` called with its ``cpu_sparse.DOT_BELOW`` entry set to ``dot_below`` (the path forced)."""
 
     def call(x: torch.Tensor) -> torch.Tensor:
-        old, cpu_sparse.DOT_BELOW = cpu_sparse.DOT_BELOW, dot_below
+        old = cpu_sparse.DOT_BELOW[module.block]
+        cpu_sparse.DOT_BELOW[module.block] = dot_below
         try:
             return module(x)
         finally:
-            cpu_sparse.DOT_BELOW = old
+            cpu_sparse.DOT_BELOW[module.block] = old
 
     return call
 
@@ -88,40 +91,46 @@ def paired(fns: dict[str, Callable[[], object]], rounds: int, min_s: float) -> d
 
 @torch.no_grad()
 def measure(k: int, m: int, tokens: int, sparsity: float, block: int, args: object) -> dict:
-    """One row: the four variants on one shape, row count, sparsity and block size (see the module doc)."""
+    """One row: the five variants on one shape, row count, sparsity and block size (see the module doc)."""
     flat, blocked = pruned_linear(k, m, sparsity, 1, 0), pruned_linear(k, m, sparsity, block, 1)
     x = torch.randn(tokens, k, generator=torch.Generator().manual_seed(2))
     csr, blk = CPUSparseLinear(flat), CPUSparseLinear(blocked, block)
-    lanes, dot = with_dot_below(blk, 0), with_dot_below(blk, 1 << 30)
-    for mod, ref in ((csr, flat), (blk, blocked)):
-        assert torch.allclose(mod(x), ref(x), rtol=1e-5, atol=1e-4), "kernel disagrees with dense"
-    assert torch.allclose(dot(x), blocked(x), rtol=1e-5, atol=1e-4), "dot path disagrees with dense"
-    fns = {
-        "dense": lambda: F.linear(x, blocked.weight, blocked.bias),
-        "csr": lambda: csr(x),
-        "lanes": lambda: lanes(x),
-        "dot": lambda: dot(x),
-    }
+    fns = {"dense": lambda: F.linear(x, blocked.weight, blocked.bias)}
+    for name, mod, ref in (("csr", csr, flat), ("block", blk, blocked)):
+        for path, below in (("lanes", 0), ("dot", 1 << 30)):
+            fn = with_dot_below(mod, below)
+            assert torch.allclose(fn(x), ref(x), rtol=1e-5, atol=1e-4), f"{name} {path} disagrees with dense"
+            fns[f"{name}_{path}"] = lambda fn=fn: fn(x)
     t = paired(fns, args.rounds, args.min_ms / 1e3)
-    chosen = "dot" if tokens < cpu_sparse.DOT_BELOW else "lanes"
 
     def speedup(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(t[a], t[b], strict=True))
 
-    row = {"in": k, "out": m, "tokens": tokens, "sparsity": sparsity, "block": block, "chosen": chosen}
+    def chosen(name: str, b: int) -> str:
+        return f"{name}_dot" if tokens < cpu_sparse.DOT_BELOW[b] else f"{name}_lanes"
+
+    def best(name: str) -> str:
+        return min((f"{name}_lanes", f"{name}_dot"), key=lambda v: statistics.median(t[v]))
+
+    row = {"in": k, "out": m, "tokens": tokens, "sparsity": sparsity, "block": block}
     row |= {f"{name}_us": statistics.median(ts) * 1e6 for name, ts in t.items()}
-    row |= {"block_vs_csr": speedup("csr", chosen), "block_vs_dense": speedup("dense", chosen)}
-    row |= {"csr_vs_dense": speedup("dense", "csr"), "dot_vs_lanes": speedup("lanes", "dot")}
+    row |= {"csr_path": chosen("csr", 1), "block_path": chosen("block", block)}
+    row |= {"block_vs_csr": speedup(chosen("csr", 1), chosen("block", block))}
+    row |= {"best_block_vs_best_csr": speedup(best("csr"), best("block"))}
+    row |= {"block_vs_dense": speedup("dense", chosen("block", block)), "csr_vs_dense": speedup("dense", chosen("csr", 1))}
     return row
 
 
+VARIANTS = ("dense", "csr_lanes", "csr_dot", "block_lanes", "block_dot")
+
+
 def table(rows: list[dict]) -> str:
-    header = ["shape", "tokens", "sparsity", "B", "dense µs", "csr µs", "lanes µs", "dot µs"]
-    header += ["block/csr ×", "block/dense ×", "csr/dense ×"]
+    header = ["shape", "tokens", "sparsity", "B", *(f"{v} µs" for v in VARIANTS)]
+    header += ["block/csr ×", "best/best ×", "block/dense ×", "csr/dense ×"]
     body = [
         [f"{r['in']}→{r['out']}", r["tokens"], f"{r['sparsity']:g}", f"1×{r['block']}"]
-        + [f"{r[f'{n}_us']:.1f}" for n in ("dense", "csr", "lanes", "dot")]
-        + [f"{r['block_vs_csr']:.2f}", f"{r['block_vs_dense']:.2f}", f"{r['csr_vs_dense']:.2f}"]
+        + [f"{r[f'{v}_us']:.1f}" for v in VARIANTS]
+        + [f"{r[key]:.2f}" for key in ("block_vs_csr", "best_block_vs_best_csr", "block_vs_dense", "csr_vs_dense")]
         for r in rows
     ]
     return common.markdown(header, body)

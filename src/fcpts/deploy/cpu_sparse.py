@@ -45,11 +45,12 @@ SOURCE = Path(__file__).with_name("csrc") / "spmm.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _ARGS = [ctypes.c_void_p, *[ctypes.c_int64] * 5, *[ctypes.c_void_p] * 3, ctypes.c_int64]
 _ARGS += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
-#: The block-CSR entry points take the block size, and the row-major one ``DOT_BELOW`` after it.
+#: The entry points called take the block size (1: CSR) and, row-major, ``DOT_BELOW`` after it.
 _BLOCK_ARGS = {"fcpts_bspmm_rowmajor": [*_ARGS, ctypes.c_int, ctypes.c_int64], "fcpts_bspmm_colmajor": [*_ARGS, ctypes.c_int]}
-#: 1×B blocks, row-major input: fewer rows than this run the along-the-block kernel (measured in
-#: benchmarks/bench_blocks.py), more run the row-lane one.
-DOT_BELOW = 16
+#: Block size → row count below which row-major input runs the few-rows kernel (vectors along the
+#: block; scalar for CSR, never faster here) instead of the row-lane one: measured in
+#: benchmarks/bench_blocks.py.
+DOT_BELOW = {1: 0, 4: 8, 8: 16}
 
 
 def _cpu_flags() -> str:
@@ -93,7 +94,7 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
-        for name, args in {"fcpts_spmm_rowmajor": _ARGS, "fcpts_spmm_colmajor": _ARGS, **_BLOCK_ARGS}.items():
+        for name, args in _BLOCK_ARGS.items():
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, None
     except (OSError, subprocess.SubprocessError, AttributeError) as exc:
@@ -150,8 +151,8 @@ class _SparseRows(nn.Module):
         b, n, k, ldx, xbs, ldy, ybs = dims
         bias = 0 if self.bias is None else self.bias.data_ptr()
         rows = self.shape2d[0]
-        extra = () if self.block == 1 else (self.block, DOT_BELOW) if layout == "rowmajor" else (self.block,)
-        fn = getattr(lib, f"fcpts_{'spmm' if self.block == 1 else 'bspmm'}_{layout}")
+        extra = (self.block, DOT_BELOW[self.block]) if layout == "rowmajor" else (self.block,)
+        fn = getattr(lib, f"fcpts_bspmm_{layout}")
         fn(x.data_ptr(), b, n, k, ldx, xbs, self.row_ptr.data_ptr(), self.col_indices.data_ptr(),
            self.values.data_ptr(), rows, bias, y.data_ptr(), ldy, ybs, torch.get_num_threads(), *extra)  # fmt: skip
 
