@@ -117,7 +117,10 @@ def measure(k: int, m: int, tokens: int, sparsity: float, block: int, args: obje
     row |= {"csr_path": chosen("csr", 1), "block_path": chosen("block", block)}
     row |= {"block_vs_csr": speedup(chosen("csr", 1), chosen("block", block))}
     row |= {"best_block_vs_best_csr": speedup(best("csr"), best("block"))}
-    row |= {"block_vs_dense": speedup("dense", chosen("block", block)), "csr_vs_dense": speedup("dense", chosen("csr", 1))}
+    row |= {
+        "block_vs_dense": speedup("dense", chosen("block", block)),
+        "csr_vs_dense": speedup("dense", chosen("csr", 1)),
+    }
     return row
 
 

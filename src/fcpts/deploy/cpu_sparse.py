@@ -46,7 +46,10 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _ARGS = [ctypes.c_void_p, *[ctypes.c_int64] * 5, *[ctypes.c_void_p] * 3, ctypes.c_int64]
 _ARGS += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
 #: The entry points called take the block size (1: CSR) and, row-major, ``DOT_BELOW`` after it.
-_BLOCK_ARGS = {"fcpts_bspmm_rowmajor": [*_ARGS, ctypes.c_int, ctypes.c_int64], "fcpts_bspmm_colmajor": [*_ARGS, ctypes.c_int]}
+_BLOCK_ARGS = {
+    "fcpts_bspmm_rowmajor": [*_ARGS, ctypes.c_int, ctypes.c_int64],
+    "fcpts_bspmm_colmajor": [*_ARGS, ctypes.c_int],
+}
 #: Block size → row count below which row-major input runs the few-rows kernel (vectors along the
 #: block; scalar for CSR, never faster here) instead of the row-lane one: measured in
 #: benchmarks/bench_blocks.py.
