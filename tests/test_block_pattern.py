@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import fcpts
 from fcpts.core.patterns import block_of
 from fcpts.core.scoring import block_flags
+from tests.helpers import FACTORY_TOTAL, load_factory
 from tests.test_api import CASES, IDS, prunable_weights
 
 #: TinyNet's input sizes: conv1 9, conv2 27, fc1 80, fc2 7. 1x4 and 1x8 divide fc1 only; 1x3 conv1 and conv2.
@@ -61,3 +63,38 @@ def test_a_block_no_layer_divides_by_raises(tiny_net, calib_x):
 
 def test_a_block_pattern_takes_any_target():
     assert fcpts.make_config("pot", target_sparsity=0.9, pattern="1x4").pattern == "1x4"
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["uniform-magnitude", "wanda", "sparsegpt", "pot", "fcpts"])
+def test_cli_prune_with_a_1x4_pattern(method, run_cli, model_file, npz_file, tmp_path):
+    out = tmp_path / "out"
+    args = ["prune", "--model", f"{model_file}:factory", "--data", f"npz:{npz_file}", "--pattern", "1x4"]
+    args += ["--sparsity", "0.6", "--method", method, "--out", out, "--calib-samples", "32", "--batch-size", "16"]
+    args += ["--no-progress", *(["--iters", "3"] if method == "fcpts" else [])]
+    code, stdout, stderr = run_cli(*args)
+    assert code == 0, stderr
+    # The conv (9 inputs) stays dense; the Linear (144 inputs, 360 blocks) loses round(0.6 · 360) = 216 blocks.
+    assert f"global sparsity  {864 / FACTORY_TOTAL:.6f} (864 of {FACTORY_TOTAL} weights zero)" in stdout
+    model = load_factory(model_file)
+    model.load_state_dict(load_file(out / "model.safetensors"))
+    assert int((model[0].weight == 0).sum()) == 0
+    blocks = (model[4].weight.view(10, 36, 4) == 0).sum(-1)
+    assert ((blocks == 0) | (blocks == 4)).all() and int((blocks == 4).sum()) == 216
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--sparsity", "0.5", "--pattern", "1x"], "pattern must be N:M"),
+        (["--sparsity", "0.5", "--pattern", "3x4"], "or 1xB with an integer B >= 2"),
+        (["--pattern", "1x4"], "1xB needs --sparsity"),
+        (["--sparsity", "0.5", "--pattern", "1x7"], "no prunable layer's input size is a multiple of 7"),
+    ],
+)
+def test_cli_bad_block_patterns(flags, message, run_cli, model_file, npz_file, tmp_path):
+    base = ["prune", "--model", f"{model_file}:factory", "--data", f"npz:{npz_file}", "--out", tmp_path / "o"]
+    code, _, stderr = run_cli(*base, "--method", "wanda", "--calib-samples", "16", "--no-progress", *flags)
+    assert code == 2 and "fcpts: error:" in stderr and message in stderr, stderr

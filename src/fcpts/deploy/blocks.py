@@ -17,6 +17,8 @@ True
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 #: Block sizes the kernel takes, largest first.
@@ -67,4 +69,6 @@ def bcsr_to_csr(
     """The same weight as a torch CSR tensor (each block's ``B`` columns, padding zeros included)."""
     crow = row_ptr.to(torch.int64) * block
     cols = (col.to(torch.int64)[:, None] + torch.arange(block)).reshape(-1)  # (stored blocks · B,)
-    return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": known, and not the user's concern
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
