@@ -55,7 +55,7 @@ def configs(
     out = []
     common: dict[str, Any] = {"target_sparsity": sparsity, "seed": seed, "pattern": pattern}
     for name, entry in sorted(fcpts.METHODS.items()):
-        if pattern is not None and name in PATTERN_SKIP:
+        if pattern is not None and not common.is_block(pattern) and name in PATTERN_SKIP:
             continue
         fields = {f.name for f in dataclasses.fields(entry.config_cls)}
         options: dict[str, Any] = {**common, "batch_size": batch_size}
