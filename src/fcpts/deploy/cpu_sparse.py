@@ -3,13 +3,18 @@ compiler at first use and cached, called through :mod:`ctypes`.
 
 **Format.** The weight ``W`` (out × in; a 1×1 Conv2d's ``(O, C)``) is kept as CSR: int32
 ``row_ptr`` (out + 1) and ``col_indices`` (one per stored weight), float32 ``values``. Each stored
-``w = W[m, k]`` costs 8 bytes (4 for dense): smaller than dense above 50% zeros.
+``w = W[m, k]`` costs 8 bytes (4 for dense): smaller than dense above 50% zeros. The ``cpu-block``
+kernel (``block`` 4 or 8) keeps a weight whose nonzeros form aligned 1×B blocks as block-CSR
+(:mod:`.blocks`: one column index per block, ``4 + 4/B`` bytes per stored weight).
 
 **Kernel** (``csrc/spmm.cpp``). Output-stationary over the SIMD lanes of the activation's *row*
-dimension (tokens, pixels, batch): a tile of ``T = 16·V`` activation rows (V = 1, 2 or 4 AVX-512
-registers, by the number of rows) is transposed into a thread-local (in × T) buffer that stays in
-L2, and every stored weight does ``acc[m, 0:T] += w · xᵀ[k, 0:T]``, V vector FMAs on one broadcast
-value; 16 finished output rows are transposed back into ``y`` with the bias. The work items
+dimension (tokens, pixels, batch): a tile of ``T = 16·V`` activation rows (V = 1, 2 or 4 groups of
+16 floats: one AVX-512 register each, or two AVX2 ones, by the number of rows) is transposed into a
+thread-local (in × T) buffer that stays in L2, and every stored weight does
+``acc[m, 0:T] += w · xᵀ[k, 0:T]``, V 16-float FMAs on one broadcast value (a block: B of them
+from one column index); 16 finished output rows are transposed back into ``y`` with the bias.
+Blocks with fewer than ``DOT_BELOW[B]`` row-major rows run along the block instead: one 8-float
+FMA per 1×8 block (per two 1×4 blocks), the weight vector loaded once for up to 8 rows. The work items
 (batch, row tile, output-row chunk) are spread over ``torch.get_num_threads()`` OpenMP threads;
 with fewer tiles than threads (1-31 rows) the output rows are split instead. A contiguous NCHW
 1×1-conv input is already transposed ((C, H·W) per image): it is read in place, no packing.

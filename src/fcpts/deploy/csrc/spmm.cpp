@@ -1,10 +1,11 @@
 // fcpts cpu-sparse kernel: y = x @ W^T + b for a CSR weight W (M x K, int32 indices, float32 values)
-// and a dense float32 activation x; and its 1xB block-CSR variant (B = 4 or 8): one column index per
-// aligned run of B consecutive input weights of a row, the B values stored contiguously. Output-stationary over 16-float SIMD lanes of the activation's
-// row (batch/token/pixel) dimension: a tile of T = 16*V activation rows is held transposed (K x T),
-// and every stored weight w = W[m, k] does acc[m, 0:T] += w * xt[k, 0:T] (V vector FMAs).
-// Written with GCC vector extensions: -march=native makes them AVX-512 (or AVX2 pairs) as the
-// machine allows. OpenMP over (batch, row tile, output-row chunk) work items.
+// and a dense float32 activation x; and its 1xB block-CSR variant (B = 4 or 8; the cpu-block kernel):
+// one column index per aligned run of B consecutive input weights of a row, the B values contiguous.
+// Output-stationary over 16-float lanes of the activation's row (batch/token/pixel) dimension: a
+// tile of T = 16*V activation rows is held transposed (K x T), and every stored weight
+// w = W[m, k] does acc[m, 0:T] += w * xt[k, 0:T] (V 16-float FMAs). Blocks with few rows run along
+// the block instead (run_dot). Written with GCC vector extensions of the machine's width (vn:
+// AVX-512 or AVX2). OpenMP over (batch, row tile, output-row chunk) work items.
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -334,23 +335,10 @@ static void run_dot(const float* x, int64_t N, int64_t ldx, const int32_t* rowpt
 extern "C" {
 int fcpts_spmm_version(void) { return 2; }
 
-// x: B batches of (N, K) rows (row stride ldx, batch stride xbs) -> y: B x (N, M) (ldy, ybs).
-void fcpts_spmm_rowmajor(const float* x, int64_t B, int64_t N, int64_t K, int64_t ldx, int64_t xbs,
-                         const int32_t* rowptr, const int32_t* col, const float* val, int64_t M,
-                         const float* bias, float* y, int64_t ldy, int64_t ybs, int nthreads) {
-    run<true, 1>(x, B, N, K, ldx, xbs, rowptr, col, val, M, bias, y, ldy, ybs, nthreads);
-}
-
-// xt: B batches of (K, N) (row stride ldx) -> yt: B x (M, N) (row stride ldy): y^T = W x^T.
-void fcpts_spmm_colmajor(const float* xt, int64_t B, int64_t N, int64_t K, int64_t ldx, int64_t xbs,
-                         const int32_t* rowptr, const int32_t* col, const float* val, int64_t M,
-                         const float* bias, float* yt, int64_t ldy, int64_t ybs, int nthreads) {
-    run<false, 1>(xt, B, N, K, ldx, xbs, rowptr, col, val, M, bias, yt, ldy, ybs, nthreads);
-}
-
-// The same with a block size (1: CSR as above; 4 or 8: 1xB block-CSR, where rowptr counts blocks,
-// col[j] is block j's first input column, a multiple of block, and val holds block values per
-// block). Row-major input with fewer than dot_below rows runs the few-rows kernel, else the row-lane one.
+// x: B batches of (N, K) rows (row stride ldx, batch stride xbs) -> y: B x (N, M) (ldy, ybs), for a
+// weight in CSR (block 1) or 1xB block-CSR (block 4 or 8: rowptr counts blocks, col[j] is block j's
+// first input column, a multiple of block, and val holds block values per block). One batch with
+// fewer than dot_below rows runs the few-rows kernel (run_dot), else the row-lane one.
 void fcpts_bspmm_rowmajor(const float* x, int64_t B, int64_t N, int64_t K, int64_t ldx, int64_t xbs,
                           const int32_t* rowptr, const int32_t* col, const float* val, int64_t M,
                           const float* bias, float* y, int64_t ldy, int64_t ybs, int nthreads, int block,
@@ -368,6 +356,7 @@ void fcpts_bspmm_rowmajor(const float* x, int64_t B, int64_t N, int64_t K, int64
     }
 }
 
+// xt: B batches of (K, N) (row stride ldx) -> yt: B x (M, N) (row stride ldy): y^T = W x^T.
 void fcpts_bspmm_colmajor(const float* xt, int64_t B, int64_t N, int64_t K, int64_t ldx, int64_t xbs,
                           const int32_t* rowptr, const int32_t* col, const float* val, int64_t M,
                           const float* bias, float* yt, int64_t ldy, int64_t ybs, int nthreads, int block) {
