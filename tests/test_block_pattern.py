@@ -35,6 +35,17 @@ def test_every_method_prunes_whole_aligned_blocks(method, extra, pattern, tiny_n
     assert result.zeros == block * round(0.77 * divisible / block) == {"1x4": 432, "1x3": 126}[pattern]
 
 
+@pytest.mark.parametrize("init", ["pot", "wanda"])
+def test_fcpts_started_from_a_one_shot_method_keeps_whole_blocks(init, tiny_net, calib_x):
+    config = fcpts.FCPTSConfig(target_sparsity=0.6, pattern="1x3", init=init, iters=3, batch_size=16)
+    result = fcpts.prune(tiny_net, calib_x, config)
+    for name in ("conv1", "conv2"):
+        w = prunable_weights(result.model)[name]
+        blocks = (w.flatten(1).view(w.shape[0], -1, 3) == 0).sum(-1)
+        assert ((blocks == 0) | (blocks == 3)).all(), name
+    assert result.zeros == 3 * round(0.6 * 162 / 3)
+
+
 def test_1x8_on_the_linear_layer(tiny_net, calib_x):
     result = fcpts.prune(tiny_net, calib_x, fcpts.make_config("wanda", target_sparsity=0.5, pattern="1x8"))
     w = prunable_weights(result.model)["fc1"]
