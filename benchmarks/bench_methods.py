@@ -9,11 +9,14 @@ least-squares refit), and fcpts thresholding ``|W|`` (the paper) and the Wanda s
 (``refit_init=True``, on 1024 of the calibration images), and the fast recipe (``common.FAST``:
 200 steps at ``lr_weight`` 2e-3; plain, and with the refit on 512 images). Each at global sparsity
 0.5, 0.8, 0.9, 0.95 and with the 2:4 pattern
-(magnitude there: uniform only, as every allocation gives the same N:M mask). Top-1 on the 10k
-test set, prune wall time, and the time in units of 100 dense training steps measured in the run.
+(magnitude there: uniform only, as every allocation gives the same N:M mask); ``--patterns 1x4 1x8``
+adds every sparsity under each block pattern (every row: the allocation still matters). Top-1 on
+the 10k test set, prune wall time, and the time in units of 100 dense training steps measured in the run.
 
     python benchmarks/bench_methods.py            # the full run
     python benchmarks/bench_methods.py --quick    # fcpts at 100 iterations (fast rows: 200), 0.8 and 2:4 only
+    python benchmarks/bench_methods.py --sparsities 0.8 --patterns 1x4 1x8 --rows wanda pot \
+        --out benchmarks/results/methods/refcnn_blocks.json   # what 1xB blocks cost in top-1
 
 Prints a Markdown table and the targets; writes JSON (default: benchmarks/results/methods/refcnn.json).
 """
@@ -77,7 +80,7 @@ def main() -> None:
     settings = common.settings(args.sparsities, args.patterns, parse_pattern)
     for setting, target, pattern in settings:
         for label in args.rows:
-            if pattern is not None and label in PATTERN_SKIP:
+            if pattern is not None and not common.is_block(pattern) and label in PATTERN_SKIP:
                 continue
             method, options = ROWS[label]
             if method == "fcpts":  # the command line's iterations, unless the row fixes its own (fast)

@@ -53,20 +53,20 @@ def configs(
     with ``init="erk"`` (the allocation start) as ``fcpts defaults, erk start``.
     """
     out = []
-    common: dict[str, Any] = {"target_sparsity": sparsity, "seed": seed, "pattern": pattern}
+    shared: dict[str, Any] = {"target_sparsity": sparsity, "seed": seed, "pattern": pattern}
     for name, entry in sorted(fcpts.METHODS.items()):
-        if pattern is not None and name in PATTERN_SKIP:
+        if pattern is not None and not common.is_block(pattern) and name in PATTERN_SKIP:
             continue
         fields = {f.name for f in dataclasses.fields(entry.config_cls)}
-        options: dict[str, Any] = {**common, "batch_size": batch_size}
+        options: dict[str, Any] = {**shared, "batch_size": batch_size}
         if "iters" in fields:
             options["iters"] = iters
         out.append((name, fcpts.make_config(name, **options)))
     if fast:
-        out.append(("fcpts fast", fcpts.make_config("fcpts", **common, **FAST)))
+        out.append(("fcpts fast", fcpts.make_config("fcpts", **shared, **FAST)))
     if defaults:
-        out.append(("fcpts defaults", fcpts.make_config("fcpts", **common)))
-        out.append(("fcpts defaults, erk start", fcpts.make_config("fcpts", **common, init="erk")))
+        out.append(("fcpts defaults", fcpts.make_config("fcpts", **shared)))
+        out.append(("fcpts defaults, erk start", fcpts.make_config("fcpts", **shared, init="erk")))
     return out
 
 
@@ -128,7 +128,7 @@ def main() -> None:
         quick="smoke run: 0.5 only, 20 iters, small subsets",
         nargs="*",
     )
-    parser.add_argument("--patterns", nargs="*", default=[], help="N:M patterns, e.g. 2:4 (default: none)")
+    parser.add_argument("--patterns", nargs="*", default=[], help="N:M patterns (2:4) or 1xB blocks (every sparsity)")
     parser.add_argument("--models", nargs="+", default=["refvit", "minilm"], choices=["refvit", "minilm"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--vit-calib", type=int, default=4096, help="ViT calibration images")

@@ -28,7 +28,7 @@ ONE_SHOT = (
     *("wanda", "owl-wanda", "sparsegpt", "pot"),
 )
 ONE_SHOT_ROWS: dict[str, tuple[str, dict]] = {m: (m, {}) for m in ONE_SHOT}
-#: Under N:M every allocation gives the same mask: these rows are left out of a pattern's setting.
+#: Under N:M every allocation gives the same mask: these rows are left out of an N:M setting.
 PATTERN_SKIP = {"global-magnitude", "erk-magnitude", "lamp-magnitude", "owl-wanda", "sparsegpt global"}
 
 
@@ -61,12 +61,26 @@ def parser(
 
 
 def settings(sparsities: Iterable[float], patterns: Iterable[str], parse_pattern: Any) -> list[tuple[str, float, Any]]:
-    """``(label, target sparsity, pattern or None)`` for every sparsity and N:M pattern."""
+    """``(label, target sparsity, pattern or None)`` for every sparsity and N:M pattern, and every
+    sparsity under each ``1xB`` block pattern (label ``"0.8 1x4"``).
+
+    >>> [label for label, _, _ in settings([0.8], ["2:4", "1x4"], lambda p: tuple(map(int, p.split(":"))))]
+    ['0.8', '2:4', '0.8 1x4']
+    """
+    sparsities = list(sparsities)
     out: list[tuple[str, float, Any]] = [(f"{s:g}", s, None) for s in sparsities]
     for p in patterns:
-        n, m = parse_pattern(p)
-        out.append((p, n / m, p))
+        if is_block(p):
+            out += [(f"{s:g} {p}", s, p) for s in sparsities]
+        else:
+            n, m = parse_pattern(p)
+            out.append((p, n / m, p))
     return out
+
+
+def is_block(pattern: str | None) -> bool:
+    """A ``1xB`` block pattern (any target sparsity; an allocation still matters, unlike under N:M)."""
+    return pattern is not None and "x" in pattern.lower()
 
 
 # --- rows and timing ----------------------------------------------------------------------------
@@ -191,7 +205,7 @@ def check_targets(
                 line += f"; fastest fcpts row ≥ every other: {fastest['method']}, {ratio:.2f}× SparseGPT's"
                 entry["time_met"] = ratio <= 2
                 line += f" — target ≤ 2×: {'met' if entry['time_met'] else 'NOT met'}"
-        if ":" in s or float(s) >= 0.8:  # the accuracy target: sparsity 0.8 and above, and N:M
+        if ":" in s or float(s.split()[0]) >= 0.8:  # the accuracy target: sparsity 0.8 and above (1xB too), and N:M
             entry["met"] = entry["margin"] >= 0
             line += f"; target ≥ every other method: {'met' if entry['met'] else 'NOT met'}"
         out[s] = entry

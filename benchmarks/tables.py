@@ -138,6 +138,29 @@ def effnet_cell(r: dict) -> tuple[str, str]:
     return f"{100 * r['top1_agreement']:.1f}", rest
 
 
+def block_speed(payload: dict) -> str:
+    """bench_blocks: per Linear shape, row count and sparsity, dense / CSR / 1×4 / 1×8 µs and the paired ratios."""
+    by: dict[tuple, dict[int, dict]] = {}
+    for r in payload["rows"]:
+        by.setdefault((r["in"], r["out"], r["tokens"], r["sparsity"]), {})[r["block"]] = r
+    body = []
+    for (k, m, tokens, sparsity), b in by.items():
+        r4, r8 = b[4], b[8]
+        times = [r8["dense_us"], r8["csr_lanes_us"], *(r[f"{r['block_path']}_us"] for r in (r4, r8))]
+        ratios = [
+            r4["block_vs_csr"],
+            r8["block_vs_csr"],
+            r8["csr_vs_dense"],
+            r4["block_vs_dense"],
+            r8["block_vs_dense"],
+        ]
+        body.append([f"{k}→{m}", tokens, f"{sparsity:g}", *(f"{t:.0f}" for t in times), *(f"{x:.2f}" for x in ratios)])
+    header = ["Linear", "tokens", "sparsity", "dense µs", "CSR µs", "1×4 µs", "1×8 µs"]
+    header += ["1×4 / CSR ×", "1×8 / CSR ×", "CSR / dense ×", "1×4 / dense ×", "1×8 / dense ×"]
+    return common.markdown(header, body)
+
+
+BLOCKS = ["0.8", "0.8 1x4", "0.8 1x8"]
 #: Table name → its Markdown.
 TABLES: dict[str, Callable[[], str]] = {
     "headline": lambda: pivot(rows("methods", "refcnn"), CNN, top1(0), {m: METHODS[m] for m in HEADLINE}),
@@ -153,6 +176,12 @@ TABLES: dict[str, Callable[[], str]] = {
     "detection-refdet": lambda: pivot(rows("detection", "refdet"), DETECTION, detection_cell, sort_at="0.8"),
     "effnet-lite1": lambda: pivot(rows("effnet", "lite1"), ["0.7", "0.8"], effnet_cell, sort_at="0.8"),
     "effnet-lite1-1024": lambda: pivot(rows("effnet", "lite1-1024"), ["0.8"], effnet_cell, sort_at="0.8"),
+    "blocks-speed": lambda: block_speed(load("blocks", "cpu")),
+    "blocks-refcnn": lambda: pivot(
+        rows("methods", "refcnn_blocks", "refcnn_blocks_fcpts"), BLOCKS, top1(0), sort_at="0.8"
+    ),
+    "blocks-refvit": lambda: pivot(rows("models", "refvit_blocks"), BLOCKS, top1(1), sort_at="0.8"),
+    "blocks-minilm": lambda: pivot(rows("models", "minilm_blocks"), BLOCKS, cosine, sort_at="0.8"),
     "export-latency": lambda: common.export_tables(load("export", "cpu"))[0],
     "export-bytes": lambda: common.export_tables(load("export", "cpu"))[1],
     "ablation-refcnn": lambda: ablation(

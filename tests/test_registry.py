@@ -50,7 +50,7 @@ BUILTIN = {
         ["coco", "fashion-mnist", "hf-dataset", "imagefolder", "npz", "text", "voc"],
     ),
     "FORMATS": (FORMATS, "export format", ["compressed", "compressed-tensors", "dense", "onnx"]),
-    "KERNELS": (KERNELS, "sparse kernel", ["cpu-sparse", "csr", "semi-structured"]),
+    "KERNELS": (KERNELS, "sparse kernel", ["cpu-block", "cpu-sparse", "csr", "semi-structured"]),
     "BANDWIDTH_RULES": (BANDWIDTH_RULES, "bandwidth rule", ["scott", "silverman"]),
     "DENSITIES": (DENSITIES, "density", ["histogram", "kde"]),
     "RECONSTRUCTION_LOSSES": (RECONSTRUCTION_LOSSES, "loss", ["cosine", "detection", "kl", "mse"]),

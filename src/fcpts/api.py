@@ -29,7 +29,7 @@ from .core.evaluate import layer_sparsity
 from .core.heap import retained_heap
 from .core.layers import LayerFilter, default_layer_filter
 from .core.memory_format import MEMORY_FORMATS, held_in, resolve_memory_format
-from .core.patterns import parse_pattern
+from .core.patterns import block_of, parse_pattern
 from .errors import FcptsError
 from .models import detection
 from .registry import Registry
@@ -59,7 +59,10 @@ class PruneConfig:
     the run executes (device, progress, checkpoints) is :class:`RunOptions`, not part of the config.
     ``pattern`` ``"N:M"``: semi-structured sparsity, N zeros in every M consecutive input weights
     (:mod:`fcpts.patterns`); ``target_sparsity`` must then be N/M. Layers whose input size does not
-    divide by M stay dense, so the global sparsity is N/M of the layers that divide.
+    divide by M stay dense, so the global sparsity is N/M of the layers that divide. ``"1xB"``:
+    weights pruned in aligned blocks of B consecutive input weights (the ``cpu-block`` kernel's
+    format) at ``target_sparsity``; layers whose input size does not divide by B stay dense, and
+    the target (exactly ``B·round(S*·N/B)`` zeros) applies to the N weights of the layers that divide.
     ``memory_format``: the layout the model is held in while the method runs (its forwards, and
     fcpts's steps): ``"auto"`` is channels_last for a model with a Conv2d (:mod:`fcpts.core.memory_format`).
     """
@@ -75,7 +78,7 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         validate_target(self.target_sparsity)
-        if self.pattern is not None:
+        if self.pattern is not None and block_of(self.pattern) is None:
             n, m = parse_pattern(self.pattern)
             if self.target_sparsity != n / m:
                 raise FcptsError(f"pattern {self.pattern} means sparsity {n / m:g}, not {self.target_sparsity:g}")

@@ -20,7 +20,7 @@ from ..core.batchnorm import recalibrate_batchnorm
 from ..core.calibration import Calibration
 from ..core.checks import check_finite_weights
 from ..core.masks import exact_global_masks, target_zeros, threshold_for_sparsity, warn_unless_exact
-from ..core.scoring import apply_flags, pattern_flags, pattern_of, prunable
+from ..core.scoring import apply_flags, block_flags, block_size_of, pattern_flags, pattern_of, prunable, zeros_first
 
 
 @dataclass
@@ -50,11 +50,21 @@ def run_magnitude(
 ) -> list[dict[str, float]]:
     """Prune by magnitude under a fixed allocation, finalize exactly, recalibrate BatchNorm.
 
-    With ``config.pattern`` N:M: the N smallest ``|w|`` of every M consecutive input weights (any allocation).
+    With ``config.pattern`` N:M: the N smallest ``|w|`` of every M consecutive input weights (any
+    allocation). 1×B: the allocation's per-layer sparsities, each layer's count of whole blocks
+    pruned by lowest ``Σ|w|`` over the block (:func:`~fcpts.core.scoring.block_flags`).
     """
     layers = prunable(model, config)
-    if config.pattern is not None:
+    block = block_size_of(config)
+    if pattern_of(config) is not None:
         apply_flags(layers, pattern_flags([m.weight.detach().abs() for m in layers.values()], *pattern_of(config)))
+    elif block is not None:
+        weights = [m.weight.detach() for m in layers.values()]
+        sparsities = allocate(config.allocation, weights, config.target_sparsity)
+        scores = zeros_first([w.abs() for w in weights], layers)
+        apply_flags(layers, block_flags(scores, sparsities, config.target_sparsity, block))
+        zeros = block * target_zeros(config.target_sparsity, _numel(layers) // block)
+        warn_unless_exact([m.weight for m in layers.values()], zeros)
     else:
         apply_flags(layers, [~keep for keep in magnitude_masks(layers, config)])
         warn_unless_exact([m.weight for m in layers.values()], target_zeros(config.target_sparsity, _numel(layers)))

@@ -12,6 +12,10 @@ Exact count: the layer's zero count (from an allocation, rounded so all layers t
 exactly ``round(S*·N)``, :func:`fcpts.masks.layer_counts`) is split over the blocks in proportion
 to their width, so the layer ends with exactly that many zeros. Unlike the reference code, columns
 whose input is always zero are not forced to zero (that would add zeros beyond the count).
+
+``--pattern 1xB``: the zeros are whole aligned runs of B consecutive columns of a row, chosen per
+block of columns by the lowest sum of ``w² / [U]_jj²`` over the run (the counts, multiples of B,
+add up to exactly ``B·round(S*·N/B)``); each pruned weight's error is then spread as above.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ..core.calibration import Calibration
 from ..core.masks import layer_counts
 from ..core.patterns import divides
 from ..core.replay import Replay
-from ..core.scoring import allocation_counts, pattern_of, prunable
+from ..core.scoring import allocation_counts, block_size_of, pattern_of, prunable
 from ..errors import FcptsError
 
 
@@ -79,11 +83,14 @@ def sparsegpt_prune(
     blocksize: int = 128,
     damp: float = 0.01,
     pattern: tuple[int, int] | None = None,
+    block: int = 1,
 ) -> torch.Tensor:
     """The pruned and updated weight (same shape) of one layer: ``zeros`` zeros, or N:M with ``pattern``.
 
     ``weight`` (out, ...) is viewed as (out, cols); ``h`` (cols, cols) is ``2XᵀX/n`` (undampened).
-    With a pattern the block width is rounded down to a multiple of M.
+    With a pattern the block width is rounded down to a multiple of M. ``block`` B > 1: the zeros
+    (a multiple of B) are whole aligned 1×B runs of a row, chosen at the start of each block of
+    columns by the lowest ``Σ w²/[U]_jj²`` over the run; the block width is a multiple of B.
     Computed in float64 for a faithful OBS update on small layers; returned in the weight's dtype.
 
     A grouped conv's ``h`` is (groups, cols, cols): see :func:`sparsegpt_prune_grouped`.
@@ -93,21 +100,20 @@ def sparsegpt_prune(
     [[1.0, 0.0, 2.0, 0.0]]
     """
     if h.dim() == 3:
-        return sparsegpt_prune_grouped(weight, h, zeros, blocksize, damp, pattern)
+        return sparsegpt_prune_grouped(weight, h, zeros, blocksize, damp, pattern, block)
     shape, dtype = weight.shape, weight.dtype
     w = weight.detach().reshape(shape[0], -1).double().clone()  # (out, cols)
     out, cols = w.shape
     hd = dampened(h.double(), damp)
     # U: upper Cholesky factor of H⁻¹; row j of U / U_jj is the OBS update for columns j: once j-1 are fixed.
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hd)), upper=True)
-    if pattern is not None:  # N:M groups must not straddle blocks: round the block down to a multiple of M
-        blocksize = max(pattern[1], blocksize - blocksize % pattern[1])
+    # N:M groups (1×B runs) must not straddle blocks: round the block down to a multiple of M (B)
+    unit = pattern[1] if pattern is not None else block
+    blocksize = max(unit, blocksize - blocksize % unit)
     starts = list(range(0, cols, blocksize))
     widths = [min(blocksize, cols - s) for s in starts]
     if pattern is None:
-        if zeros is None or not 0 <= zeros <= w.numel():
-            raise FcptsError(f"zeros={zeros} outside [0, {w.numel()}]")
-        per_block = layer_counts([zeros / w.numel()] * len(starts), [out * b for b in widths], zeros)
+        per_block = _per_block(zeros, w.numel(), [out * b for b in widths], block)
     for b, (i1, width) in enumerate(zip(starts, widths, strict=True)):
         i2 = i1 + width
         w1 = w[:, i1:i2].clone()  # (out, width)
@@ -116,8 +122,7 @@ def sparsegpt_prune(
         err = torch.zeros_like(w1)
         pruned = torch.zeros_like(w1, dtype=torch.bool)
         if pattern is None:
-            score = (w1**2 / d**2).flatten()
-            pruned.view(-1)[torch.sort(score, stable=True).indices[: per_block[b]]] = True
+            pruned = _lowest(w1**2 / d**2, per_block[b], block)
         for j in range(width):
             if pattern is not None and j % pattern[1] == 0:
                 n, m = pattern
@@ -140,6 +145,7 @@ def sparsegpt_prune_grouped(
     blocksize: int = 128,
     damp: float = 0.01,
     pattern: tuple[int, int] | None = None,
+    block: int = 1,
 ) -> torch.Tensor:
     """:func:`sparsegpt_prune` of a grouped conv: ``h`` (groups, cols, cols), one Hessian per group.
 
@@ -157,14 +163,12 @@ def sparsegpt_prune_grouped(
     cols = w.shape[2]
     hd = torch.stack([dampened(hg, damp) for hg in h.double()])
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hd)), upper=True)  # (groups, cols, cols)
-    if pattern is not None:
-        blocksize = max(pattern[1], blocksize - blocksize % pattern[1])
+    unit = pattern[1] if pattern is not None else block
+    blocksize = max(unit, blocksize - blocksize % unit)
     starts = list(range(0, cols, blocksize))
     widths = [min(blocksize, cols - s) for s in starts]
     if pattern is None:
-        if zeros is None or not 0 <= zeros <= w.numel():
-            raise FcptsError(f"zeros={zeros} outside [0, {w.numel()}]")
-        per_block = layer_counts([zeros / w.numel()] * len(starts), [shape[0] * b for b in widths], zeros)
+        per_block = _per_block(zeros, w.numel(), [shape[0] * b for b in widths], block)
     for b, (i1, width) in enumerate(zip(starts, widths, strict=True)):
         i2 = i1 + width
         w1 = w[:, :, i1:i2].clone()  # (groups, out/groups, width)
@@ -173,8 +177,7 @@ def sparsegpt_prune_grouped(
         err = torch.zeros_like(w1)
         pruned = torch.zeros_like(w1, dtype=torch.bool)
         if pattern is None:
-            score = (w1**2 / d**2).flatten()
-            pruned.view(-1)[torch.sort(score, stable=True).indices[: per_block[b]]] = True
+            pruned = _lowest(w1**2 / d**2, per_block[b], block)
         for j in range(width):
             if pattern is not None and j % pattern[1] == 0:
                 n, m = pattern
@@ -190,13 +193,39 @@ def sparsegpt_prune_grouped(
     return w.to(dtype).reshape(shape)
 
 
+def _per_block(zeros: int | None, numel: int, sizes: list[int], block: int) -> list[int]:
+    """Zeros per block of columns (``sizes`` weights each), proportional, adding up to ``zeros``;
+    multiples of ``block`` (``zeros`` must be one).
+
+    >>> _per_block(8, 16, [8, 8], 2)
+    [4, 4]
+    """
+    if zeros is None or not 0 <= zeros <= numel or zeros % block:
+        raise FcptsError(f"zeros={zeros} outside [0, {numel}] or not a multiple of the block size {block}")
+    units = [size // block for size in sizes]
+    return [k * block for k in layer_counts([zeros / numel] * len(sizes), units, zeros // block)]
+
+
+def _lowest(score: torch.Tensor, count: int, block: int) -> torch.Tensor:
+    """Flags (``score``'s shape, (..., width)) of the ``count`` lowest scores, in whole aligned runs
+    of ``block`` along the last dimension, ranked by their sum (stable: ties to the lower index).
+
+    >>> _lowest(torch.tensor([[0.1, 0.2, 5.0, 0.0], [3.0, 4.0, 0.3, 0.1]]), 4, 2).int().tolist()
+    [[1, 1, 0, 0], [0, 0, 1, 1]]
+    """
+    runs = score.reshape(*score.shape[:-1], -1, block).sum(-1)  # (..., width/B)
+    flags = torch.zeros(runs.numel(), dtype=torch.bool, device=score.device)
+    flags[torch.sort(runs.flatten(), stable=True).indices[: count // block]] = True
+    return flags.view(runs.shape).repeat_interleave(block, dim=-1)
+
+
 @register_method("sparsegpt", SparseGPTConfig, "SparseGPT: OBS mask selection and weight update, layer by layer")
 def run_sparsegpt(
     model: nn.Module, calibration: Calibration, config: SparseGPTConfig, options: RunOptions
 ) -> list[dict[str, float]]:
     """Prune every layer in forward order with :func:`sparsegpt_prune` on the already-pruned model's inputs."""
     layers = prunable(model, config)
-    pattern = pattern_of(config)
+    pattern, block = pattern_of(config), block_size_of(config) or 1
     counts = None if pattern is not None else allocation_counts(model, layers, calibration, config)
     replay = Replay(model, calibration.epoch)  # each layer's inputs on the model pruned up to it
     for i, (name, module) in enumerate(layers.items()):
@@ -205,7 +234,9 @@ def run_sparsegpt(
         g, _, rows = gram(model, name, replay)
         k = None if counts is None else counts[i]
         with torch.no_grad():
-            module.weight.copy_(sparsegpt_prune(module.weight, 2 * g / rows, k, config.blocksize, config.damp, pattern))
+            module.weight.copy_(
+                sparsegpt_prune(module.weight, 2 * g / rows, k, config.blocksize, config.damp, pattern, block)
+            )
     if config.recalibrate_bn:
         recalibrate_batchnorm(model, calibration.epoch())
     return []

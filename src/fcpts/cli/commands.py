@@ -16,7 +16,7 @@ from .. import pipeline
 from ..api import DEFAULT_CHECKPOINT_EVERY, METHODS, Method, PruneResult, RunOptions, make_config, prune, resolve_device
 from ..core import distributed
 from ..core.evaluate import accuracy, global_sparsity
-from ..core.patterns import parse_pattern
+from ..core.patterns import block_of, parse_pattern
 from ..data.detection import DetectionSplit
 from ..data.specs import load_data
 from ..deploy import sparse_inference
@@ -43,8 +43,10 @@ def _config(args: argparse.Namespace) -> tuple[Any, RunOptions]:
         settings[flag] = None if flag == "time_budget_s" and math.isinf(value) else value  # --time-budget none
     sparsity = args.sparsity
     if sparsity is None:
-        if args.pattern is None:
-            raise FcptsError("--sparsity is required (or --pattern N:M, which means sparsity N/M)")
+        if args.pattern is None or block_of(args.pattern) is not None:
+            raise FcptsError(
+                "--sparsity is required (or --pattern N:M, which means sparsity N/M; 1xB needs --sparsity)"
+            )
         n, m = parse_pattern(args.pattern)
         sparsity = n / m
     config = make_config(

@@ -139,9 +139,10 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", type=float, help="global target sparsity in (0, 1) (default with --pattern N:M: N/M)")
     p.add_argument(
         "--pattern",
-        metavar="N:M",
-        help="semi-structured sparsity: N zeros in every M consecutive input weights (e.g. 2:4); "
-        "layers whose input size does not divide by M stay dense",
+        metavar="N:M|1xB",
+        help="semi-structured sparsity: N zeros in every M consecutive input weights (e.g. 2:4); or 1xB "
+        "(e.g. 1x4, 1x8): weights pruned in aligned blocks of B consecutive input weights, at --sparsity "
+        "(the cpu-block kernel runs them); layers whose input size does not divide by M (B) stay dense",
     )
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--eval-data", metavar="SPEC", help="evaluate on this held-out data spec (e.g. text:eval.txt)")

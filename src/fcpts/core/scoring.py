@@ -7,32 +7,59 @@ inputs (:func:`prune_flags`; layer after layer on the already-pruned model: :mod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from ..errors import FcptsError
 from .activations import input_norms
 from .allocation import allocate
 from .calibration import Calibration
 from .importance import get_importance
-from .layers import require_prunable_layers
+from .layers import LayerFilter, require_prunable_layers
 from .masks import layer_counts, row_balanced_flags, target_zeros
-from .patterns import divides, nm_prune_flags, parse_pattern
+from .patterns import block_expand, block_of, block_view, divides, nm_prune_flags, parse_pattern
 
 if TYPE_CHECKING:  # the configs' type only: core/ imports nothing above it at run time
     from ..api import PruneConfig
 
 
 def pattern_of(config: PruneConfig) -> tuple[int, int] | None:
-    """``(N, M)`` of the config's pattern, or None for unstructured sparsity."""
+    """``(N, M)`` of the config's N:M pattern, or None (unstructured, or 1×B blocks: :func:`block_size_of`)."""
     pattern = getattr(config, "pattern", None)
-    return None if pattern is None else parse_pattern(pattern)
+    return None if pattern is None or block_of(pattern) is not None else parse_pattern(pattern)
+
+
+def block_size_of(config: PruneConfig) -> int | None:
+    """``B`` of the config's ``1xB`` block pattern, or None."""
+    return block_of(getattr(config, "pattern", None))
+
+
+def layer_filter_of(config: PruneConfig) -> LayerFilter:
+    """The config's layer filter; under a ``1xB`` pattern only the layers whose input size divides
+    by ``B`` (the others stay dense, and the target applies to the layers that divide)."""
+    block = block_size_of(config)
+    if block is None:
+        return config.layer_filter
+
+    def blockable(name: str, module: nn.Module) -> bool:
+        return config.layer_filter(name, module) and divides(module.weight, block)
+
+    return blockable
 
 
 def prunable(model: nn.Module, config: PruneConfig) -> dict[str, nn.Module]:
-    """The config's prunable layers of ``model`` by name, in module order (one clear error if none)."""
-    return dict(require_prunable_layers(model, config.layer_filter))
+    """The config's prunable layers of ``model`` by name (:func:`layer_filter_of`), in module order
+    (one clear error if none)."""
+    layers = dict(require_prunable_layers(model, config.layer_filter))
+    block = block_size_of(config)
+    if block is not None:
+        layers = {name: m for name, m in layers.items() if divides(m.weight, block)}
+        if not layers:
+            raise FcptsError(f"pattern {config.pattern}: no prunable layer's input size is a multiple of {block}")
+    return layers
 
 
 def layer_scores(
@@ -53,15 +80,14 @@ def allocation_counts(
 
     The uniform allocation reads no scores (no calibration pass): every layer at the target.
     """
+    block = block_size_of(config) or 1  # 1×B blocks: counts of whole blocks, times B
+    units = [m.weight.numel() // block for m in layers.values()]
     if config.allocation == "uniform":
-        numels = [m.weight.numel() for m in layers.values()]
-        return layer_counts(
-            [config.target_sparsity] * len(numels), numels, target_zeros(config.target_sparsity, sum(numels))
-        )
-    scores = layer_scores(model, layers, calibration, config.importance)
-    sparsities = allocate(config.allocation, scores, config.target_sparsity)
-    numels = [s.numel() for s in scores]
-    return layer_counts(sparsities, numels, target_zeros(config.target_sparsity, sum(numels)))
+        sparsities = [config.target_sparsity] * len(units)
+    else:
+        scores = layer_scores(model, layers, calibration, config.importance)
+        sparsities = allocate(config.allocation, scores, config.target_sparsity)
+    return [k * block for k in layer_counts(sparsities, units, target_zeros(config.target_sparsity, sum(units)))]
 
 
 def prune_flags(
@@ -70,7 +96,8 @@ def prune_flags(
     """Which weights to prune, per layer: N:M by score, or the allocation's exact counts by score.
 
     Unstructured: each layer's count goes to its lowest scores per output row (``per_row``, Wanda)
-    or in the whole layer. N:M: layers whose input size does not divide by M stay dense. Weights
+    or in the whole layer. N:M: layers whose input size does not divide by M stay dense. 1×B:
+    :func:`block_flags` (the layers are :func:`prunable`'s, whose input sizes divide by B). Weights
     that are zero already go first (:func:`zeros_first`): else, tied at score 0 with the weights of
     an input that is always zero, some could be kept and add zeros beyond the count.
     """
@@ -80,6 +107,9 @@ def prune_flags(
         return pattern_flags(zeros_first(scores, layers), *pattern)
     sparsities = allocate(config.allocation, scores, config.target_sparsity)
     scores = zeros_first(scores, layers)
+    block = block_size_of(config)
+    if block is not None:
+        return block_flags(scores, sparsities, config.target_sparsity, block, per_row)
     numels = [s.numel() for s in scores]
     counts = layer_counts(sparsities, numels, target_zeros(config.target_sparsity, sum(numels)))
     return [count_flags(s, k, per_row) for s, k in zip(scores, counts, strict=True)]
@@ -96,6 +126,29 @@ def count_flags(score: torch.Tensor, count: int, per_row: bool) -> torch.Tensor:
     flags = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
     flags[torch.sort(score.flatten(), stable=True).indices[:count]] = True
     return flags.view(score.shape)
+
+
+def block_flags(
+    scores: Sequence[torch.Tensor], sparsities: Sequence[float], target: float, block: int, per_row: bool = False
+) -> list[torch.Tensor]:
+    """Prune flags of whole aligned 1×``block`` blocks: ``B · round(target · N / B)`` weights in all.
+
+    ``scores``: weight-shaped, ≥ 0, -1 for a weight that is zero already (:func:`zeros_first`). A
+    block scores the sum of its weights' scores (-1 when all of them are zero already: it goes
+    first); layer ``l`` prunes the count of blocks nearest ``sparsities[l]`` of its blocks (the
+    counts adding up exactly), its lowest-scoring blocks per output row (``per_row``) or in the layer.
+
+    >>> s = torch.tensor([[0.1, 0.2, 5.0, 6.0], [3.0, 4.0, 0.3, 0.1]])
+    >>> block_flags([s], [0.5], 0.5, 2)[0].int().tolist()
+    [[1, 1, 0, 0], [0, 0, 1, 1]]
+    """
+    blocks = [block_view(s.clamp(min=0), block) for s in scores]  # (out, in/B) each
+    blocks = [torch.where(block_view(s < 0, block) == block, -1.0, b) for s, b in zip(scores, blocks, strict=True)]
+    units = [b.numel() for b in blocks]
+    counts = layer_counts(sparsities, units, target_zeros(target, sum(units)))
+    return [
+        block_expand(count_flags(b, k, per_row), block, s.shape) for s, b, k in zip(scores, blocks, counts, strict=True)
+    ]
 
 
 def zeros_first(scores: list[torch.Tensor], layers: dict[str, nn.Module]) -> list[torch.Tensor]:

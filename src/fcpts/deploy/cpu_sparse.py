@@ -3,13 +3,18 @@ compiler at first use and cached, called through :mod:`ctypes`.
 
 **Format.** The weight ``W`` (out × in; a 1×1 Conv2d's ``(O, C)``) is kept as CSR: int32
 ``row_ptr`` (out + 1) and ``col_indices`` (one per stored weight), float32 ``values``. Each stored
-``w = W[m, k]`` costs 8 bytes (4 for dense): smaller than dense above 50% zeros.
+``w = W[m, k]`` costs 8 bytes (4 for dense): smaller than dense above 50% zeros. The ``cpu-block``
+kernel (``block`` 4 or 8) keeps a weight whose nonzeros form aligned 1×B blocks as block-CSR
+(:mod:`.blocks`: one column index per block, ``4 + 4/B`` bytes per stored weight).
 
 **Kernel** (``csrc/spmm.cpp``). Output-stationary over the SIMD lanes of the activation's *row*
-dimension (tokens, pixels, batch): a tile of ``T = 16·V`` activation rows (V = 1, 2 or 4 AVX-512
-registers, by the number of rows) is transposed into a thread-local (in × T) buffer that stays in
-L2, and every stored weight does ``acc[m, 0:T] += w · xᵀ[k, 0:T]``, V vector FMAs on one broadcast
-value; 16 finished output rows are transposed back into ``y`` with the bias. The work items
+dimension (tokens, pixels, batch): a tile of ``T = 16·V`` activation rows (V = 1, 2 or 4 groups of
+16 floats: one AVX-512 register each, or two AVX2 ones, by the number of rows) is transposed into a
+thread-local (in × T) buffer that stays in L2, and every stored weight does
+``acc[m, 0:T] += w · xᵀ[k, 0:T]``, V 16-float FMAs on one broadcast value (a block: B of them
+from one column index); 16 finished output rows are transposed back into ``y`` with the bias.
+Blocks with fewer than ``DOT_BELOW[B]`` row-major rows run along the block instead: one 8-float
+FMA per 1×8 block (per two 1×4 blocks), the weight vector loaded once for up to 8 rows. The work items
 (batch, row tile, output-row chunk) are spread over ``torch.get_num_threads()`` OpenMP threads;
 with fewer tiles than threads (1-31 rows) the output rows are split instead. A contiguous NCHW
 1×1-conv input is already transposed ((C, H·W) per image): it is read in place, no packing.
@@ -38,12 +43,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .blocks import bcsr_arrays, bcsr_to_csr, block_size
 from .kernels import _csr_arrays
 
 SOURCE = Path(__file__).with_name("csrc") / "spmm.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _ARGS = [ctypes.c_void_p, *[ctypes.c_int64] * 5, *[ctypes.c_void_p] * 3, ctypes.c_int64]
 _ARGS += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+#: The entry points called take the block size (1: CSR) and, row-major, ``DOT_BELOW`` after it.
+_BLOCK_ARGS = {
+    "fcpts_bspmm_rowmajor": [*_ARGS, ctypes.c_int, ctypes.c_int64],
+    "fcpts_bspmm_colmajor": [*_ARGS, ctypes.c_int],
+}
+#: Block size → row count below which row-major input runs the few-rows kernel (vectors along the
+#: block; scalar for CSR, never faster here) instead of the row-lane one: measured in
+#: benchmarks/bench_blocks.py.
+DOT_BELOW = {1: 0, 4: 8, 8: 16}
 
 
 def _cpu_flags() -> str:
@@ -87,9 +102,9 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
-        for name in ("fcpts_spmm_rowmajor", "fcpts_spmm_colmajor"):
+        for name, args in _BLOCK_ARGS.items():
             fn = getattr(lib, name)
-            fn.argtypes, fn.restype = _ARGS, None
+            fn.argtypes, fn.restype = args, None
     except (OSError, subprocess.SubprocessError, AttributeError) as exc:
         detail = getattr(exc, "stderr", "") or exc
         warnings.warn(f"fcpts: the cpu-sparse kernel is not available ({detail}); using dense/torch CSR", stacklevel=2)
@@ -104,20 +119,24 @@ def _csr(weight2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 
 class _SparseRows(nn.Module):
-    """A (rows, cols) float32 weight as CSR arrays (buffers ``row_ptr``, ``col_indices``; frozen
-    parameter ``values``) and an optional bias: plain tensors, so ``state_dict``, ``torch.save``,
-    ``copy.deepcopy`` and pickling work as for any module."""
+    """A (rows, cols) float32 weight as CSR arrays (``block`` 1) or 1×``block`` block-CSR arrays
+    (:mod:`.blocks`): buffers ``row_ptr``, ``col_indices``, frozen parameter ``values``, and an
+    optional bias: plain tensors, so ``state_dict``, ``torch.save``, ``copy.deepcopy`` and pickling
+    work as for any module."""
 
-    def __init__(self, weight2d: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight2d: torch.Tensor, bias: torch.Tensor | None, block: int = 1) -> None:
         super().__init__()
         self.shape2d = tuple(weight2d.shape)
-        row_ptr, col, values = _csr(weight2d)
+        self.block = block
+        row_ptr, col, values = _csr(weight2d) if block == 1 else bcsr_arrays(weight2d, block)
         self.register_buffer("row_ptr", row_ptr)
         self.register_buffer("col_indices", col)
         self.values = nn.Parameter(values, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32).clone(), requires_grad=False)
 
     def csr(self) -> torch.Tensor:
+        if self.block > 1:
+            return bcsr_to_csr(self.row_ptr, self.col_indices, self.values, self.block, self.shape2d)
         return torch.sparse_csr_tensor(
             self.row_ptr, self.col_indices, self.values, self.shape2d, check_invariants=False
         )
@@ -134,12 +153,16 @@ class _SparseRows(nn.Module):
             return None
         return library()
 
-    def _call(self, fn: object, x: torch.Tensor, y: torch.Tensor, dims: tuple[int, ...]) -> None:
+    def _call(self, lib: ctypes.CDLL, layout: str, x: torch.Tensor, y: torch.Tensor, dims: tuple[int, ...]) -> None:
+        """The kernel for ``layout`` ("rowmajor" or "colmajor") on x → y; ``dims``: (batches, rows,
+        cols, x row stride, x batch stride, y row stride, y batch stride)."""
         b, n, k, ldx, xbs, ldy, ybs = dims
         bias = 0 if self.bias is None else self.bias.data_ptr()
         rows = self.shape2d[0]
+        extra = (self.block, DOT_BELOW[self.block]) if layout == "rowmajor" else (self.block,)
+        fn = getattr(lib, f"fcpts_bspmm_{layout}")
         fn(x.data_ptr(), b, n, k, ldx, xbs, self.row_ptr.data_ptr(), self.col_indices.data_ptr(),
-           self.values.data_ptr(), rows, bias, y.data_ptr(), ldy, ybs, torch.get_num_threads())  # fmt: skip
+           self.values.data_ptr(), rows, bias, y.data_ptr(), ldy, ybs, torch.get_num_threads(), *extra)  # fmt: skip
 
     def _fallback(self, x2: torch.Tensor) -> torch.Tensor:
         """(N, cols) → (N, rows) with torch.sparse.mm on the same CSR arrays."""
@@ -150,8 +173,8 @@ class _SparseRows(nn.Module):
 class CPUSparseLinear(_SparseRows):
     """``nn.Linear`` with a CSR weight run by the native kernel: x (..., in) → (..., out)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__(linear.weight, linear.bias)
+    def __init__(self, linear: nn.Linear, block: int = 1) -> None:
+        super().__init__(linear.weight, linear.bias, block)
         self.out_features, self.in_features = self.shape2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +188,7 @@ class CPUSparseLinear(_SparseRows):
             y = torch.empty(n, self.out_features, dtype=torch.float32)
             if n:
                 dims = (1, n, self.in_features, self.in_features, 0, self.out_features, 0)
-                self._call(lib.fcpts_spmm_rowmajor, x2, y, dims)
+                self._call(lib, "rowmajor", x2, y, dims)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -177,8 +200,8 @@ class CPUSparseConv2d(_SparseRows):
     kernel's transposed layout, read in place; output NCHW.
     """
 
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__(conv.weight.flatten(1), conv.bias)
+    def __init__(self, conv: nn.Conv2d, block: int = 1) -> None:
+        super().__init__(conv.weight.flatten(1), conv.bias, block)
         self.out_channels, self.in_channels = self.shape2d
         self.stride = tuple(conv.stride)
 
@@ -200,12 +223,12 @@ class CPUSparseConv2d(_SparseRows):
             x = x.contiguous(memory_format=torch.channels_last)
             y = torch.empty(b, o, h, w, dtype=torch.float32, memory_format=torch.channels_last)
             if y.numel():
-                self._call(lib.fcpts_spmm_rowmajor, x, y, (1, b * h * w, c, c, 0, o, 0))
+                self._call(lib, "rowmajor", x, y, (1, b * h * w, c, c, 0, o, 0))
         else:
             x = x.contiguous()
             y = torch.empty(b, o, h, w, dtype=torch.float32)
             if y.numel():
-                self._call(lib.fcpts_spmm_colmajor, x, y, (b, h * w, c, h * w, c * h * w, h * w, o * h * w))
+                self._call(lib, "colmajor", x, y, (b, h * w, c, h * w, c * h * w, h * w, o * h * w))
         return y[0] if unbatched else y
 
 
@@ -219,18 +242,22 @@ def pointwise(conv: nn.Conv2d) -> bool:
     )
 
 
-def build(module: nn.Module) -> nn.Module | None:
-    """The ``cpu-sparse`` replacement of a float32 CPU Linear or pointwise Conv2d; None otherwise."""
+def build(module: nn.Module, blocked: bool = False) -> nn.Module | None:
+    """The ``cpu-sparse`` replacement of a float32 CPU Linear or pointwise Conv2d; None otherwise.
+    ``blocked``: the ``cpu-block`` one instead, for a weight whose nonzeros form aligned 1×4 or 1×8
+    blocks (:func:`.blocks.block_size`); None for any other weight."""
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.device.type != "cpu" or weight.dtype != torch.float32:
         return None
     if weight.numel() >= 2**31 or library() is None:
         return None
-    if type(module) is nn.Linear:  # not subclasses: e.g. MultiheadAttention reads its out_proj.weight directly
-        return CPUSparseLinear(module)
-    if type(module) is nn.Conv2d and pointwise(module):
-        return CPUSparseConv2d(module)
-    return None
+    kind = CPUSparseLinear if type(module) is nn.Linear else None  # not subclasses: e.g. MultiheadAttention
+    if type(module) is nn.Conv2d and pointwise(module):  # reads its out_proj.weight directly
+        kind = CPUSparseConv2d
+    if kind is None:
+        return None
+    block = block_size(weight.flatten(1)) if blocked else 1
+    return None if block is None else kind(module, block)
 
 
 __all__ = ["CPUSparseConv2d", "CPUSparseLinear", "build", "library"]

@@ -11,6 +11,9 @@ chooses among them per layer by timing.
 * ``cpu-sparse``: fcpts' own C++/OpenMP kernel (:mod:`.cpu_sparse`, built at first use) for float32
   ``nn.Linear`` and pointwise (1×1, groups 1) ``nn.Conv2d`` on the CPU; channels_last convs run as
   one GEMM over the pixels. Not offered where no C++ compiler is found.
+* ``cpu-block``: the same kernel on 1×4 / 1×8 block-CSR (:mod:`.blocks`), for a weight whose
+  nonzeros form aligned blocks along the input dimension (``--pattern 1x4`` / ``1x8``); below
+  16 activation rows it vectorizes along the block instead of along the rows.
 
 The converted modules keep their CSR arrays as ordinary dense tensors (buffers ``crow_indices``
 and ``col_indices``, int32 when the sizes allow; frozen parameters ``values`` and ``bias``) and
@@ -175,6 +178,13 @@ def _cpu_sparse(module: nn.Module) -> nn.Module | None:
     from .cpu_sparse import build
 
     return build(module)
+
+
+@register_kernel("cpu-block")
+def _cpu_block(module: nn.Module) -> nn.Module | None:
+    from .cpu_sparse import build
+
+    return build(module, blocked=True)
 
 
 @register_kernel("semi-structured")

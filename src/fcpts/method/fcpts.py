@@ -27,9 +27,9 @@ from ..core.allocation import ALLOCATIONS
 from ..core.batchnorm import recalibrate_batchnorm
 from ..core.calibration import Calibration
 from ..core.importance import get_importance
-from ..core.patterns import divides, nm_prune_flags, parse_pattern
+from ..core.patterns import block_spread, divides, nm_prune_flags, parse_pattern
 from ..core.refit import refit_layers
-from ..core.scoring import layer_scores, prunable
+from ..core.scoring import block_size_of, layer_filter_of, layer_scores, pattern_of, prunable
 from ..errors import FcptsError
 from . import budget
 from .config import FCPTSConfig
@@ -46,20 +46,22 @@ def prepare_from_config(
     """:func:`.prepare` ``model`` (in place) with every option of ``config``; the config :func:`learn` takes.
 
     The importance score and an N:M pattern decide what the thresholds apply to; with a pattern
-    the mask is fixed (``learn_thresholds`` off in the returned config). ``refit_init`` fits the
+    the mask is fixed (``learn_thresholds`` off in the returned config). With ``1xB`` blocks the
+    thresholds apply to per-block scores (:func:`layer_score_fns`) of the layers whose input size
+    divides by B, and the exact count is ``B·round(S*·N/B)``. ``refit_init`` fits the
     kept weights to ``teacher`` (the dense model) layer by layer before learning.
     """
     if config.init in ALLOCATIONS:
         score_fns, sparsities = layer_score_fns(model, calibration, config)
     else:  # a one-shot method's result: its masks, allocation and weights (already in ``model``)
         score_fns, sparsities = oneshot_score_fns(model, calibration, config)
-    if config.pattern is not None:
+    if pattern_of(config) is not None:
         config = dataclasses.replace(config, learn_thresholds=False)
     prepared = prepare(
         model,
         config.target_sparsity,
         config.init,
-        layer_filter=config.layer_filter,
+        layer_filter=layer_filter_of(config),
         kde_samples=config.kde_samples,
         bandwidth_rule=config.bandwidth,
         threshold_grad=config.threshold_grad,
@@ -71,6 +73,9 @@ def prepare_from_config(
     if sparsities is not None:  # N:M (layers that do not divide stay dense), or a one-shot start: its own count
         zeros = sum(round(s * layer.numel) for s, layer in zip(sparsities, prepared.layers, strict=True))
         prepared.target_sparsity = zeros / prepared.total
+    block = block_size_of(config)
+    if block is not None:  # whole blocks: the exact count is a multiple of B (finalize's cut then falls between blocks)
+        prepared.target_sparsity = block * round(prepared.target_sparsity * prepared.total / block) / prepared.total
     if config.refit_init:
         keeps = {}
         with torch.no_grad():
@@ -165,7 +170,7 @@ def oneshot_score_fns(
     with torch.no_grad():
         keeps = [module.weight != 0 for module in layers.values()]
     sparsities = [int((~keep).sum()) / keep.numel() for keep in keeps]
-    if config.pattern is not None:
+    if pattern_of(config) is not None:
         return [functools.partial(_constant_score, keep.float()) for keep in keeps], sparsities
     score_fns, _ = layer_score_fns(model, calibration, config)
     return score_fns, sparsities
@@ -184,13 +189,16 @@ def layer_score_fns(
     ``|W|`` (None, the paper) unless ``config.importance`` is another score: then the score of the
     current weights with the input norms measured once on the dense model. With a pattern, each
     layer's score is its fixed N:M keep-mask (1/0) and its sparsity N/M (0 for a layer whose input
-    size does not divide by M: it stays dense).
+    size does not divide by M: it stays dense). With ``1xB`` blocks, each weight's score is its
+    block's mean score (:func:`~fcpts.core.patterns.block_spread`): a threshold keeps or prunes
+    whole blocks.
     """
     importance = get_importance(config.importance)
+    block = block_size_of(config)
     if config.pattern is None and importance.name == "magnitude":
         return None, None
     layers = prunable(model, config)
-    if config.pattern is not None:
+    if pattern_of(config) is not None:
         n, m = parse_pattern(config.pattern)
         fns: list[LayerScore | None] = []
         sparsities = []
@@ -203,11 +211,12 @@ def layer_score_fns(
     norms: dict[str, torch.Tensor] = {}
     if importance.needs_inputs:
         norms = input_norms(model, layers, calibration.epoch())
-    return [functools.partial(_score_with, importance.score, norms.get(name)) for name in layers], None
+    fns = [functools.partial(_score_with, importance.score, norms.get(name), block or 1) for name in layers]
+    return fns, None
 
 
-def _score_with(score: Any, input_norms: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
-    return score(weight, input_norms)
+def _score_with(score: Any, input_norms: torch.Tensor | None, block: int, weight: torch.Tensor) -> torch.Tensor:
+    return score(weight, input_norms) if block == 1 else block_spread(score(weight, input_norms), block)
 
 
 def first_rows(calibration: Calibration, samples: int) -> Calibration:
