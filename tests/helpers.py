@@ -89,10 +89,16 @@ TINY_MODEL_SOURCE = textwrap.dedent(
 FACTORY_TOTAL = 36 + 1440
 
 
-def load_factory(path: Path, name: str = "factory") -> nn.Module:
+def load_factory(path: Path, name: str = "factory", out: Path | None = None) -> nn.Module:
+    """The factory file's model; with ``out``, holding the weights a prune wrote there."""
+    from safetensors.torch import load_file
+
     from fcpts.models.specs import load_model
 
-    return load_model(f"{path}:{name}")
+    model = load_model(f"{path}:{name}")
+    if out is not None:
+        model.load_state_dict(load_file(out / "model.safetensors"))
+    return model
 
 
 def write_npz(path: Path, n: int = 48, size: int = 8, seed: int = 0, labels: bool = True) -> Path:

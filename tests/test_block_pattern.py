@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import fcpts
 from fcpts.core.patterns import block_of
@@ -89,8 +88,7 @@ def test_cli_prune_with_a_1x4_pattern(method, run_cli, model_file, npz_file, tmp
     assert code == 0, stderr
     # The conv (9 inputs) stays dense; the Linear (144 inputs, 360 blocks) loses round(0.6 · 360) = 216 blocks.
     assert f"global sparsity  {864 / FACTORY_TOTAL:.6f} (864 of {FACTORY_TOTAL} weights zero)" in stdout
-    model = load_factory(model_file)
-    model.load_state_dict(load_file(out / "model.safetensors"))
+    model = load_factory(model_file, out=out)
     assert int((model[0].weight == 0).sum()) == 0
     blocks = (model[4].weight.view(10, 36, 4) == 0).sum(-1)
     assert ((blocks == 0) | (blocks == 4)).all() and int((blocks == 4).sum()) == 216

@@ -160,8 +160,7 @@ def test_prune_magnitude_methods(run_cli, model_file, npz_file, tmp_path, method
     assert report["method"] == method
     assert report["zeros"] == k and report["global_sparsity"] == k / FACTORY_TOTAL
     assert report["config"]["recalibrate_bn"] is True
-    model = load_factory(model_file)
-    model.load_state_dict(load_file(out / "model.safetensors"))
+    model = load_factory(model_file, out=out)
     assert prunable_zeros(model) == k
 
 
@@ -526,8 +525,7 @@ def test_cli_prune_with_a_2_4_pattern(method, run_cli, model_file, npz_file, tmp
     assert code == 0, stderr
     # The conv (9 inputs) stays dense; the Linear (144 inputs) is exactly 2:4.
     assert f"global sparsity  {720 / FACTORY_TOTAL:.6f} (720 of {FACTORY_TOTAL} weights zero)" in stdout
-    model = load_factory(model_file)
-    model.load_state_dict(load_file(out / "model.safetensors"))
+    model = load_factory(model_file, out=out)
     assert int((model[0].weight == 0).sum()) == 0
     assert ((model[4].weight.view(10, 36, 4) == 0).sum(-1) == 2).all()
 
