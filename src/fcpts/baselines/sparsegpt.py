@@ -30,9 +30,9 @@ from ..core.activations import gram
 from ..core.batchnorm import recalibrate_batchnorm
 from ..core.calibration import Calibration
 from ..core.masks import layer_counts
-from ..core.patterns import divides
+from ..core.patterns import block_expand, block_view, divides
 from ..core.replay import Replay
-from ..core.scoring import allocation_counts, block_size_of, pattern_of, prunable
+from ..core.scoring import allocation_counts, block_size_of, count_flags, pattern_of, prunable
 from ..errors import FcptsError
 
 
@@ -213,10 +213,8 @@ def _lowest(score: torch.Tensor, count: int, block: int) -> torch.Tensor:
     >>> _lowest(torch.tensor([[0.1, 0.2, 5.0, 0.0], [3.0, 4.0, 0.3, 0.1]]), 4, 2).int().tolist()
     [[1, 1, 0, 0], [0, 0, 1, 1]]
     """
-    runs = score.reshape(*score.shape[:-1], -1, block).sum(-1)  # (..., width/B)
-    flags = torch.zeros(runs.numel(), dtype=torch.bool, device=score.device)
-    flags[torch.sort(runs.flatten(), stable=True).indices[: count // block]] = True
-    return flags.view(runs.shape).repeat_interleave(block, dim=-1)
+    runs = block_view(score, block)  # (lead, width/B) sums, in the runs' row-major order
+    return block_expand(count_flags(runs, count // block, per_row=False), block, score.shape)
 
 
 @register_method("sparsegpt", SparseGPTConfig, "SparseGPT: OBS mask selection and weight update, layer by layer")

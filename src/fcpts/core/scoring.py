@@ -55,8 +55,9 @@ def prunable(model: nn.Module, config: PruneConfig) -> dict[str, nn.Module]:
     (one clear error if none)."""
     layers = dict(require_prunable_layers(model, config.layer_filter))
     block = block_size_of(config)
-    if block is not None:
-        layers = {name: m for name, m in layers.items() if divides(m.weight, block)}
+    if block is not None:  # the config's filter found layers: say why none of them is kept
+        keep = layer_filter_of(config)
+        layers = {name: m for name, m in layers.items() if keep(name, m)}
         if not layers:
             raise FcptsError(f"pattern {config.pattern}: no prunable layer's input size is a multiple of {block}")
     return layers

@@ -102,13 +102,11 @@ def shared_norms(model: nn.Module, names: list[str], replay: Replay) -> dict[str
             run_until_stop(root, x)
             for name in state["seen"]:
                 calls[name] += 1
-            if calls[names[0]] != batches:
-                raise FcptsError(f"layer {names[0]!r} was never called on the calibration data")
     finally:
         tap.close()
         for handle in gates:
             handle.remove()
-    if batches == 0:
+    if batches == 0 or calls[names[0]] != batches:
         raise FcptsError(f"layer {names[0]!r} was never called on the calibration data")
     run = []
     for name in names:
