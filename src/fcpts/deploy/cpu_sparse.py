@@ -147,7 +147,7 @@ class _SparseRows(nn.Module):
 
     def _native(self, x: torch.Tensor) -> ctypes.CDLL | None:
         """The library if the native kernel takes this input, else None (the torch fallback runs)."""
-        if x.dtype != torch.float32 or x.device.type != "cpu" or self.values.device.type != "cpu":
+        if x.dtype != torch.float32 or not x.is_cpu or not self.values.is_cpu:  # is_cpu: no device object per call
             return None
         if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad):
             return None
@@ -160,7 +160,7 @@ class _SparseRows(nn.Module):
         bias = 0 if self.bias is None else self.bias.data_ptr()
         rows = self.shape2d[0]
         extra = (self.block, DOT_BELOW[self.block]) if layout == "rowmajor" else (self.block,)
-        fn = getattr(lib, f"fcpts_bspmm_{layout}")
+        fn = lib.fcpts_bspmm_rowmajor if layout == "rowmajor" else lib.fcpts_bspmm_colmajor
         fn(x.data_ptr(), b, n, k, ldx, xbs, self.row_ptr.data_ptr(), self.col_indices.data_ptr(),
            self.values.data_ptr(), rows, bias, y.data_ptr(), ldy, ybs, torch.get_num_threads(), *extra)  # fmt: skip
 
