@@ -15,8 +15,8 @@ either way (:func:`fcpts.core.activations.real_tokens`). A non-uniform allocatio
 from the dense model's scores.
 
 On all-MiniLM-L6-v2 at 0.5 (591 fortunes) the two give 0.8644 and 0.8624 mean cosine (the language-
-model reference code, block by block: 0.8622), the sequential one in about 10× the time (layer after
-layer, one partial forward per group of layers that read the same input); on the reference CNN
+model reference code, block by block: 0.8622), the sequential one in about 3× the time (layer after
+layer, one partial forward of a block per group of layers that read the same input); on the reference CNN
 (BatchNorm: the inputs of a partly pruned model are measured before recalibration) 86.4% and 77.6%
 top-1 at 0.5, 68.0% and 11.7% at 0.8; on the reference ViT 61.6% and 59.0% at 0.5.
 """

@@ -4,17 +4,20 @@ SparseGPT and POT's refit visit the layers in forward order, and each layer read
 the model whose earlier layers are already pruned. Running the model from its input up to each
 layer costs about L²/2 layer forwards for L layers: on EfficientNet-Lite1 (65 layers) that is
 some 30 whole forwards of the calibration set. :class:`Replay` keeps instead the inputs of the
-current *unit* of a chain: a chain is a ``nn.Sequential`` (nested ones flattened, as
-EfficientNet's ``blocks`` of stages of blocks), whose children run one after the other, each on
-the previous one's output. A layer inside unit ``j`` then runs unit ``j`` alone on its cached
-inputs, and the cache moves to unit ``j + 1`` by running unit ``j`` once, after its layers are
-pruned: about one forward of the model in all (SparseGPT on EfficientNet-Lite1 runs its stem 7
-times instead of about 70). The inputs are exactly those of a whole forward (the same ops on the same
-tensors), so the results are bit for bit the same.
+current *unit* of a chain (:mod:`~fcpts.core.chains`): a ``nn.Sequential`` whose children run one
+after the other, each on the previous one's output, or a ``nn.ModuleList`` that its parent calls
+member by member the same way, with the same other arguments (a transformer's blocks and their
+attention mask). A layer inside unit ``j`` then runs unit ``j`` alone on its cached call, and the
+cache moves to unit ``j + 1`` by running unit ``j`` once, after its layers are pruned: about one
+forward of the model in all (SparseGPT on EfficientNet-Lite1 runs its stem 7 times instead of
+about 70; on a 6-block BERT encoder the embeddings run once per batch instead of once per layer).
+The calls are exactly those of a whole forward (the same ops on the same tensors), so the results
+are bit for bit the same.
 
 A layer outside every chain (a stem, a head) uses whole forwards, as before, and so does a chain
-whose root or units a whole forward does not call exactly once each (checked on the first batch),
-or whose cache would pass :data:`CACHE_BYTES`.
+that a whole forward does not run as one (checked on the first batch: :func:`~.chains.verify`),
+whose cache would pass :data:`CACHE_BYTES`, or whose unit changes its cached inputs in place (a
+rerun would not see what a whole forward sees); the chains inside such a chain's units take over.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 
 from .calibration import call_model
+from .chains import Call, Chain, chains, first_output, tensor_bytes, verify, versions
 
 #: The most bytes of unit inputs a :class:`Replay` holds for the student and the reference together.
 CACHE_BYTES = 8 << 30
@@ -42,35 +46,20 @@ def run_until_stop(model: nn.Module, inputs: Any) -> None:
         call_model(model, inputs)
 
 
-def _is_chain(module: nn.Module) -> bool:
-    """A ``nn.Sequential`` whose forward is Sequential's own: its children run one on the other's output."""
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+class BoundUnit(nn.Module):
+    """A unit with the other arguments of its call bound: ``BoundUnit(unit, args, kwargs)(x)`` is
+    ``unit(x, *args, **kwargs)``; what :meth:`Replay.feeds` hands out for a list chain's unit.
 
-
-def chains(model: nn.Module) -> list[tuple[str, list[str]]]:
-    """``(root, units)`` of every outermost chain of ``model`` (:func:`_is_chain`), nested chains flattened.
-
-    >>> net = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 2)))
-    >>> chains(nn.ModuleDict({"body": net}))
-    [('body', ['body.0', 'body.1.0', 'body.1.1'])]
+    >>> BoundUnit(nn.Identity(), (), {})(torch.ones(1)).tolist()
+    [1.0]
     """
 
-    def units(prefix: str, seq: nn.Module) -> list[str]:
-        out = []
-        for child, module in seq.named_children():
-            name = f"{prefix}.{child}" if prefix else child
-            out.extend(units(name, module) if _is_chain(module) else [name])
-        return out
+    def __init__(self, unit: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.unit, self.args, self.kwargs = unit, args, kwargs
 
-    found: list[tuple[str, list[str]]] = []
-    todo = [("", model)]
-    while todo:
-        prefix, module = todo.pop(0)
-        if _is_chain(module):
-            found.append((prefix, units(prefix, module)))
-            continue
-        todo.extend((f"{prefix}.{child}" if prefix else child, sub) for child, sub in module.named_children())
-    return found
+    def forward(self, x: Any) -> Any:
+        return self.unit(x, *self.args, **self.kwargs)
 
 
 class Replay:
@@ -93,29 +82,36 @@ class Replay:
     ) -> None:
         self.model, self.reference, self.epoch = model, reference, epoch
         self.batches: list[Any] = []  # one epoch, held once a chain is captured
+        self.chains: list[Chain] = []
         self.units: dict[str, tuple[int, int]] = {}  # unit name → (chain, position)
-        found = chains(model)
-        self.roots = [root for root, _ in found]
-        self.chains = [units for _, units in found]
-        for c, chain in enumerate(self.chains):
-            self.units.update({unit: (c, j) for j, unit in enumerate(chain)})
-        self.at: tuple[int, int] | None = None  # the unit whose inputs are cached
-        self.cached: list[Any] = []
-        self.cached_ref: list[Any] = []
-        self.broken: set[int] = set()  # chains found not to run once per forward, or too large to cache
+        self._add(chains(model))
+        self.at: tuple[int, int] | None = None  # the unit whose calls are cached
+        self.cached: list[Call] = []  # per batch: unit `at`'s (first input, other args, kwargs)
+        self.cached_ref: list[Call] = []
+        self.stamps: list[list[int | None]] = []  # the cached tensors' versions when cached
+        self.broken: set[int] = set()  # chains found not to run as chains, or too large to cache
 
     def feeds(self, name: str) -> Iterable[tuple[nn.Module, Any, nn.Module | None, Any, Any]]:
         """What to run for layer ``name``, batch by batch (see the class). Call it before hooking the
         layer: moving the cache runs forwards that the layer's hooks must not see."""
         place = self._unit_of(name)
-        if place is None or place[0] in self.broken or not self._move_to(place):
+        while place is not None and place[0] not in self.broken and not self._move_to(place):
+            place = self._unit_of(name)  # the chain broke: a chain inside its unit may hold the layer
+        if place is None or place[0] in self.broken:
             return ((self.model, batch, self.reference, batch, batch) for batch in self.epoch())
-        unit = self._module(self.model, place)
-        ref_unit = None if self.reference is None else self._module(self.reference, place)
-        refs = self.cached_ref if self.reference is not None else [None] * len(self.cached)
-        return [(unit, x, ref_unit, ref_x, b) for x, ref_x, b in zip(self.cached, refs, self.batches, strict=True)]
+        student = [_bound(self._module(self.model, place), call) for call in self.cached]
+        if self.reference is None:
+            return [(root, x, None, None, b) for (root, x), b in zip(student, self.batches, strict=True)]
+        dense = [_bound(self._module(self.reference, place), call) for call in self.cached_ref]
+        return [(*s, *d, b) for s, d, b in zip(student, dense, self.batches, strict=True)]
+
+    def _add(self, found: list[Chain]) -> None:
+        for chain in found:
+            self.units.update({unit: (len(self.chains), j) for j, unit in enumerate(chain.units)})
+            self.chains.append(chain)
 
     def _unit_of(self, name: str) -> tuple[int, int] | None:
+        """The innermost unit holding layer ``name`` (a broken chain's units hold later-found chains)."""
         parts = name.split(".")
         for k in range(len(parts), 0, -1):
             place = self.units.get(".".join(parts[:k]))
@@ -124,82 +120,93 @@ class Replay:
         return None
 
     def _module(self, model: nn.Module, place: tuple[int, int]) -> nn.Module:
-        return model.get_submodule(self.chains[place[0]][place[1]])
+        return model.get_submodule(self.chains[place[0]].units[place[1]])
 
     def _move_to(self, place: tuple[int, int]) -> bool:
-        """Cache the inputs of unit ``place``; False (chain marked broken) if that cannot be done."""
+        """Cache the calls of unit ``place``; False (chain marked broken) if that cannot be done."""
         chain, position = place
         stale = self.at is None or self.at[0] != chain or self.at[1] > position
-        if stale and not self._capture(chain):
+        # A unit that changed a cached tensor in place (x.mul_ before its layers) would see it changed
+        # again when rerun; the runs so far read it before the change, as a whole forward does.
+        if (stale and not self._capture(chain)) or not self._intact():
             self.broken.add(chain)
-            self.at, self.cached, self.cached_ref = None, [], []
+            # Its units may hold chains of their own (a list of Sequentials called on different inputs).
+            self._add([c for unit in self.chains[chain].units for c in chains(self.model.get_submodule(unit), unit)])
+            self.at, self.cached, self.cached_ref, self.stamps = None, [], [], []
             return False
         assert self.at is not None
         while self.at[1] < position:  # the earlier units' layers are final: run each once
-            self.cached = [call_model(self._module(self.model, self.at), x) for x in self.cached]
+            self.cached = [self._step(self.model, call) for call in self.cached]
             if self.reference is not None:
-                self.cached_ref = [call_model(self._module(self.reference, self.at), x) for x in self.cached_ref]
+                self.cached_ref = [self._step(self.reference, call) for call in self.cached_ref]
             self.at = (chain, self.at[1] + 1)
+            self.stamps = self._versions()
         return True
+
+    def _versions(self) -> list[list[int | None]]:
+        return [versions(call) for call in self.cached + self.cached_ref]
+
+    def _intact(self) -> bool:
+        """True if no run changed a cached tensor in place since it was cached."""
+        return self._versions() == self.stamps
+
+    def _step(self, model: nn.Module, call: Call) -> Call:
+        """The next unit's call: unit ``at`` run on ``call``, its output (a list chain: its ``[0]``) as input."""
+        assert self.at is not None
+        x, args, kwargs = call
+        out = self._module(model, self.at)(x, *args, **kwargs)
+        return (first_output(out) if self.chains[self.at[0]].listed else out), args, kwargs
 
     def _capture(self, chain: int) -> bool:
-        """The inputs of the chain's first unit on every batch, from whole forwards stopped there."""
+        """The calls of the chain's first unit on every batch, from whole forwards stopped there."""
         if not self.batches:
             self.batches = list(self.epoch())
-        if not self.batches or not _runs_once(self.model, [self.roots[chain], *self.chains[chain]], self.batches[0]):
+        found = self.chains[chain]
+        if not self.batches or not verify(self.model, found, self.batches[0]):
             return False
-        self.cached = _unit_inputs(self.model, self.chains[chain][0], self.batches)
+        self.cached = _unit_calls(self.model, found, self.batches)
         self.cached_ref = []
         if self.reference is not None:
-            self.cached_ref = _unit_inputs(self.reference, self.chains[chain][0], self.batches)
-        sizes = [_nbytes(x) for x in self.cached + self.cached_ref]
+            self.cached_ref = _unit_calls(self.reference, found, self.batches)
+        captured = [self.cached] + ([self.cached_ref] if self.reference is not None else [])
+        if any(len(calls) != len(self.batches) for calls in captured):
+            return False  # a batch did not reach the first unit, or not as its chain calls it
+        sizes = [tensor_bytes(call) for call in self.cached + self.cached_ref]
         if any(size is None for size in sizes) or sum(s or 0 for s in sizes) > CACHE_BYTES:
             return False
-        self.at = (chain, 0)
+        self.at, self.stamps = (chain, 0), self._versions()
         return True
 
 
-def _runs_once(model: nn.Module, names: list[str], batch: Any) -> bool:
-    """True if a whole forward of ``batch`` calls each of the modules ``names`` exactly once."""
-    calls = dict.fromkeys(names, 0)
-
-    def counter(name: str) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            calls[name] += 1
-
-        return hook
-
-    handles = [model.get_submodule(name).register_forward_pre_hook(counter(name)) for name in names]
-    try:
-        call_model(model, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return all(count == 1 for count in calls.values())
+def _bound(unit: nn.Module, call: Call) -> tuple[nn.Module, Any]:
+    """``(root, x)`` with ``root(x)`` the cached call: the unit itself, or it with the other arguments bound."""
+    x, args, kwargs = call
+    return (unit if not args and not kwargs else BoundUnit(unit, args, kwargs)), x
 
 
-def _unit_inputs(model: nn.Module, unit: str, batches: list[Any]) -> list[Any]:
-    """The one positional input of ``unit`` on each batch; an empty list if it is not called exactly once."""
-    seen: list[Any] = []
+def _unit_calls(model: nn.Module, chain: Chain, batches: list[Any]) -> list[Call]:
+    """The call of the chain's first unit on each batch; an empty list if a batch does not call it as the chain does.
 
-    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-        seen.append(args[0] if len(args) == 1 else None)
+    A Sequential's unit gets one positional input; a list chain's unit its first input and the rest.
+    """
+    seen: list[Call | None] = []
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        plain = len(args) == 1 and not kwargs
+        seen.append((args[0], args[1:], dict(kwargs)) if args and (chain.listed or plain) else None)
         raise StopForward
 
-    handle = model.get_submodule(unit).register_forward_pre_hook(hook)
+    handle = model.get_submodule(chain.units[0]).register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        out = []
+        out: list[Call] = []
         for batch in batches:
             seen.clear()
             run_until_stop(model, batch)
-            if len(seen) != 1 or seen[0] is None:
+            call = seen[0] if len(seen) == 1 else None
+            if call is None:
                 return []
-            out.append(seen[0].detach() if isinstance(seen[0], torch.Tensor) else seen[0])
+            x = call[0].detach() if isinstance(call[0], torch.Tensor) else call[0]
+            out.append((x, call[1], call[2]))
         return out
     finally:
         handle.remove()
-
-
-def _nbytes(x: Any) -> int | None:
-    """Bytes of a cached tensor input; None for anything else (not cached: whole forwards instead)."""
-    return x.numel() * x.element_size() if isinstance(x, torch.Tensor) else None
