@@ -9,7 +9,8 @@ kernel (``block`` 4 or 8) keeps a weight whose nonzeros form aligned 1×B blocks
 
 **Kernel** (``csrc/spmm.cpp``). Output-stationary over the SIMD lanes of the activation's *row*
 dimension (tokens, pixels, batch): a tile of ``T = 16·V`` activation rows (V = 1, 2 or 4 groups of
-16 floats: one AVX-512 register each, or two AVX2 ones, by the number of rows) is transposed into a
+16 floats: one AVX-512 register each, or two AVX2 ones, by the number of rows; at most 4 native
+vectors, so V ≤ 2 on AVX2) is transposed into a
 thread-local (in × T) buffer that stays in L2, and every stored weight does
 ``acc[m, 0:T] += w · xᵀ[k, 0:T]``, V 16-float FMAs on one broadcast value (a block: B of them
 from one column index); 16 finished output rows are transposed back into ``y`` with the bias.
