@@ -119,9 +119,9 @@ def _runs_once(model: nn.Module, names: list[str], batch: Any) -> bool:
 def _list_glue_holds(model: nn.Module, units: list[str], batch: Any) -> bool:
     """True if a whole forward of ``batch`` calls the modules ``units`` as a list chain (see the module)."""
     # Of the forward so far: members started and finished, the last one's output and its tensor
-    # version (an in-place change of an identical object changes it), the last call's other arguments.
-    state: dict[str, Any] = {"ok": True, "started": 0, "done": 0, "out": None, "version": None, "rest": None}
-    state["rest_versions"] = None
+    # version (an in-place change of an identical object changes it), the last call's other arguments
+    # and their versions.
+    state: dict[str, Any] = dict(ok=True, started=0, done=0, out=None, version=None, rest=None, rest_versions=None)
 
     def before(j: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
