@@ -41,8 +41,11 @@ ROWS = {
 #: Rows run only when named in ``--rows`` (the batch, the kept-weight rate, the start, the heap; docs/benchmarks.md).
 EXTRA_ROWS = {
     "fcpts batch 16": ("fcpts", {"batch_size": 16}),
+    "fcpts, batch 64": ("fcpts", {"batch_size": 64}),
     "fcpts lr 1e-4 batch 16": ("fcpts", {"init": "erk", "lr_weight": 1e-4, "batch_size": 16}),
     "fcpts init pot": ("fcpts", {"init": "pot"}),
+    "fcpts, batch 64, start on 256": ("fcpts", {"batch_size": 64, "start_samples": 256}),
+    "fcpts, start on all, batch 16": ("fcpts", {"start_samples": 0, "batch_size": 16}),
     "fcpts init pot lr 1e-3 batch 16": ("fcpts", {"init": "pot", "lr_weight": 1e-3, "batch_size": 16}),
     "fcpts init pot lamp lr 1e-4 batch 16": (
         "fcpts",

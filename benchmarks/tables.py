@@ -182,7 +182,8 @@ TABLES: dict[str, Callable[[], str]] = {
     ),
     "detection-refdet": lambda: pivot(rows("detection", "refdet"), DETECTION, detection_cell, sort_at="0.8"),
     "effnet-lite1": lambda: pivot(rows("effnet", "lite1"), ["0.7", "0.8"], effnet_cell, sort_at="0.8"),
-    "effnet-lite1-1024": lambda: pivot(rows("effnet", "lite1-1024"), ["0.8"], effnet_cell, sort_at="0.8"),
+    "effnet-lite1-1024": lambda: pivot(rows("effnet", "lite1-1024"), ["0.7", "0.8"], effnet_cell, sort_at="0.8"),
+    "depthwise-gram": lambda: load("core", "depthwise-gram")["table"],
     "effnet-lite2": lambda: pivot(rows("effnet", "lite2"), ["0.7", "0.8"], effnet_cell, sort_at="0.8"),
     "blocks-speed": lambda: block_speed(load("blocks", "cpu")),
     "blocks-refcnn": lambda: pivot(

@@ -82,10 +82,15 @@ class PruneConfig:
             n, m = parse_pattern(self.pattern)
             if self.target_sparsity != n / m:
                 raise FcptsError(f"pattern {self.pattern} means sparsity {n / m:g}, not {self.target_sparsity:g}")
-        if self.batch_size < 1:
+        if self.calibration_batch < 1:
             raise FcptsError(f"batch_size must be ≥ 1, got {self.batch_size}")
         if self.memory_format not in MEMORY_FORMATS:
             raise FcptsError(f"memory_format must be one of {MEMORY_FORMATS}, got {self.memory_format!r}")
+
+    @property
+    def calibration_batch(self) -> int:
+        """The batch size of the calibration stream the method is handed (``batch_size``)."""
+        return self.batch_size
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view of the config (callables by name), for reports."""
@@ -294,7 +299,7 @@ def prune(
     if options.checkpoint_dir is not None:  # a resume must read the same model and data
         prints = {**options.fingerprint, **fingerprint(student, calibration_data)}
         options = dataclasses.replace(options, fingerprint=prints)
-    calibration = Calibration(calibration_data, config.batch_size, config.seed, options.device)
+    calibration = Calibration(calibration_data, config.calibration_batch, config.seed, options.device)
     check_fits(student.eval(), calibration.first())
     fmt = resolve_memory_format(student, config.memory_format)
     with retained_heap(options.retain_heap), held_in(student, fmt):

@@ -15,7 +15,7 @@ from torch import nn
 
 import fcpts
 from fcpts.baselines.sparsegpt import sparsegpt_prune, sparsegpt_prune_grouped
-from fcpts.core import activations
+from fcpts.core import grouped_input, lag_gram
 from fcpts.core.activations import gram, input_columns, input_norms
 from fcpts.core.calibration import Calibration
 from fcpts.core.refit import refit_layers, refit_rows
@@ -98,9 +98,14 @@ def test_group_columns_match_the_conv_and_the_one_hot_reference(key):
 
 @pytest.mark.parametrize("key", [k for k in CONVS if "groups1" not in k])
 @pytest.mark.parametrize("chunk", [None, 7, 100])
-def test_norms_and_grams_are_per_group_and_blockwise_exact(key, chunk, monkeypatch):
+@pytest.mark.parametrize("lag_sums", [True, False], ids=["lag-sums", "unfolded"])
+def test_norms_and_grams_are_per_group_and_blockwise_exact(key, chunk, lag_sums, monkeypatch):
     if chunk is not None:  # tiny blocks: one group, a few samples at a time
-        monkeypatch.setattr(activations, "CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(grouped_input, "CHUNK_ELEMENTS", chunk)
+    if not lag_sums:  # a depthwise conv's Gram matrices unfolded, as without the C++ kernel
+        monkeypatch.setattr(grouped_input, "library", lambda: None)
+    elif lag_gram.library() is None:
+        pytest.skip("no C++ compiler: the lag-sum kernel is not built (the unfolded case covers this machine)")
     conv, x = make_conv(key)
     student = nn.Sequential(nn.Identity(), conv)
     dense = copy.deepcopy(student)

@@ -13,7 +13,7 @@ from fcpts.api import RunOptions
 from fcpts.core.calibration import Calibration
 from fcpts.method import budget
 from fcpts.method import start as start_module
-from fcpts.method.config import ALLOCATION_LR_WEIGHT, ONESHOT_LR_WEIGHT
+from fcpts.method.config import ALLOCATION_BATCH, ALLOCATION_LR_WEIGHT, ONESHOT_BATCH, ONESHOT_LR_WEIGHT
 from tests.helpers import TINY_TOTAL, same_weights
 
 objective_module = importlib.import_module("fcpts.method.objective")
@@ -64,6 +64,21 @@ def test_auto_with_a_short_budget_starts_from_pot_lamp(tiny_net, calib_x, monkey
     asked = fcpts.FCPTSConfig(0.7, iters=10, batch_size=16, time_budget_s=None, init="pot", allocation="lamp")
     assert same_weights(auto.model, fcpts.prune(tiny_net, calib_x, asked).model)
     assert auto.zeros == round(0.7 * TINY_TOTAL)
+
+
+def test_the_learning_batch_is_a_quarter_after_a_one_shot_start(tiny_net, calib_x, monkeypatch):
+    """Unset, the batch is 16 after POT-LAMP (the same run as asking for 16) and 64 from ERK; a batch asked for
+    is kept. Auto's timed pass reads a batch of 64 either way."""
+    assert (ONESHOT_BATCH, ALLOCATION_BATCH) == (16, 64)
+    slow_steps(monkeypatch, 200.0)
+    auto = fcpts.prune(tiny_net, calib_x, fcpts.FCPTSConfig(0.7, iters=10, time_budget_s=600.0))
+    assert auto.config["init"] == "pot" and auto.config["batch_size"] == ONESHOT_BATCH
+    asked = fcpts.FCPTSConfig(0.7, iters=10, batch_size=16, time_budget_s=600.0)
+    assert same_weights(auto.model, fcpts.prune(tiny_net, calib_x, asked).model)
+    kept = fcpts.prune(tiny_net, calib_x, fcpts.FCPTSConfig(0.7, iters=10, batch_size=32, time_budget_s=600.0))
+    assert kept.config["init"] == "pot" and kept.config["batch_size"] == 32
+    erk = fcpts.prune(tiny_net, calib_x, fcpts.FCPTSConfig(0.7, iters=10, time_budget_s=None))
+    assert erk.config["init"] == "erk" and erk.config["batch_size"] == ALLOCATION_BATCH
 
 
 def test_auto_takes_the_allocation_asked_for(tiny_net, calib_x, monkeypatch):

@@ -49,14 +49,9 @@ def _config(args: argparse.Namespace) -> tuple[Any, RunOptions]:
             )
         n, m = parse_pattern(args.pattern)
         sparsity = n / m
-    config = make_config(
-        args.method,
-        target_sparsity=sparsity,
-        pattern=args.pattern,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        **settings,
-    )
+    if args.batch_size is not None:  # (unset: the method's default; fcpts's depends on its start)
+        settings["batch_size"] = args.batch_size
+    config = make_config(args.method, target_sparsity=sparsity, pattern=args.pattern, seed=args.seed, **settings)
     return config, _run_options(args, entry)
 
 

@@ -8,16 +8,13 @@ norms ``‖X_j‖₂`` and the Gram matrices of SparseGPT (``XᵀX``) and POT (`
 A Conv1d/Conv2d with ``groups > 1`` (depthwise, grouped) is ``groups`` independent problems: the
 output channels of group ``g`` see only the input channels of group ``g``, so each group has its
 own ``X_g`` (rows, in/groups·kh·kw) and its own norms (``(groups, cols)``) and Gram matrices
-(``(groups, cols, cols)``). Its columns are built block of groups by block (and block of samples
-by block, at most :data:`CHUNK_ELEMENTS` values at a time), never for the whole layer at once.
-Any padding is honoured (numeric or ``'same'``/``'valid'``, modes zeros/reflect/replicate/circular:
-``F.pad`` before the unfold, as ``nn.Conv2d`` does), with stride and dilation; a Conv1d is a Conv2d
-of height 1. Conv3d is refused.
+(``(groups, cols, cols)``), read from :class:`~.grouped_input.GroupedInput` (any padding, stride
+and dilation; a Conv1d is a Conv2d of height 1). Conv3d is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -26,10 +23,9 @@ from torch import nn
 
 from ..errors import FcptsError
 from .calibration import call_model
+from .grouped_input import GroupedInput, as_conv2d, group_columns
+from .lag_gram import LagSums
 from .replay import Replay, StopForward, run_until_stop
-
-#: The most values one block of a grouped conv's unfolded input holds (float32: 64 MiB).
-CHUNK_ELEMENTS = 2**24
 
 
 def input_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -77,91 +73,6 @@ def _pointwise(module: nn.Conv2d) -> bool:
 
 def _numeric_zero_padding(module: nn.Module) -> bool:
     return module.padding_mode == "zeros" and not isinstance(module.padding, str)
-
-
-def _as_conv2d(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[Any, ...]]:
-    """``x`` as a 4-d batch and the conv's ``(kernel, dilation, stride, F.pad widths, F.pad mode)`` in 2-d.
-
-    A Conv1d is a Conv2d of height 1; an unbatched input gets a batch of one.
-    """
-    if x.dim() == len(module.kernel_size) + 1:
-        x = x.unsqueeze(0)
-    pad = list(module._reversed_padding_repeated_twice)  # F.pad order: last dim first; 'same' may be uneven
-    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-    if isinstance(module, nn.Conv1d):
-        pad += [0, 0]  # no padding along the height of 1
-        return x.unsqueeze(2), ((1, *module.kernel_size), (1, *module.dilation), (1, *module.stride), pad, mode)
-    return x, (module.kernel_size, module.dilation, module.stride, pad, mode)
-
-
-def group_columns(
-    module: nn.Module, x: torch.Tensor, first: int = 0, last: int | None = None, samples: slice = slice(None)
-) -> torch.Tensor:
-    """``X_g`` (groups last-first, rows, in/groups·kh·kw) of groups ``first..last-1`` of a Conv1d/Conv2d.
-
-    ``samples`` picks the batch entries; ``group_columns(conv, x)[g] @ W_gᵀ`` is group ``g``'s output
-    channels of ``conv(x)`` (without bias), rows in (sample, position) order.
-    """
-    cols = _unfolded(module, x, first, module.groups if last is None else last, samples)  # (B, n, cols, L)
-    b, n, _, positions = cols.shape
-    return cols.permute(1, 0, 3, 2).reshape(n, b * positions, -1)
-
-
-def _unfolded(module: nn.Module, x: torch.Tensor, first: int, last: int, samples: slice) -> torch.Tensor:
-    """The columns of groups ``first..last-1`` as unfolded, (B, groups, cols, positions)."""
-    x, (kernel, dilation, stride, pad, mode) = _as_conv2d(module, x)
-    width = module.in_channels // module.groups
-    x = x[samples, first * width : last * width]
-    if any(pad):
-        x = F.pad(x, pad, mode=mode)
-    cols = F.unfold(x, kernel, dilation, 0, stride)  # (B, n·cols, L)
-    return cols.view(cols.shape[0], last - first, -1, cols.shape[2])
-
-
-class GroupedInput:
-    """A grouped conv's input, handed to the sinks instead of its columns: they read it block by block."""
-
-    def __init__(self, module: nn.Module, x: torch.Tensor) -> None:
-        self.module, self.x = module, x.float().contiguous()  # unfold reads NCHW faster than channels_last
-        x4, (kernel, dilation, stride, pad, _) = _as_conv2d(module, x)
-        size = [x4.shape[2] + pad[2] + pad[3], x4.shape[3] + pad[0] + pad[1]]
-        self.samples = x4.shape[0]
-        positions = 1
-        for n, k, d, s in zip(size, kernel, dilation, stride, strict=True):
-            positions *= (n - d * (k - 1) - 1) // s + 1
-        self.rows = self.samples * positions  # per group
-        self.cols = module.weight[0].numel()
-        per_sample = positions * self.cols  # one group's values for one sample
-        self.group_block = max(1, CHUNK_ELEMENTS // (self.samples * per_sample))
-        self.sample_block = self.samples if self.group_block > 1 else max(1, CHUNK_ELEMENTS // per_sample)
-
-    def blocks(self, other: GroupedInput | None = None) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor | None]]:
-        """``(first, last, U, U_other)``: a block of groups and samples unfolded, (B, n, cols, positions)."""
-        groups = self.module.groups
-        for first in range(0, groups, self.group_block):
-            last = min(groups, first + self.group_block)
-            for start in range(0, self.samples, self.sample_block):
-                samples = slice(start, start + self.sample_block)
-                u = _unfolded(self.module, self.x, first, last, samples)
-                yield first, last, u, None if other is None else _unfolded(other.module, other.x, first, last, samples)
-
-    def squares(self) -> torch.Tensor:
-        """``Σ X_g²`` per group and column: (groups, cols)."""
-        sq = torch.zeros(self.module.groups, self.cols, device=self.x.device)
-        for first, last, u, _ in self.blocks():
-            sq[first:last] += torch.linalg.vector_norm(u, dim=(0, 3)).square()  # no squared copy of the block
-        return sq
-
-    def accumulate(self, g: torch.Tensor, c: torch.Tensor | None, other: GroupedInput | None) -> int:
-        """Add ``X_gᵀX_g`` to ``g`` (and ``X_gᵀX'_g`` of ``other``'s columns to ``c``) per group; the rows."""
-        for first, last, u, u_other in self.blocks(other if c is not None else None):
-            b, n, cols, positions = u.shape
-            flat = u.reshape(b * n, cols, positions)  # one (cols, positions) matrix per sample and group
-            g[first:last] += (flat @ flat.transpose(1, 2)).view(b, n, cols, cols).sum(0)
-            if c is not None and u_other is not None:
-                flat_other = u_other.reshape(b * n, cols, positions)
-                c[first:last] += (flat @ flat_other.transpose(1, 2)).view(b, n, cols, cols).sum(0)
-        return self.rows
 
 
 def real_tokens(inputs: Any) -> torch.Tensor | None:
@@ -266,7 +177,7 @@ def gram(
     shape = (cols, cols) if conv_groups(layer) == 1 else (conv_groups(layer), cols, cols)
     g = torch.zeros(shape, device=layer.weight.device)
     c = torch.zeros(shape, device=layer.weight.device) if reference is not None else None
-    rows = 0
+    rows, lags = 0, {}  # lags: a depthwise layer's lag sums (see _accumulate)
     try:
         for root, x, ref_root, ref_x, batch in feeds:
             seen.clear()
@@ -278,19 +189,40 @@ def gram(
                 raise FcptsError(f"layer {name!r} was never called on the calibration data")
             if ref_root is not None:
                 run_until_stop(ref_root, ref_x)
-            rows += _accumulate(g, c, seen["student"], seen.get("dense"))
+            rows += _accumulate(g, c, seen["student"], seen.get("dense"), lags)
     finally:
         tap.close()
         if ref_tap is not None:
             ref_tap.close()
+    if "g" in lags:
+        g += lags["g"].gram()
+    if "c" in lags and c is not None:
+        c += lags["c"].gram()
     return g, c, rows
 
 
-def _accumulate(g: torch.Tensor, c: torch.Tensor | None, x: Any, dense: Any) -> int:
-    """Add ``X̃ᵀX̃`` to ``g`` and ``X̃ᵀX`` to ``c`` (when given) for one batch; its rows (per group)."""
+def _accumulate(g: torch.Tensor, c: torch.Tensor | None, x: Any, dense: Any, lags: dict[str, LagSums]) -> int:
+    """Add ``X̃ᵀX̃`` to ``g`` and ``X̃ᵀX`` to ``c`` (when given) for one batch; its rows (per group).
+
+    A depthwise input whose :meth:`GroupedInput.lag_sums` holds goes into ``lags`` (``"g"``, then
+    ``"c"``), whose sums :func:`gram` adds at the end.
+    """
+    if isinstance(x, GroupedInput) and x.lag_sums():
+        xp = x.padded()
+        _lag_sums(lags, "g", x, True).add(xp)
+        if c is not None:
+            _lag_sums(lags, "c", x, False).add(xp, dense.padded())
+        return x.rows
     if isinstance(x, GroupedInput):
         return x.accumulate(g, c, dense)
     g += x.T @ x
     if c is not None:
         c += x.T @ dense
     return x.shape[0]
+
+
+def _lag_sums(lags: dict[str, LagSums], key: str, x: GroupedInput, symmetric: bool) -> LagSums:
+    if key not in lags:
+        _, (kernel, dilation, stride, _, _) = as_conv2d(x.module, x.raw)
+        lags[key] = LagSums(kernel, dilation, stride, symmetric)
+    return lags[key]

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from ..errors import FcptsError
-from .activations import GroupedInput, _Inputs, real_tokens
+from .activations import _Inputs, real_tokens
 from .calibration import Calibration
+from .grouped_input import GroupedInput
 from .importance import get_importance
 from .replay import Replay, StopForward, run_until_stop
 from .scoring import allocation_counts, apply_flags, count_flags, pattern_flags, pattern_of, zeros_first

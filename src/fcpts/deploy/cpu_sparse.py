@@ -20,35 +20,27 @@ FMA per 1×8 block (per two 1×4 blocks), the weight vector loaded once for up t
 with fewer tiles than threads (1-31 rows) the output rows are split instead. A contiguous NCHW
 1×1-conv input is already transposed ((C, H·W) per image): it is read in place, no packing.
 
-**Build.** ``g++ -O3 -march=native -fopenmp -shared`` (``$CXX`` if set), about 1 s, cached under
-``$FCPTS_CACHE_DIR`` (default ``~/.cache/fcpts/kernels``) keyed by the source, compiler, flags and
-the CPU's feature flags. No compiler, a failed build, or ``FCPTS_CPU_KERNEL=0``: :func:`library`
-returns None, the kernel is not offered, and a module already converted (e.g. loaded from a file
-written elsewhere) runs ``torch.sparse.mm`` on the same CSR arrays — the pure-PyTorch fallback.
-The fallback also serves inputs the native kernel does not take (not float32, not on the CPU,
-or needing gradients).
+**Build.** At first use, cached (:mod:`fcpts.core.native`). No compiler, a failed build, or
+``FCPTS_CPU_KERNEL=0``: :func:`library` returns None, the kernel is not offered, and a module
+already converted (e.g. loaded from a file written elsewhere) runs ``torch.sparse.mm`` on the same
+CSR arrays — the pure-PyTorch fallback. The fallback also serves inputs the native kernel does not
+take (not float32, not on the CPU, or needing gradients).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..core import native
 from .blocks import bcsr_arrays, bcsr_to_csr, block_size
 from .kernels import _csr_arrays
 
 SOURCE = Path(__file__).with_name("csrc") / "spmm.cpp"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _ARGS = [ctypes.c_void_p, *[ctypes.c_int64] * 5, *[ctypes.c_void_p] * 3, ctypes.c_int64]
 _ARGS += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
 #: The entry points called take the block size (1: CSR) and, row-major, ``DOT_BELOW`` after it.
@@ -62,55 +54,10 @@ _BLOCK_ARGS = {
 DOT_BELOW = {1: 0, 4: 8, 8: 16}
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return ""
-
-
-def _cache_dir() -> Path:
-    if os.environ.get("FCPTS_CACHE_DIR"):
-        return Path(os.environ["FCPTS_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fcpts" / "kernels"
-
-
-def _build(compiler: str) -> Path:
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_flags().encode()]))
-    target = _cache_dir() / f"spmm-{key.hexdigest()[:16]}.so"
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        out = Path(tmp) / target.name
-        cmd = [compiler, *FLAGS, str(SOURCE), "-o", str(out)]
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
-        os.replace(out, target)  # atomic: a concurrent build writes the same bytes
-    return target
-
-
 @functools.lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
     """The native kernel, built and loaded on first call; None where it cannot be (see the module doc)."""
-    if os.environ.get("FCPTS_CPU_KERNEL", "1") == "0":
-        return None
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if not compiler:
-        return None
-    try:
-        lib = ctypes.CDLL(str(_build(compiler)))
-        for name, args in _BLOCK_ARGS.items():
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = args, None
-    except (OSError, subprocess.SubprocessError, AttributeError) as exc:
-        detail = getattr(exc, "stderr", "") or exc
-        warnings.warn(f"fcpts: the cpu-sparse kernel is not available ({detail}); using dense/torch CSR", stacklevel=2)
-        return None
-    return lib
+    return native.load(SOURCE, _BLOCK_ARGS, "dense/torch CSR")
 
 
 def _csr(weight2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

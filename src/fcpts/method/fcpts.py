@@ -109,7 +109,9 @@ def run_fcpts(
     chooses between ERK and a one-shot start by the time budget (:mod:`.start`).
     """
     started = budget.clock()  # a time budget counts from here
-    config, chosen = resolve_start(model, calibration, config, options, started)  # init "auto", lr_weight None
+    # init "auto", lr_weight and batch_size None
+    config, chosen = resolve_start(model, calibration, config, options, started)
+    calibration = rebatched(calibration, config.batch_size)  # the batch chosen (after a one-shot start: 16)
     teacher = copy.deepcopy(model)
     start = None
     if config.init not in ALLOCATIONS:
@@ -117,8 +119,10 @@ def run_fcpts(
         start = copy.deepcopy(model) if config.keep_start else None  # the one-shot result, plain
     prepared, config = prepare_from_config(model, teacher, calibration, config)
     history = learn(prepared, teacher, calibration, config, options, started=started)
-    # The report's config: the start and rate this run took (the config may leave them to fcpts).
-    history.run.update(init=config.init, allocation=config.allocation, lr_weight=config.lr_weight)
+    # The report's config: the start, rate and batch this run took (the config may leave them to fcpts).
+    history.run.update(
+        init=config.init, allocation=config.allocation, lr_weight=config.lr_weight, batch_size=config.batch_size
+    )
     if chosen:
         history.run["start"] = chosen
     finalize(prepared)
@@ -233,3 +237,15 @@ def first_rows(calibration: Calibration, samples: int) -> Calibration:
         calibration.tensor[:samples] if calibration.tensor is not None else Subset(calibration.dataset, range(samples))
     )
     return Calibration(data, calibration.batch_size, calibration.seed, calibration.device)
+
+
+def rebatched(calibration: Calibration, batch_size: int) -> Calibration:
+    """``calibration`` cut into batches of ``batch_size`` (itself if it already is, or holds ready-made batches).
+
+    >>> rebatched(Calibration(torch.zeros(8, 3), 4), 2).batch_size
+    2
+    """
+    if calibration.batch_size == batch_size or calibration.rows is None:
+        return calibration
+    data = calibration.tensor if calibration.tensor is not None else calibration.dataset
+    return Calibration(data, batch_size, calibration.seed, calibration.device)

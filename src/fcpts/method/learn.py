@@ -13,6 +13,7 @@ gradients are summed over the ranks (:mod:`fcpts.core.distributed`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -64,6 +65,8 @@ def learn(
     """
     options = RunOptions() if options is None else options
     started = budget.clock() if started is None else started
+    if config.batch_size is None:  # (not chosen by run_fcpts: the batches are the calibration's)
+        config = dataclasses.replace(config, batch_size=calibration.batch_size)
     _set_up(prepared, teacher, config)
     groups, schedules = param_groups(prepared, config)
     if not groups or config.iters == 0:

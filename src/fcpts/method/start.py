@@ -12,8 +12,10 @@ allocation start's rate the first steps undo the fit).
 dense model on the first calibration batch (a lower bound of a learning step) and starts from
 :data:`AUTO_ONESHOT` under the :data:`AUTO_ALLOCATION` allocation when the time budget affords
 fewer than :data:`MIN_STEP_FRACTION` of ``iters`` such steps; from ERK otherwise, and always
-without a budget. A one-shot start reads the first ``start_samples`` calibration rows, so that it
-leaves the budget most of its time. In a process group every rank takes rank 0's choice; a
+without a budget. From a one-shot start the batch (``batch_size=None``) is a quarter of the
+allocation start's (:data:`~.config.ONESHOT_BATCH`): the budget then buys four times the steps. A
+one-shot start reads the first ``start_samples`` calibration rows (1024), so that its cost stays
+bounded whatever the calibration set. In a process group every rank takes rank 0's choice; a
 resumed run takes its checkpoint's.
 """
 
@@ -48,7 +50,8 @@ MIN_STEP_FRACTION = 0.5
 def resolve_start(
     model: nn.Module, calibration: Calibration, config: FCPTSConfig, options: RunOptions, started: float
 ) -> tuple[FCPTSConfig, dict[str, Any]]:
-    """``config`` with ``init`` chosen (for ``"auto"``) and ``lr_weight`` set (for None); the facts of the choice.
+    """``config`` with ``init`` chosen (for ``"auto"``) and ``lr_weight`` and ``batch_size`` set (for None); the
+    facts of the choice.
 
     The facts (empty unless ``init`` was ``"auto"``) go into the report: the choice, and the step
     time and step count it was made on. ``started`` is the run's :func:`~fcpts.method.budget.clock`
@@ -57,8 +60,8 @@ def resolve_start(
     >>> from fcpts.core.calibration import Calibration
     >>> net, cal = nn.Linear(4, 2), Calibration(torch.randn(8, 4), 4)
     >>> config, facts = resolve_start(net, cal, FCPTSConfig(0.5, time_budget_s=None), RunOptions(), 0.0)
-    >>> config.init, config.lr_weight, facts
-    ('erk', 0.001, {'init': 'erk', 'allocation': None, 'reason': 'no time budget'})
+    >>> config.init, config.lr_weight, config.batch_size, facts
+    ('erk', 0.001, 64, {'init': 'erk', 'allocation': None, 'reason': 'no time budget'})
     """
     facts: dict[str, Any] = {}
     if config.init == "auto":
@@ -68,6 +71,8 @@ def resolve_start(
         facts = {"init": init, "allocation": allocation, **facts}
     if config.lr_weight is None:
         config = dataclasses.replace(config, lr_weight=config.kept_weight_rate)
+    if config.batch_size is None:  # (chosen after the start: "auto" timed a batch of calibration_batch)
+        config = dataclasses.replace(config, batch_size=config.learning_batch)
     return config, facts
 
 
