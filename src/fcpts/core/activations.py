@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import FcptsError
 from .calibration import call_model
-from .grouped_input import GroupedInput, as_conv2d, group_columns
+from .grouped_input import GroupedInput, group_columns
 from .lag_gram import LagSums
 from .replay import Replay, StopForward, run_until_stop
 
@@ -223,6 +223,5 @@ def _accumulate(g: torch.Tensor, c: torch.Tensor | None, x: Any, dense: Any, lag
 
 def _lag_sums(lags: dict[str, LagSums], key: str, x: GroupedInput, symmetric: bool) -> LagSums:
     if key not in lags:
-        _, (kernel, dilation, stride, _, _) = as_conv2d(x.module, x.raw)
-        lags[key] = LagSums(kernel, dilation, stride, symmetric)
+        lags[key] = x.new_lag_sums(symmetric)
     return lags[key]

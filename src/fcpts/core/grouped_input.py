@@ -75,6 +75,7 @@ class GroupedInput:
     def __init__(self, module: nn.Module, x: torch.Tensor) -> None:
         self.module, self.raw = module, x
         x4, (kernel, dilation, stride, pad, _) = as_conv2d(module, x)
+        self.kernel, self.dilation, self.stride = kernel, dilation, stride  # 2-d (a Conv1d's: height 1)
         size = [x4.shape[2] + pad[2] + pad[3], x4.shape[3] + pad[0] + pad[1]]
         lags = (2 * kernel[0] - 1) * (2 * kernel[1] - 1)
         self.plane_elements = module.groups * lags * size[0] * size[1]  # a depthwise conv's lag planes at most
@@ -98,6 +99,10 @@ class GroupedInput:
         depthwise = self.module.in_channels == self.module.groups and self.plane_elements <= PLANE_ELEMENTS
         return depthwise and self.raw.device.type == "cpu" and self.raw.dtype == torch.float32 and bool(library())
 
+    def new_lag_sums(self, symmetric: bool, diagonal: bool = False) -> LagSums:
+        """An empty :class:`~.lag_gram.LagSums` for this conv's kernel, dilation and stride."""
+        return LagSums(self.kernel, self.dilation, self.stride, symmetric, diagonal)
+
     def padded(self) -> torch.Tensor:
         """The input padded as the conv pads it, (N, C, H, W) float32 contiguous (a Conv1d's: H = 1)."""
         x, (_, _, _, pad, mode) = as_conv2d(self.module, self.raw)
@@ -120,8 +125,7 @@ class GroupedInput:
     def squares(self) -> torch.Tensor:
         """``Σ X_g²`` per group and column: (groups, cols)."""
         if self.lag_sums():
-            _, (kernel, dilation, stride, _, _) = as_conv2d(self.module, self.raw)
-            sums = LagSums(kernel, dilation, stride, symmetric=True, diagonal=True)
+            sums = self.new_lag_sums(symmetric=True, diagonal=True)
             sums.add(self.padded())
             return torch.diagonal(sums.gram(), dim1=1, dim2=2)
         sq = torch.zeros(self.module.groups, self.cols, device=self.x.device)

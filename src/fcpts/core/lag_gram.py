@@ -77,6 +77,7 @@ class LagSums:
             pairs = [p for p in pairs if p[0] == p[1]]
         self.pairs: list[Pair] = [p for p in pairs if not self.symmetric or p[2] >= (0, 0)]  # G[b, a] = G[a, b]
         self.lags = sorted({lag for _, _, lag in self.pairs})
+        self.lag_offsets = torch.tensor(self.lags, dtype=torch.int64)  # (L, 2): what the kernel reads
         self.planes: torch.Tensor | None = None  # (C, lags, H, W) float32: this plane size's running sums
         self.total: torch.Tensor | None = None  # (C, K, K) float64: the sums of earlier plane sizes
 
@@ -90,10 +91,8 @@ class LagSums:
             self._flush()
         if self.planes is None:
             self.planes = torch.zeros(c, len(self.lags), h, w)
-        lags = torch.tensor(self.lags, dtype=torch.int64)  # (L, 2)
-        threads = torch.get_num_threads()
-        lib.fcpts_lag_products(x.data_ptr(), y.data_ptr(), n, c, h, w, lags.data_ptr(), len(self.lags),
-                               self.planes.data_ptr(), threads)  # fmt: skip
+        lib.fcpts_lag_products(x.data_ptr(), y.data_ptr(), n, c, h, w, self.lag_offsets.data_ptr(), len(self.lags),
+                               self.planes.data_ptr(), torch.get_num_threads())  # fmt: skip
 
     def gram(self) -> torch.Tensor:
         """The (C, K, K) float32 sums of every batch added."""

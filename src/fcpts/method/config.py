@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ..api import METHODS, PruneConfig
 from ..core.allocation import ALLOCATIONS
@@ -155,9 +156,7 @@ class FCPTSConfig(PruneConfig):
         >>> FCPTSConfig(0.5, init="pot").learning_batch, FCPTSConfig(0.5).learning_batch
         (16, 64)
         """
-        if self.batch_size is not None:
-            return self.batch_size
-        return ONESHOT_BATCH if self.init in oneshot_methods() else ALLOCATION_BATCH
+        return self._by_start(self.batch_size, ONESHOT_BATCH, ALLOCATION_BATCH)
 
     @property
     def kept_weight_rate(self) -> float:
@@ -166,9 +165,13 @@ class FCPTSConfig(PruneConfig):
         >>> FCPTSConfig(0.5, init="pot").kept_weight_rate, FCPTSConfig(0.5).kept_weight_rate
         (0.0001, 0.001)
         """
-        if self.lr_weight is not None:
-            return self.lr_weight
-        return ONESHOT_LR_WEIGHT if self.init in oneshot_methods() else ALLOCATION_LR_WEIGHT
+        return self._by_start(self.lr_weight, ONESHOT_LR_WEIGHT, ALLOCATION_LR_WEIGHT)
+
+    def _by_start(self, value: Any, oneshot: Any, allocation: Any) -> Any:
+        """``value`` if set, else the one-shot start's or the allocation start's default for ``init``."""
+        if value is not None:
+            return value
+        return oneshot if self.init in oneshot_methods() else allocation
 
 
 def oneshot_methods() -> list[str]:
